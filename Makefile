@@ -1,0 +1,54 @@
+# KOSMOS: `make run` starts the mesh, `make test` runs the whole gate. `make help` lists the rest.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+CONFIG ?= kosmos.toml
+
+.PHONY: help install run test lint format typecheck buf-lint proto proto-check pytest bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its tools
+
+run: install ## start every agent of $(CONFIG) and wait for Ctrl-C
+	$(BIN)/kosmos --config $(CONFIG) up
+
+test: install lint typecheck buf-lint proto-check pytest ## the whole gate: ruff, mypy, buf lint, stub drift, pytest
+
+lint: install ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: install ## mypy --strict over kosmos_grpc and agents
+	$(BIN)/mypy
+
+buf-lint: install ## buf lint and buf format over protos/
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+
+proto: install ## regenerate kosmos_grpc/_proto from protos/
+	$(BIN)/python scripts/gen_protos.py
+
+proto-check: install ## fail when the committed stubs differ from a fresh generation
+	$(BIN)/python scripts/gen_protos.py --check
+
+pytest: install ## the tests
+	$(BIN)/pytest -q
+
+bench: install ## the benchmarks against bare grpcio (not part of make test)
+	$(BIN)/python -m benchmarks.core
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

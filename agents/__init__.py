@@ -1,0 +1,1 @@
+"""The KOSMOS agents, each built on kosmos_grpc."""

@@ -1,0 +1,168 @@
+"""The ``kosmos`` command: run the mesh, call and stream actions, check health, list agents.
+
+A failure prints one readable line (``kosmos: <STATUS>: <what went wrong>``) and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+from kosmos_grpc.client import Coordinator
+from kosmos_grpc.config import MeshConfig, load_config
+from kosmos_grpc.envelope import Priority
+from kosmos_grpc.errors import KosmosError
+from kosmos_grpc.launcher import run_mesh, serve_agent
+
+__all__ = ["main"]
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A mistake in the command line itself."""
+
+
+def _payload(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"payload is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"payload must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _client(config: MeshConfig) -> Coordinator:
+    return Coordinator(config.addresses(), source_agent="cli", payload_limit=config.payload_limit)
+
+
+async def _call(config: MeshConfig, args: argparse.Namespace) -> int:
+    payload = _payload(args.payload)
+    async with _client(config) as client:
+        response = await client.delegate(
+            args.agent, args.action, payload, timeout_ms=args.timeout_ms, priority=args.priority
+        )
+    print(json.dumps(response.result, indent=2 if args.pretty else None))
+    return 0
+
+
+async def _stream(config: MeshConfig, args: argparse.Namespace) -> int:
+    payload = _payload(args.payload)
+    async with _client(config) as client:
+        async for chunk in client.stream(
+            args.agent, args.action, payload, timeout_ms=args.timeout_ms, priority=args.priority
+        ):
+            print(json.dumps(chunk.data), flush=True)
+    return 0
+
+
+async def _health(config: MeshConfig, args: argparse.Namespace) -> int:
+    names = [args.agent] if args.agent else list(config.agents)
+    failing = 0
+    async with _client(config) as client:
+        for name in names:
+            address = client.registry.address(name)
+            try:
+                status = await client.health(name, timeout_ms=args.timeout_ms)
+            except KosmosError as exc:
+                if args.agent is not None:
+                    raise
+                status = exc.code.name
+            failing += status != "SERVING"
+            print(f"{name:<12} {address:<22} {status}")
+    return EXIT_FAILURE if failing else 0
+
+
+async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
+    async with _client(config) as client:
+        rows = [("AGENT", "ADDRESS", "HEALTH", "ACTIONS")]
+        for name in config.agents:
+            address = client.registry.address(name)
+            try:
+                status = await client.health(name, timeout_ms=args.timeout_ms)
+                card = await client.describe(name, timeout_ms=args.timeout_ms)
+                actions = ", ".join(a.name + (" (stream)" if a.streaming else "") for a in card.actions)
+            except KosmosError as exc:
+                status, actions = exc.code.name, "-"
+            rows.append((name, address, status, actions))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kosmos", description="KOSMOS, a gRPC mesh for multi-agent systems.")
+    parser.add_argument("--config", help="mesh config file (default: $KOSMOS_CONFIG or ./kosmos.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("up", help="run every agent of the config, each in its own process")
+    serve = commands.add_parser("serve", help="run one agent of the config in this process")
+    serve.add_argument("agent")
+    serve.add_argument("--handshake", action="store_true", help=argparse.SUPPRESS)
+
+    def timed(sub: argparse.ArgumentParser, default: float) -> None:
+        sub.add_argument("--timeout-ms", type=float, default=default, help=f"deadline (default {default:.0f})")
+
+    for name, helptext in (("call", "run a unary action and print its result"), ("stream", "print chunks as they arrive")):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument("agent")
+        sub.add_argument("action")
+        sub.add_argument("payload", nargs="?", help="the payload, a JSON object")
+        sub.add_argument("--priority", type=Priority.parse, default=Priority.NORMAL, help="low|normal|high|critical")
+        timed(sub, 30_000)
+        if name == "call":
+            sub.add_argument("--pretty", action="store_true", help="indent the JSON result")
+    health = commands.add_parser("health", help="gRPC health of one agent or all")
+    health.add_argument("agent", nargs="?")
+    timed(health, 2_000)
+    agents = commands.add_parser("agents", help="every agent: address, health, actions")
+    timed(agents, 2_000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kosmos`` command."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except KosmosError as exc:  # a bad --priority
+        parser.error(exc.message)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(args.config)
+        if args.command == "up":
+            return asyncio.run(run_mesh(config))
+        if args.command == "serve":
+            asyncio.run(serve_agent(config, args.agent, handshake=args.handshake))
+            return 0
+        handler = {"call": _call, "stream": _stream, "health": _health, "agents": _agents}[args.command]
+        return asyncio.run(handler(config, args))
+    except KosmosError as exc:
+        print(f"kosmos: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except UsageError as exc:
+        print(f"kosmos: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"kosmos: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""The coordinator client: delegate and stream to agents by name, under deadlines, over reused channels."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Self
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kosmos_grpc._proto.kosmos.v1 import agent_pb2, agent_pb2_grpc
+from kosmos_grpc.envelope import (
+    DEFAULT_PAYLOAD_LIMIT,
+    DEFAULT_TTL_MS,
+    Priority,
+    new_message,
+    struct_to_dict,
+)
+from kosmos_grpc.errors import DeadlineExceeded, KosmosError, StreamBroken, from_rpc_error
+from kosmos_grpc.registry import Registry
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
+
+__all__ = [
+    "DEFAULT_TIMEOUT_MS",
+    "ActionInfo",
+    "AgentCard",
+    "CallScope",
+    "Chunk",
+    "Coordinator",
+    "Response",
+    "channel_options",
+]
+
+DEFAULT_TIMEOUT_MS = 30_000
+# Headroom over the payload limit for the rest of the envelope, so the limit is ours to report.
+_ENVELOPE_HEADROOM = 64 * 1024
+
+
+def channel_options(payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> list[tuple[str, Any]]:
+    """gRPC options that let a payload at the limit through, envelope included."""
+    size = payload_limit + _ENVELOPE_HEADROOM
+    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An agent's answer: which agent answered, to which message, and the result."""
+
+    agent: str
+    request_message_id: str
+    correlation_id: str
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One chunk of a streamed answer."""
+
+    agent: str
+    sequence: int
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionInfo:
+    """One action on an agent's card."""
+
+    name: str
+    description: str
+    streaming: bool
+    input_schema: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCard:
+    """What an agent says of itself through Describe."""
+
+    name: str
+    description: str
+    version: str
+    actions: list[ActionInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CallScope:
+    """The call a delegation is made from: its deadline (``time.monotonic``) and its correlation_id."""
+
+    deadline: float | None
+    correlation_id: str
+    source_agent: str
+    trace_id: str = ""
+
+
+class Coordinator:
+    """Delegates actions to agents by name; one channel per agent address, reused by every call.
+
+    The effective deadline of a call is the smaller of ``timeout_ms``, the TTL and, inside a
+    handler, the remaining deadline of the call being served. Failures raise :class:`KosmosError`
+    subclasses.
+    """
+
+    def __init__(
+        self,
+        registry: Registry | Mapping[str, str],
+        *,
+        source_agent: str = "client",
+        payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+    ) -> None:
+        self.registry = registry if isinstance(registry, Registry) else Registry(registry)
+        self.source_agent = source_agent
+        self._options = channel_options(payload_limit)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, agent_pb2_grpc.AgentServiceAsyncStub] = {}
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every channel."""
+        channels, self._channels, self._stubs = self._channels, {}, {}
+        for channel in channels.values():
+            await channel.close()
+
+    def channel(self, agent: str) -> grpc.aio.Channel:
+        """The channel to ``agent``'s current address, made on first use."""
+        address = self.registry.address(agent)
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
+        return channel
+
+    def _stub(self, agent: str) -> agent_pb2_grpc.AgentServiceAsyncStub:
+        address = self.registry.address(agent)
+        stub = self._stubs.get(address)
+        if stub is None:
+            stub = agent_pb2_grpc.AgentServiceStub(self.channel(agent))  # type: ignore[assignment]
+            self._stubs[address] = stub
+        return stub
+
+    def _prepare(
+        self,
+        agent: str,
+        action: str,
+        payload: Mapping[str, Any] | None,
+        timeout_ms: float | None,
+        priority: Priority | int | str,
+        correlation_id: str | None,
+        ttl_ms: int | None,
+        message_id: str | None,
+        scope: CallScope | None,
+    ) -> tuple[envelope_pb2.AgentMessage, float]:
+        timeout = math.inf if timeout_ms is None else timeout_ms / 1000
+        if scope is not None and scope.deadline is not None:
+            left = scope.deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded(f"no time left to call {agent}.{action}: the caller's deadline has passed")
+            timeout = min(timeout, left)
+        if ttl_ms is None:
+            ttl_ms = DEFAULT_TTL_MS if math.isinf(timeout) else max(1, math.ceil(timeout * 1000))
+        message = new_message(
+            action,
+            payload,
+            source_agent=scope.source_agent if scope else self.source_agent,
+            target_agent=agent,
+            correlation_id=correlation_id or (scope.correlation_id if scope else None),
+            trace_id=scope.trace_id if scope else "",
+            priority=priority,
+            ttl_ms=ttl_ms,
+            message_id=message_id,
+        )
+        return message, min(timeout, (ttl_ms or DEFAULT_TTL_MS) / 1000)
+
+    async def delegate(
+        self,
+        agent: str,
+        action: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        timeout_ms: float | None = DEFAULT_TIMEOUT_MS,
+        priority: Priority | int | str = Priority.NORMAL,
+        correlation_id: str | None = None,
+        ttl_ms: int | None = None,
+        message_id: str | None = None,
+        scope: CallScope | None = None,
+    ) -> Response:
+        """Run ``action`` on ``agent`` and return its response.
+
+        ``timeout_ms=None`` leaves the TTL (default 60 s) as the only deadline.
+        """
+        stub = self._stub(agent)
+        message, timeout = self._prepare(
+            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope
+        )
+        try:
+            reply = await stub.Execute(agent_pb2.ExecuteRequest(message=message), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _explain(exc, agent, action, timeout) from None
+        response = reply.response
+        return Response(
+            agent=response.agent,
+            request_message_id=response.request_message_id,
+            correlation_id=response.correlation_id,
+            result=struct_to_dict(response.result),
+        )
+
+    async def stream(
+        self,
+        agent: str,
+        action: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        timeout_ms: float | None = DEFAULT_TIMEOUT_MS,
+        priority: Priority | int | str = Priority.NORMAL,
+        correlation_id: str | None = None,
+        ttl_ms: int | None = None,
+        message_id: str | None = None,
+        scope: CallScope | None = None,
+    ) -> AsyncIterator[Chunk]:
+        """Yield the chunks of ``action`` on ``agent`` as they arrive.
+
+        Leaving the loop early, or being cancelled, cancels the call on the agent.
+        """
+        stub = self._stub(agent)
+        message, timeout = self._prepare(
+            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope
+        )
+        call = stub.Stream(agent_pb2.StreamRequest(message=message), timeout=timeout)
+        try:
+            async for reply in call:
+                chunk = reply.chunk
+                if chunk.final:
+                    return
+                yield Chunk(agent=chunk.agent, sequence=chunk.sequence, data=struct_to_dict(chunk.data))
+        except grpc.aio.AioRpcError as exc:
+            raise _explain(exc, agent, action, timeout) from None
+        finally:
+            call.cancel()
+        raise StreamBroken(f"the stream from {agent}.{action} ended without its final marker")
+
+    async def describe(self, agent: str, *, timeout_ms: float = 5_000) -> AgentCard:
+        """The agent's card: name, version and actions."""
+        stub = self._stub(agent)
+        try:
+            reply = await stub.Describe(agent_pb2.DescribeRequest(), timeout=timeout_ms / 1000)
+        except grpc.aio.AioRpcError as exc:
+            raise _explain(exc, agent, "Describe", timeout_ms / 1000) from None
+        card = reply.card
+        return AgentCard(
+            name=card.name,
+            description=card.description,
+            version=card.version,
+            actions=[
+                ActionInfo(
+                    name=spec.name,
+                    description=spec.description,
+                    streaming=spec.streaming,
+                    input_schema=struct_to_dict(spec.input_schema) if spec.HasField("input_schema") else None,
+                )
+                for spec in card.actions
+            ],
+        )
+
+    async def health(self, agent: str, *, service: str = "", timeout_ms: float = 2_000) -> str:
+        """The agent's gRPC health status name (``SERVING``, ``NOT_SERVING``, ...)."""
+        stub = health_pb2_grpc.HealthStub(self.channel(agent))
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_ms / 1000)
+        except grpc.aio.AioRpcError as exc:
+            raise _explain(exc, agent, "health", timeout_ms / 1000) from None
+        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return name
+
+
+def _explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float) -> KosmosError:
+    """The mesh error for a failed call, with the agent named where the transport said little."""
+    error = from_rpc_error(exc)
+    if error.metadata:  # the agent itself explained the failure
+        return error
+    code = exc.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        error.message = f"{agent}.{action} did not answer within {timeout * 1000:.0f} ms"
+    elif code == grpc.StatusCode.UNAVAILABLE:
+        error.message = f"agent {agent!r} is unavailable: {exc.details()}"
+    else:
+        error.message = f"{agent}.{action} failed: {error.message}"
+    error.args = (error.message,)
+    return error

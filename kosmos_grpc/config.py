@@ -1,0 +1,126 @@
+"""The mesh config file (``kosmos.toml``): each agent's implementation and address, and mesh limits."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT
+from kosmos_grpc.errors import KosmosError
+
+if TYPE_CHECKING:
+    from kosmos_grpc.agent import Agent
+
+__all__ = ["AgentConfig", "ConfigError", "MeshConfig", "load_agent", "load_config"]
+
+DEFAULT_CONFIG = "kosmos.toml"
+
+
+class ConfigError(KosmosError):
+    """The mesh config is missing or wrong."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "CONFIG_INVALID"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """One agent of the mesh: ``object`` is ``module:Class``, ``address`` is ``host:port``."""
+
+    name: str
+    object: str
+    address: str
+    max_concurrent_rpcs: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """The whole mesh: its agents and the limits every server applies."""
+
+    agents: dict[str, AgentConfig]
+    payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+    grace_seconds: float = 10.0
+    max_concurrent_rpcs: int | None = 1024
+    path: Path | None = field(default=None, compare=False)
+
+    def addresses(self) -> dict[str, str]:
+        """Agent name -> address, the registry every process starts from."""
+        return {name: agent.address for name, agent in self.agents.items()}
+
+    def agent(self, name: str) -> AgentConfig:
+        """One agent's config, or ConfigError naming the agents there are."""
+        try:
+            return self.agents[name]
+        except KeyError:
+            known = ", ".join(sorted(self.agents)) or "none"
+            raise ConfigError(f"no agent named {name!r} in the config (agents: {known})") from None
+
+
+def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = table[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
+    """Read a mesh config: ``path``, else ``$KOSMOS_CONFIG``, else ``./kosmos.toml``."""
+    path = Path(path or os.environ.get("KOSMOS_CONFIG") or DEFAULT_CONFIG)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    mesh = data.get("mesh", {})
+    agents: dict[str, AgentConfig] = {}
+    for name, table in data.get("agents", {}).items():
+        where = f"agents.{name}"
+        for key in ("object", "address"):
+            if key not in table:
+                raise ConfigError(f"{path}: {where} needs {key!r}")
+        limit = table.get("max_concurrent_rpcs")
+        agents[name] = AgentConfig(
+            name=name,
+            object=_typed(table, "object", str, where),
+            address=_typed(table, "address", str, where),
+            max_concurrent_rpcs=None if limit is None else _typed(table, "max_concurrent_rpcs", int, where),
+        )
+    if not agents:
+        raise ConfigError(f"{path}: no [agents.<name>] tables")
+    kwargs: dict[str, Any] = {}
+    for key, attr, kind in (
+        ("payload_limit_bytes", "payload_limit", int),
+        ("grace_seconds", "grace_seconds", (int, float)),
+        ("max_concurrent_rpcs", "max_concurrent_rpcs", int),
+    ):
+        if key in mesh:
+            kwargs[attr] = _typed(mesh, key, kind, "mesh")
+    return MeshConfig(agents=agents, path=path.resolve(), **kwargs)
+
+
+def load_agent(spec: str, search_path: Path | None = None) -> Agent:
+    """Import ``module:Class`` and instantiate it; the config's folder and cwd are importable."""
+    from kosmos_grpc.agent import Agent
+
+    for folder in (search_path, Path.cwd()):
+        if folder is not None and str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"object {spec!r} should be 'module:Class'")
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load agent object {spec!r}: {exc}") from None
+    agent = target() if isinstance(target, type) else target
+    if not isinstance(agent, Agent):
+        raise ConfigError(f"{spec!r} is not a kosmos_grpc.Agent")
+    return agent

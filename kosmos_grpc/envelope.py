@@ -1,0 +1,186 @@
+"""Build and validate the ``AgentMessage`` envelope: defaults, TTL, priority, payload limits.
+
+This is the hot path of every call, so conversions between JSON-like dicts and
+``google.protobuf.Struct`` are hand-rolled here rather than going through ``json_format``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
+from kosmos_grpc.errors import DeadlineExceeded, InvalidEnvelope, PayloadTooLarge
+
+__all__ = [
+    "DEFAULT_PAYLOAD_LIMIT",
+    "DEFAULT_TTL_MS",
+    "AgentMessage",
+    "Priority",
+    "dict_to_struct",
+    "new_message",
+    "struct_to_dict",
+    "ttl_remaining",
+    "validate",
+]
+
+AgentMessage = envelope_pb2.AgentMessage
+
+DEFAULT_TTL_MS = 60_000
+DEFAULT_PAYLOAD_LIMIT = 4 * 1024 * 1024
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+class Priority(enum.IntEnum):
+    """How urgent a message is; UNSPECIFIED on the wire means NORMAL."""
+
+    UNSPECIFIED = envelope_pb2.PRIORITY_UNSPECIFIED
+    LOW = envelope_pb2.PRIORITY_LOW
+    NORMAL = envelope_pb2.PRIORITY_NORMAL
+    HIGH = envelope_pb2.PRIORITY_HIGH
+    CRITICAL = envelope_pb2.PRIORITY_CRITICAL
+
+    @classmethod
+    def parse(cls, value: Priority | int | str) -> Priority:
+        """A priority from its enum, number or name (``"high"``, ``"PRIORITY_HIGH"``)."""
+        if isinstance(value, str):
+            name = value.upper().removeprefix("PRIORITY_")
+            try:
+                return cls[name]
+            except KeyError:
+                choices = ", ".join(p.name.lower() for p in cls if p)
+                raise InvalidEnvelope("priority", f"priority {value!r} is not one of {choices}") from None
+        try:
+            return cls(value)
+        except ValueError:
+            raise InvalidEnvelope("priority", f"priority {value!r} is not a known priority") from None
+
+
+_PRIORITIES = frozenset(int(p) for p in Priority)
+
+
+def dict_to_struct(data: Mapping[str, Any], into: struct_pb2.Struct | None = None) -> struct_pb2.Struct:
+    """A Struct holding a JSON-like mapping; raises TypeError/ValueError for what JSON cannot hold."""
+    struct = struct_pb2.Struct() if into is None else into
+    if data:
+        struct.update(data)
+    return struct
+
+
+def _from_value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        # JSON has one number type; give integral values back as int, as the sender most likely meant.
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_from_value(v) for v in value.list_value.values]
+    return None
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """The JSON-like dict a Struct holds."""
+    return {key: _from_value(value) for key, value in struct.fields.items()}
+
+
+def new_message(
+    action: str,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    source_agent: str = "",
+    target_agent: str | None = None,
+    correlation_id: str | None = None,
+    trace_id: str = "",
+    priority: Priority | int | str = Priority.NORMAL,
+    ttl_ms: int = DEFAULT_TTL_MS,
+    message_id: str | None = None,
+) -> envelope_pb2.AgentMessage:
+    """A new envelope with a fresh uuid4, the current time and the given fields."""
+    message_id = message_id or str(uuid.uuid4())
+    now = time.time_ns()
+    message = envelope_pb2.AgentMessage(
+        message_id=message_id,
+        timestamp=timestamp_pb2.Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
+        source_agent=source_agent,
+        action=action,
+        correlation_id=correlation_id or message_id,
+        trace_id=trace_id,
+        priority=int(priority) if isinstance(priority, Priority) else int(Priority.parse(priority)),
+        ttl_ms=ttl_ms,
+    )
+    if target_agent is not None:
+        message.target_agent = target_agent
+    if payload:
+        try:
+            message.payload.update(payload)
+        except (TypeError, ValueError) as exc:
+            raise InvalidEnvelope("payload", f"payload is not a JSON object: {exc}") from None
+    return message
+
+
+def ttl_remaining(message: envelope_pb2.AgentMessage, now_ns: int | None = None) -> float:
+    """Seconds the message has left before its TTL runs out (negative once it has)."""
+    ttl_ms = message.ttl_ms or DEFAULT_TTL_MS
+    if not message.HasField("timestamp"):
+        return ttl_ms / 1000
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    sent_ns = message.timestamp.seconds * 1_000_000_000 + message.timestamp.nanos
+    # A timestamp ahead of this clock (skew) never lengthens the TTL.
+    age_ms = max(0, now_ns - sent_ns) / 1_000_000
+    return (ttl_ms - age_ms) / 1000
+
+
+def validate(
+    message: envelope_pb2.AgentMessage,
+    *,
+    payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+    now_ns: int | None = None,
+) -> float:
+    """Check an incoming envelope, fill its defaults in place and return its TTL left in seconds.
+
+    Raises InvalidEnvelope naming the field, DeadlineExceeded for an expired TTL and
+    PayloadTooLarge for a payload over ``payload_limit`` bytes.
+    """
+    if not message.action:
+        raise InvalidEnvelope("action", "action is required")
+    if not message.message_id:
+        message.message_id = str(uuid.uuid4())
+    elif _UUID4.fullmatch(message.message_id) is None:
+        raise InvalidEnvelope(
+            "message_id", f"message_id {message.message_id[:64]!r} is not a uuid4 in canonical text form"
+        )
+    if not message.correlation_id:
+        message.correlation_id = message.message_id
+    if message.ttl_ms < 0:
+        raise InvalidEnvelope("ttl_ms", f"ttl_ms must be 0 (the default) or more, got {message.ttl_ms}")
+    if message.priority not in _PRIORITIES:
+        raise InvalidEnvelope("priority", f"priority {message.priority} is not a known priority")
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    if not message.HasField("timestamp"):
+        message.timestamp.seconds, message.timestamp.nanos = divmod(now_ns, 1_000_000_000)
+    remaining = ttl_remaining(message, now_ns)
+    if remaining <= 0:
+        raise DeadlineExceeded(
+            f"ttl_ms expired: the message is {(message.ttl_ms or DEFAULT_TTL_MS) - remaining * 1000:.0f} ms old "
+            f"and its ttl_ms is {message.ttl_ms or DEFAULT_TTL_MS}",
+            metadata={"field": "ttl_ms"},
+        )
+    size = message.payload.ByteSize()
+    if size > payload_limit:
+        raise PayloadTooLarge(
+            f"payload is {size} bytes, over the limit of {payload_limit} bytes",
+            metadata={"field": "payload", "limit": str(payload_limit)},
+        )
+    return remaining

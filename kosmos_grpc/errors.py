@@ -1,0 +1,247 @@
+"""One exception hierarchy for the mesh, each class mapped to a gRPC status code.
+
+Errors cross the wire as a ``google.rpc.Status`` whose details hold an ``ErrorInfo``
+(reason, domain ``kosmos``, and metadata such as the offending field) and, for overload,
+a ``RetryInfo``; :func:`from_rpc_error` rebuilds the same class on the client::
+
+    KosmosError                      INTERNAL
+    ├── InvalidEnvelope              INVALID_ARGUMENT   (field names the bad envelope field)
+    ├── AgentNotFound                NOT_FOUND
+    ├── ActionNotFound               UNIMPLEMENTED
+    ├── WrongCallKind                FAILED_PRECONDITION
+    ├── DeadlineExceeded             DEADLINE_EXCEEDED  (also a TimeoutError)
+    ├── AgentUnavailable             UNAVAILABLE
+    ├── ResourceExhausted            RESOURCE_EXHAUSTED
+    │   └── PayloadTooLarge
+    ├── Cancelled                    CANCELLED
+    ├── StreamBroken                 DATA_LOSS
+    └── ActionFailed                 INTERNAL           (the handler raised; no traceback leaks)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+__all__ = [
+    "DOMAIN",
+    "ActionFailed",
+    "ActionNotFound",
+    "AgentNotFound",
+    "AgentUnavailable",
+    "Cancelled",
+    "DeadlineExceeded",
+    "InvalidEnvelope",
+    "KosmosError",
+    "PayloadTooLarge",
+    "ResourceExhausted",
+    "StreamBroken",
+    "WrongCallKind",
+    "from_rpc_error",
+    "to_status",
+]
+
+DOMAIN = "kosmos"
+
+
+class KosmosError(Exception):
+    """Root of every error the mesh raises; ``code`` is the gRPC status it travels as."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: ClassVar[str] = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        metadata: dict[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = dict(metadata or {})
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Whether trying the same call again may succeed."""
+        return self.code == grpc.StatusCode.UNAVAILABLE or (
+            self.code == grpc.StatusCode.RESOURCE_EXHAUSTED and self.retry_after is not None
+        )
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidEnvelope(KosmosError):
+    """The envelope breaks a rule; ``field`` names the field at fault."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ENVELOPE"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, metadata={"field": field})
+
+    @property
+    def field(self) -> str:
+        """The envelope field at fault."""
+        return self.metadata.get("field", "")
+
+
+class AgentNotFound(KosmosError):
+    """The mesh knows no agent of that name."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "AGENT_NOT_FOUND"
+
+
+class ActionNotFound(KosmosError):
+    """The agent has no action of that name."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "ACTION_NOT_FOUND"
+
+
+class WrongCallKind(KosmosError):
+    """A streaming action was called through Execute."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "WRONG_CALL_KIND"
+
+
+class DeadlineExceeded(KosmosError, TimeoutError):
+    """The call's deadline or the envelope's TTL ran out."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+class AgentUnavailable(KosmosError):
+    """The agent could not be reached."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "AGENT_UNAVAILABLE"
+
+
+class ResourceExhausted(KosmosError):
+    """The agent is overloaded or a limit was hit."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class PayloadTooLarge(ResourceExhausted):
+    """The payload is over the configured size limit."""
+
+    reason = "PAYLOAD_TOO_LARGE"
+
+
+class Cancelled(KosmosError):
+    """The call was cancelled by its caller."""
+
+    code = grpc.StatusCode.CANCELLED
+    reason = "CANCELLED"
+
+
+class StreamBroken(KosmosError):
+    """A stream ended without its final marker."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    reason = "STREAM_BROKEN"
+
+
+class ActionFailed(KosmosError):
+    """The action's handler raised an unexpected exception."""
+
+    reason = "ACTION_FAILED"
+
+
+_BY_REASON: dict[str, type[KosmosError]] = {
+    cls.reason: cls
+    for cls in (
+        KosmosError,
+        InvalidEnvelope,
+        AgentNotFound,
+        ActionNotFound,
+        WrongCallKind,
+        DeadlineExceeded,
+        AgentUnavailable,
+        ResourceExhausted,
+        PayloadTooLarge,
+        Cancelled,
+        StreamBroken,
+        ActionFailed,
+    )
+}
+_BY_CODE: dict[grpc.StatusCode, type[KosmosError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidEnvelope,
+    grpc.StatusCode.NOT_FOUND: AgentNotFound,
+    grpc.StatusCode.UNIMPLEMENTED: ActionNotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: WrongCallKind,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAVAILABLE: AgentUnavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.DATA_LOSS: StreamBroken,
+}
+
+
+def to_status(error: KosmosError) -> grpc.Status:
+    """The rich gRPC status an error travels as."""
+    details = []
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
+    details.append(info)
+    if error.retry_after is not None:
+        retry = any_pb2.Any()
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
+    status: grpc.Status = rpc_status.to_status(
+        status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    )
+    return status
+
+
+def _make(
+    cls: type[KosmosError],
+    code: grpc.StatusCode,
+    message: str,
+    metadata: dict[str, str],
+    retry_after: float | None,
+) -> KosmosError:
+    if cls is InvalidEnvelope:
+        return InvalidEnvelope(metadata.get("field", ""), message)
+    error = cls(message, metadata=metadata, retry_after=retry_after)
+    error.code = code  # a status the hierarchy has no class for keeps its own code
+    return error
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> KosmosError:
+    """Rebuild the mesh error a failed call carries, from its rich status where it has one."""
+    code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
+    message = (error.details() if callable(getattr(error, "details", None)) else None) or code.name
+    cls: type[KosmosError] = _BY_CODE.get(code, KosmosError)
+    metadata: dict[str, str] = {}
+    retry_after: float | None = None
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # a status whose details disagree with the code or message
+        status = None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            metadata = dict(info.metadata)
+            if info.domain == DOMAIN and _BY_REASON.get(info.reason, cls).code == code:
+                cls = _BY_REASON.get(info.reason, cls)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+    return _make(cls, code, message, metadata, retry_after)

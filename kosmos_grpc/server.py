@@ -1,0 +1,320 @@
+"""Serve an agent: a grpc.aio server with AgentService, standard health and server reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn, Self
+
+import grpc
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kosmos_grpc._proto.kosmos.v1 import agent_pb2, agent_pb2_grpc, envelope_pb2
+from kosmos_grpc.agent import ActionSpec, Agent, Context
+from kosmos_grpc.client import Coordinator, channel_options
+from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate
+from kosmos_grpc.errors import (
+    ActionFailed,
+    ActionNotFound,
+    AgentNotFound,
+    DeadlineExceeded,
+    KosmosError,
+    WrongCallKind,
+    to_status,
+)
+from kosmos_grpc.registry import Registry
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["AGENT_SERVICE", "AgentServer", "AgentServicer", "serve_forever"]
+
+log = logging.getLogger(__name__)
+
+AGENT_SERVICE: str = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+# When the caller's gRPC deadline is at most this much later than the TTL, gRPC's own
+# deadline (which cancels the handler) is enough and no timer of ours is needed.
+_DEADLINE_SLACK = 0.005
+
+
+def _to_struct(result: Any, what: str) -> struct_pb2.Struct:
+    if not isinstance(result, Mapping):
+        raise ActionFailed(f"{what} returned {type(result).__name__}, not a JSON object")
+    struct = struct_pb2.Struct()
+    try:
+        struct.update(result)
+    except (TypeError, ValueError) as exc:
+        raise ActionFailed(f"{what} returned something JSON cannot hold: {exc}") from None
+    return struct
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    """AgentService for one agent: validates each envelope, routes by action, enforces the deadline."""
+
+    def __init__(self, agent: Agent, coordinator: Coordinator, payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> None:
+        self.agent = agent
+        self.coordinator = coordinator
+        self.payload_limit = payload_limit
+        self._card = self._make_card()
+
+    def _make_card(self) -> agent_pb2.AgentCard:
+        card = agent_pb2.AgentCard(
+            name=self.agent.name, description=self.agent.description, version=self.agent.version
+        )
+        for spec in self.agent.actions.values():
+            item = card.actions.add(name=spec.name, description=spec.description, streaming=spec.streaming)
+            if spec.input_schema is not None:
+                item.input_schema.update(spec.input_schema)
+        return card
+
+    def _admit(
+        self, message: envelope_pb2.AgentMessage, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[ActionSpec, Context, float | None]:
+        """Validate the envelope and find its action; the timer seconds are None when gRPC's deadline suffices."""
+        ttl_left = validate(message, payload_limit=self.payload_limit)
+        if message.HasField("target_agent") and message.target_agent and message.target_agent != self.agent.name:
+            raise AgentNotFound(
+                f"target_agent {message.target_agent!r} is not served here (this is {self.agent.name!r})",
+                metadata={"field": "target_agent"},
+            )
+        spec = self.agent.actions.get(message.action)
+        if spec is None:
+            known = ", ".join(sorted(self.agent.actions)) or "none"
+            raise ActionNotFound(
+                f"agent {self.agent.name!r} has no action {message.action!r} (actions: {known})",
+                metadata={"field": "action"},
+            )
+        grpc_left = context.time_remaining()
+        now = time.monotonic()
+        if grpc_left is not None and grpc_left <= ttl_left + _DEADLINE_SLACK:
+            timer, left = None, grpc_left
+        else:
+            timer = left = ttl_left
+        ctx = Context(message, agent_name=self.agent.name, deadline=now + left, coordinator=self.coordinator)
+        return spec, ctx, timer
+
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> NoReturn:
+        status = to_status(error)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        raise AssertionError("abort returned")  # pragma: no cover - abort always raises
+
+    def _unexpected(self, exc: Exception, message: envelope_pb2.AgentMessage) -> KosmosError:
+        log.exception("agent %s action %s failed", self.agent.name, message.action)
+        return ActionFailed(f"{self.agent.name}.{message.action} failed: {type(exc).__name__}")
+
+    async def Execute(
+        self, request: agent_pb2.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.ExecuteResponse:
+        """Run a unary action."""
+        message = request.message
+        error: KosmosError
+        try:
+            spec, ctx, timer = self._admit(message, context)
+            if spec.streaming:
+                raise WrongCallKind(
+                    f"action {message.action!r} streams: call Stream instead of Execute",
+                    metadata={"field": "action"},
+                )
+            if timer is None:
+                result = await spec.handler(self.agent, ctx, ctx.payload)
+            else:
+                async with asyncio.timeout(timer):
+                    result = await spec.handler(self.agent, ctx, ctx.payload)
+            response = agent_pb2.ExecuteResponse()
+            reply = response.response
+            reply.agent = self.agent.name
+            reply.request_message_id = message.message_id
+            reply.correlation_id = message.correlation_id
+            reply.result.CopyFrom(_to_struct(result, f"{self.agent.name}.{message.action}"))
+            return response
+        except KosmosError as exc:
+            error = exc
+        except TimeoutError:
+            error = DeadlineExceeded(f"{self.agent.name}.{message.action} ran past its deadline (ttl_ms) and was cancelled")
+        except Exception as exc:
+            error = self._unexpected(exc, message)
+        await self._abort(context, error)
+
+    async def Stream(
+        self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[agent_pb2.StreamResponse]:
+        """Run an action and send its chunks as they are made, then the final marker."""
+        message = request.message
+        error: KosmosError
+        sequence = 0
+        what = f"{self.agent.name}.{message.action}"
+        try:
+            spec, ctx, timer = self._admit(message, context)
+            chunks = _chunks(spec, self.agent, ctx)
+            deadline = None if timer is None else asyncio.get_running_loop().time() + timer
+            while True:
+                # The timer wraps each step only, never a yield: a timeout must not fire while
+                # gRPC holds the generator suspended.
+                try:
+                    if deadline is None:
+                        item = await anext(chunks)
+                    else:
+                        async with asyncio.timeout_at(deadline):
+                            item = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                response = agent_pb2.StreamResponse()
+                chunk = response.chunk
+                chunk.agent = self.agent.name
+                chunk.request_message_id = message.message_id
+                chunk.correlation_id = message.correlation_id
+                chunk.sequence = sequence
+                chunk.data.CopyFrom(_to_struct(item, what))
+                sequence += 1
+                yield response
+            final = agent_pb2.StreamResponse()
+            final.chunk.agent = self.agent.name
+            final.chunk.request_message_id = message.message_id
+            final.chunk.correlation_id = message.correlation_id
+            final.chunk.sequence = sequence
+            final.chunk.final = True
+            yield final
+            return
+        except KosmosError as exc:
+            error = exc
+        except TimeoutError:
+            error = DeadlineExceeded(f"{what} ran past its deadline (ttl_ms) and was cancelled")
+        except Exception as exc:
+            error = self._unexpected(exc, message)
+        await self._abort(context, error)
+
+    async def Describe(
+        self, request: agent_pb2.DescribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.DescribeResponse:
+        """The agent's card."""
+        return agent_pb2.DescribeResponse(card=self._card)
+
+
+async def _chunks(spec: ActionSpec, agent: Agent, ctx: Context) -> AsyncIterator[Any]:
+    """A streaming action's chunks, or a unary action's result as the one chunk."""
+    if spec.streaming:
+        async for item in spec.handler(agent, ctx, ctx.payload):
+            yield item
+    else:
+        yield await spec.handler(agent, ctx, ctx.payload)
+
+
+class AgentServer:
+    """One agent served over gRPC, with health and reflection; an async context manager.
+
+    Health reports NOT_SERVING until :meth:`start` finishes (or :meth:`set_serving` when
+    ``serving=False`` was asked for) and again from the moment :meth:`stop` begins.
+    """
+
+    def __init__(
+        self,
+        agent: Agent,
+        *,
+        address: str = "127.0.0.1:0",
+        registry: Registry | Mapping[str, str] | None = None,
+        payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+        grace_seconds: float = 10.0,
+        max_concurrent_rpcs: int | None = None,
+    ) -> None:
+        self.agent = agent
+        self.grace_seconds = grace_seconds
+        self.registry = registry if isinstance(registry, Registry) else Registry(registry)
+        self.coordinator = Coordinator(self.registry, source_agent=agent.name, payload_limit=payload_limit)
+        self.health = health.aio.HealthServicer()
+        self._requested = address
+        self._server = grpc.aio.server(
+            options=channel_options(payload_limit), maximum_concurrent_rpcs=max_concurrent_rpcs
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(agent, self.coordinator, payload_limit), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            [AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the server is bound to (the real port when 0 was asked for)."""
+        host = self._requested.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def start(self, *, serving: bool = True) -> None:
+        """Bind, start, run the agent's ``on_start`` and, unless told otherwise, report SERVING."""
+        self.port = self._server.add_insecure_port(self._requested)
+        if self.port == 0:
+            raise OSError(f"cannot bind {self._requested}")
+        self.registry.set(self.agent.name, self.address)
+        for service in ("", AGENT_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.start()
+        await self.agent.on_start()
+        if serving:
+            await self.set_serving()
+
+    async def set_serving(self) -> None:
+        """Report SERVING to health checks."""
+        for service in ("", AGENT_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, drain in-flight calls for ``grace`` seconds, then close."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.grace_seconds if grace is None else grace)
+        await self.coordinator.close()
+        await self.agent.on_stop()
+
+    async def wait_stopped(self) -> None:
+        """Wait until :meth:`stop` has been called."""
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+async def serve_forever(
+    server: AgentServer,
+    *,
+    ready: Callable[[AgentServer], Awaitable[None]] | None = None,
+) -> None:
+    """Run ``server`` until SIGTERM or SIGINT, then drain within its grace period.
+
+    ``ready`` runs once the server is bound, before it reports SERVING (``kosmos up`` uses it
+    to learn the port and hand over the mesh's addresses).
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start(serving=ready is None)
+        if ready is not None:
+            await ready(server)
+            await server.set_serving()
+        log.info("%s serving on %s", server.agent.name, server.address)
+        waiter = asyncio.ensure_future(stop.wait())
+        stopped = asyncio.ensure_future(server.wait_stopped())
+        await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopped.cancel()
+        log.info("%s draining (grace %.1f s)", server.agent.name, server.grace_seconds)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop()
