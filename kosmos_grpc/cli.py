@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import MeshConfig, load_config
@@ -99,11 +99,18 @@ async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported on one line instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"kosmos: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kosmos", description="KOSMOS, a gRPC mesh for multi-agent systems.")
+    parser = _Parser(prog="kosmos", description="KOSMOS, a gRPC mesh for multi-agent systems.")
     parser.add_argument("--config", help="mesh config file (default: $KOSMOS_CONFIG or ./kosmos.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     commands.add_parser("up", help="run every agent of the config, each in its own process")
     serve = commands.add_parser("serve", help="run one agent of the config in this process")
@@ -113,7 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     def timed(sub: argparse.ArgumentParser, default: float) -> None:
         sub.add_argument("--timeout-ms", type=float, default=default, help=f"deadline (default {default:.0f})")
 
-    for name, helptext in (("call", "run a unary action and print its result"), ("stream", "print chunks as they arrive")):
+    for name, helptext in (
+        ("call", "run a unary action and print its result"),
+        ("stream", "print chunks as they arrive"),
+    ):
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("agent")
         sub.add_argument("action")
@@ -136,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except KosmosError as exc:  # a bad --priority
-        parser.error(exc.message)
+        print(f"kosmos: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
@@ -23,6 +22,7 @@ from kosmos_grpc.errors import DeadlineExceeded, KosmosError, StreamBroken, from
 from kosmos_grpc.registry import Registry
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
     from types import TracebackType
 
     from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
@@ -146,7 +146,7 @@ class Coordinator:
         address = self.registry.address(agent)
         stub = self._stubs.get(address)
         if stub is None:
-            stub = agent_pb2_grpc.AgentServiceStub(self.channel(agent))  # type: ignore[assignment]
+            stub = agent_pb2_grpc.AgentServiceStub(self.channel(agent))
             self._stubs[address] = stub
         return stub
 

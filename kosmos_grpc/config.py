@@ -65,7 +65,7 @@ class MeshConfig:
 
 def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     value = table[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__})")
     return value
 

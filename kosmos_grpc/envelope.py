@@ -10,13 +10,15 @@ import enum
 import re
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
 from kosmos_grpc.errors import DeadlineExceeded, InvalidEnvelope, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "DEFAULT_PAYLOAD_LIMIT",
@@ -49,6 +51,8 @@ class Priority(enum.IntEnum):
     @classmethod
     def parse(cls, value: Priority | int | str) -> Priority:
         """A priority from its enum, number or name (``"high"``, ``"PRIORITY_HIGH"``)."""
+        if isinstance(value, Priority):
+            return value
         if isinstance(value, str):
             name = value.upper().removeprefix("PRIORITY_")
             try:
@@ -108,6 +112,8 @@ def new_message(
     message_id: str | None = None,
 ) -> envelope_pb2.AgentMessage:
     """A new envelope with a fresh uuid4, the current time and the given fields."""
+    if ttl_ms < 0:
+        raise InvalidEnvelope("ttl_ms", f"ttl_ms must be 0 (the default) or more, got {ttl_ms}")
     message_id = message_id or str(uuid.uuid4())
     now = time.time_ns()
     message = envelope_pb2.AgentMessage(
@@ -117,7 +123,7 @@ def new_message(
         action=action,
         correlation_id=correlation_id or message_id,
         trace_id=trace_id,
-        priority=int(priority) if isinstance(priority, Priority) else int(Priority.parse(priority)),
+        priority=envelope_pb2.Priority.ValueType(Priority.parse(priority)),
         ttl_ms=ttl_ms,
     )
     if target_agent is not None:
@@ -172,9 +178,9 @@ def validate(
         message.timestamp.seconds, message.timestamp.nanos = divmod(now_ns, 1_000_000_000)
     remaining = ttl_remaining(message, now_ns)
     if remaining <= 0:
+        ttl_ms = message.ttl_ms or DEFAULT_TTL_MS
         raise DeadlineExceeded(
-            f"ttl_ms expired: the message is {(message.ttl_ms or DEFAULT_TTL_MS) - remaining * 1000:.0f} ms old "
-            f"and its ttl_ms is {message.ttl_ms or DEFAULT_TTL_MS}",
+            f"ttl_ms expired: the message is {ttl_ms - remaining * 1000:.0f} ms old and its ttl_ms is {ttl_ms}",
             metadata={"field": "ttl_ms"},
         )
     size = message.payload.ByteSize()

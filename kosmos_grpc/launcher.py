@@ -14,13 +14,15 @@ import json
 import signal
 import sys
 from dataclasses import dataclass
-from collections.abc import Coroutine
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import ConfigError, MeshConfig, load_agent
 from kosmos_grpc.errors import KosmosError
 from kosmos_grpc.server import AgentServer, serve_forever
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
 
 __all__ = ["MeshProcess", "run_mesh", "serve_agent"]
 

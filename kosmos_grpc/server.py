@@ -63,9 +63,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._card = self._make_card()
 
     def _make_card(self) -> agent_pb2.AgentCard:
-        card = agent_pb2.AgentCard(
-            name=self.agent.name, description=self.agent.description, version=self.agent.version
-        )
+        card = agent_pb2.AgentCard(name=self.agent.name, description=self.agent.description, version=self.agent.version)
         for spec in self.agent.actions.values():
             item = card.actions.add(name=spec.name, description=spec.description, streaming=spec.streaming)
             if spec.input_schema is not None:
@@ -75,7 +73,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def _admit(
         self, message: envelope_pb2.AgentMessage, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tuple[ActionSpec, Context, float | None]:
-        """Validate the envelope and find its action; the timer seconds are None when gRPC's deadline suffices."""
+        """Validate the envelope and find its action.
+
+        The timer is the seconds our own deadline must enforce, None when gRPC's deadline suffices.
+        """
         ttl_left = validate(message, payload_limit=self.payload_limit)
         if message.HasField("target_agent") and message.target_agent and message.target_agent != self.agent.name:
             raise AgentNotFound(
@@ -135,7 +136,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except KosmosError as exc:
             error = exc
         except TimeoutError:
-            error = DeadlineExceeded(f"{self.agent.name}.{message.action} ran past its deadline (ttl_ms) and was cancelled")
+            error = DeadlineExceeded(
+                f"{self.agent.name}.{message.action} ran past its deadline (ttl_ms) and was cancelled"
+            )
         except Exception as exc:
             error = self._unexpected(exc, message)
         await self._abort(context, error)
@@ -234,9 +237,7 @@ class AgentServer:
             AgentServicer(agent, self.coordinator, payload_limit), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            [AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
-        )
+        reflection.enable_server_reflection([AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server)
         self.port = 0
         self._stopped = asyncio.Event()
 

@@ -1,0 +1,128 @@
+"""Fixtures: agents served on loopback port 0 in the test's own event loop, and the tools' paths."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kosmos_grpc import Agent, AgentServer, Coordinator, Registry
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+class Mesh:
+    """Agents served in-process on free loopback ports, sharing one registry."""
+
+    def __init__(self) -> None:
+        self.registry = Registry()
+        self.servers: list[AgentServer] = []
+
+    async def serve(self, agent: Agent, **kwargs: Any) -> AgentServer:
+        server = AgentServer(agent, address="127.0.0.1:0", registry=self.registry, grace_seconds=1, **kwargs)
+        await server.start()
+        self.servers.append(server)
+        return server
+
+    def client(self, **kwargs: Any) -> Coordinator:
+        return Coordinator(self.registry, **kwargs)
+
+
+@pytest.fixture
+async def mesh() -> AsyncIterator[Mesh]:
+    mesh = Mesh()
+    try:
+        yield mesh
+    finally:
+        for server in mesh.servers:
+            await server.stop(0)
+
+
+@pytest.fixture
+async def client(mesh: Mesh) -> AsyncIterator[Coordinator]:
+    async with mesh.client() as coordinator:
+        yield coordinator
+
+
+def tool(name: str) -> str:
+    """A command installed beside this Python (grpcurl, kosmos), else on PATH."""
+    path = BIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed; run `make install`")
+    return found
+
+
+class Processes:
+    """Processes a test starts, each stopped by its PID when the test ends."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[str]] = []
+        self.pids: list[int] = []
+
+    def start(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
+        process = subprocess.Popen(
+            list(args), cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
+        )
+        self.started.append(process)
+        return process
+
+    def adopt(self, pid: int) -> None:
+        """Also stop ``pid`` (a grandchild) if it is still alive at the end."""
+        self.pids.append(pid)
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(5)
+            for stream in (process.stdout, process.stderr, process.stdin):
+                if stream is not None:
+                    stream.close()
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+async def run_tool(*args: str, limit: float = 20, stdin: str | None = None) -> tuple[int, str, str]:
+    """Run a command without blocking the event loop the in-process servers live in; killed on timeout."""
+    import asyncio
+
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin.encode() if stdin else None), limit)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

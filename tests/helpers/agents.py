@@ -1,0 +1,119 @@
+"""Agents that exist only for the tests: echo, slow, gated and failing behaviours."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from kosmos_grpc import Agent, Context, action
+
+
+class Echo(Agent):
+    """Echoes what it is sent."""
+
+    name = "echo"
+
+    @action
+    async def echo(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Return the payload unchanged."""
+        return payload
+
+    @action
+    async def count(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream n chunks numbered from 0."""
+        for i in range(int(payload.get("n", 3))):
+            yield {"i": i}
+
+    @action
+    async def whoami(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """What the handler sees of the call."""
+        return {
+            "correlation_id": ctx.correlation_id,
+            "message_id": ctx.message.message_id,
+            "priority": ctx.priority.name,
+            "time_remaining": ctx.time_remaining(),
+        }
+
+    @action
+    async def sleep(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Sleep for payload.ms milliseconds."""
+        await asyncio.sleep(payload.get("ms", 100) / 1000)
+        return {"slept_ms": payload.get("ms", 100)}
+
+    @action
+    async def boom(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Raise an unexpected exception."""
+        raise RuntimeError("secret internal detail")
+
+    @action
+    async def not_json(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Return something a Struct cannot hold."""
+        return {"value": object()}
+
+
+class Probe(Agent):
+    """Records what happens to its calls, and waits on gates the test opens."""
+
+    name = "probe"
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.gates = [asyncio.Event() for _ in range(5)]
+        self.produced: list[int] = []
+        self.seen_remaining: list[float | None] = []
+
+    @action
+    async def hang(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Wait far longer than any deadline, noting whether it was cancelled."""
+        self.seen_remaining.append(ctx.time_remaining())
+        self.started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return {}
+
+    @action
+    async def hang_stream(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Yield one chunk, then wait far longer than any deadline."""
+        self.started.set()
+        yield {"i": 0}
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    @action
+    async def gated(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Yield chunk i only once gate i is open (gate 0 is opened here)."""
+        for i in range(int(payload.get("n", 3))):
+            if i:
+                await self.gates[i].wait()
+            self.produced.append(i)
+            yield {"i": i}
+        self.finished.set()
+
+    @action
+    async def work(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Wait for gate 0, then finish normally."""
+        self.started.set()
+        await self.gates[0].wait()
+        self.finished.set()
+        return {"done": True}
+
+
+class Relay(Agent):
+    """A coordinator for tests: forwards to another agent with the caller's deadline."""
+
+    name = "relay"
+
+    @action
+    async def forward(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Delegate payload.action to payload.agent with no timeout of its own."""
+        response = await ctx.client.delegate(payload["agent"], payload["action"], payload.get("payload", {}))
+        return {"agent": response.agent, "result": response.result}

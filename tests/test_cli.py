@@ -1,0 +1,221 @@
+"""The `kosmos` command: the whole mesh in processes, calls from the shell, one readable line on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kosmos_grpc import Coordinator
+
+from .conftest import ROOT, Processes, tool
+
+MESH = """
+[mesh]
+grace_seconds = 5
+
+[agents.zeus]
+object = "agents.zeus:Zeus"
+address = "{zeus}"
+
+[agents.athena]
+object = "agents.athena:Athena"
+address = "{athena}"
+"""
+
+
+def write_config(path: Path, zeus: str = "127.0.0.1:0", athena: str = "127.0.0.1:0") -> Path:
+    path.write_text(MESH.format(zeus=zeus, athena=athena))
+    return path
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout: float = 30) -> list[str]:
+    """Lines of stdout up to the one containing ``marker``; fails after ``timeout`` seconds."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.rstrip("\n"))
+            if marker in line:
+                break
+        else:
+            lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            pytest.fail(f"no {marker!r} within {timeout} s; got {seen}")
+        if line is None:
+            pytest.fail(f"output ended before {marker!r}: {seen}")
+        seen.append(line)
+        if marker in line:
+            return seen
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+def kosmos(config: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("kosmos"), "--config", str(config), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_mesh(processes: Processes, tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, tuple[str, int]]]:
+    up = processes.start(tool("kosmos"), "--config", str(write_config(tmp_path / "kosmos.toml")), "up")
+    lines = read_until(up, "mesh up")
+    table = {}
+    for line in lines[lines.index(next(x for x in lines if x.startswith("AGENT"))) + 1 : -1]:
+        name, address, health, pid = line.split()
+        assert health == "SERVING"
+        table[name] = (address, int(pid))
+        processes.adopt(int(pid))
+    return up, table
+
+
+def test_up_serves_every_agent_and_the_shell_commands_reach_them(processes: Processes, tmp_path: Path) -> None:
+    up, table = start_mesh(processes, tmp_path)
+    assert set(table) == {"zeus", "athena"}
+    assert len({pid for _, pid in table.values()} | {up.pid}) == 3, "each agent has its own process"
+    live = write_config(tmp_path / "live.toml", table["zeus"][0], table["athena"][0])
+
+    call = kosmos(
+        live,
+        "call",
+        "zeus",
+        "delegate",
+        '{"agent": "athena", "action": "answer", "payload": {"topic": "grpc"}}',
+    )
+    assert call.returncode == 0, call.stderr
+    assert json.loads(call.stdout)["agent"] == "athena"
+    assert json.loads(call.stdout)["result"]["topic"] == "grpc"
+
+    stream = kosmos(
+        live,
+        "stream",
+        "zeus",
+        "relay",
+        '{"agent": "athena", "action": "explain", "payload": {"topic": "nats", "pause_ms": 0}}',
+    )
+    assert stream.returncode == 0, stream.stderr
+    assert [json.loads(line)["index"] for line in stream.stdout.splitlines()] == [0, 1, 2]
+
+    health = kosmos(live, "health")
+    assert health.returncode == 0, health.stderr
+    assert [line.split()[-1] for line in health.stdout.splitlines()] == ["SERVING", "SERVING"]
+
+    agents = kosmos(live, "agents")
+    assert agents.returncode == 0, agents.stderr
+    assert "answer, explain (stream)" in agents.stdout
+    assert "delegate, relay (stream)" in agents.stdout
+
+
+def test_sigterm_to_up_stops_every_agent_process(processes: Processes, tmp_path: Path) -> None:
+    up, table = start_mesh(processes, tmp_path)
+    up.send_signal(signal.SIGTERM)
+    assert up.wait(20) == 0
+    assert wait_gone([pid for _, pid in table.values()]) == []
+
+
+def test_agents_stop_when_their_launcher_is_killed(processes: Processes, tmp_path: Path) -> None:
+    up, table = start_mesh(processes, tmp_path)
+    up.kill()  # no chance to clean up: the children notice their stdin close
+    up.wait(10)
+    assert wait_gone([pid for _, pid in table.values()]) == []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["call", "nobody", "x"], 1, "kosmos: NOT_FOUND: no agent named 'nobody'"),
+        (["call", "athena", "answer", "{bad json"], 2, "kosmos: payload is not valid JSON"),
+        (["call", "athena", "answer", "[1, 2]"], 2, "kosmos: payload must be a JSON object"),
+        (["call", "athena", "answer", "--priority", "urgent"], 2, "priority 'urgent' is not one of"),
+        (["call", "athena", "answer"], 1, "kosmos: UNAVAILABLE: agent 'athena' is unavailable"),
+        (["health", "athena"], 1, "kosmos: UNAVAILABLE"),
+        (["serve", "hermes"], 1, "kosmos: FAILED_PRECONDITION: no agent named 'hermes' in the config"),
+    ],
+)
+def test_a_failure_is_one_readable_line(tmp_path: Path, args: list[str], code: int, needle: str) -> None:
+    config = write_config(tmp_path / "kosmos.toml", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+    result = kosmos(config, *args)
+    assert result.returncode == code
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_config_is_one_readable_line(tmp_path: Path) -> None:
+    result = kosmos(tmp_path / "absent.toml", "agents")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"kosmos: FAILED_PRECONDITION: config file {tmp_path / 'absent.toml'} not found"
+
+
+async def test_serve_drains_the_call_in_flight_on_sigterm(tmp_path: Path) -> None:
+    config = tmp_path / "kosmos.toml"
+    config.write_text('[agents.echo]\nobject = "tests.helpers.agents:Echo"\naddress = "127.0.0.1:0"\n')
+    process = await asyncio.create_subprocess_exec(
+        tool("kosmos"),
+        "--config",
+        str(config),
+        "serve",
+        "echo",
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert process.stderr is not None
+        line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+        assert "echo serving on" in line
+        address = line.rsplit(" ", 1)[1].strip()
+        async with Coordinator({"echo": address}) as client:
+            call = asyncio.create_task(client.delegate("echo", "sleep", {"ms": 1000}, timeout_ms=10_000))
+            await asyncio.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            assert (await call).result == {"slept_ms": 1000}
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def test_pid_helper_sees_this_process() -> None:
+    assert alive(os.getpid())

@@ -1,0 +1,62 @@
+"""The mesh config file: what it accepts and how it says what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.athena import Athena
+from kosmos_grpc import ConfigError, load_agent, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
+    config = load_config(ROOT / "kosmos.toml")
+    assert set(config.agents) == {"zeus", "athena"}
+    assert config.payload_limit == 4 * 1024 * 1024
+    agent = load_agent(config.agent("athena").object)
+    assert isinstance(agent, Athena)
+    assert {name for name, spec in agent.actions.items() if spec.streaming} == {"explain"}
+    assert {name for name, spec in agent.actions.items() if not spec.streaming} == {"answer"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[agents.a]\naddress = '127.0.0.1:0'\n", "agents.a needs 'object'"),
+        ("[mesh]\n", "no [agents.<name>] tables"),
+        ("[agents.a]\nobject = 'x:Y'\naddress = 5\n", "agents.a.address has the wrong type"),
+        ("[agents.a\n", "cannot be read"),
+        (
+            "[agents.a]\nobject='m:C'\naddress='h:1'\n[mesh]\npayload_limit_bytes = 'big'\n",
+            "mesh.payload_limit_bytes",
+        ),
+    ],
+)
+def test_bad_config_is_reported_plainly(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "kosmos.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nocolon", "should be 'module:Class'"),
+        ("no_such_module:X", "cannot load"),
+        ("json:dumps", "not a kosmos_grpc.Agent"),
+    ],
+)
+def test_bad_agent_object_is_reported_plainly(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_agent(spec)
+
+
+def test_config_path_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "elsewhere.toml"
+    path.write_text("[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n")
+    monkeypatch.setenv("KOSMOS_CONFIG", str(path))
+    assert load_config().addresses() == {"a": "127.0.0.1:0"}

@@ -1,0 +1,100 @@
+"""Envelope building and validation, without the network."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from kosmos_grpc import DeadlineExceeded, InvalidEnvelope, PayloadTooLarge, Priority, new_message, validate
+from kosmos_grpc.envelope import struct_to_dict, ttl_remaining
+
+
+def test_new_message_fills_every_default() -> None:
+    message = new_message("answer", {"topic": "grpc"}, source_agent="zeus", target_agent="athena")
+    assert uuid.UUID(message.message_id).version == 4
+    assert message.correlation_id == message.message_id
+    assert message.ttl_ms == 60_000
+    assert message.priority == Priority.NORMAL
+    assert message.target_agent == "athena"
+    assert abs(message.timestamp.seconds - time.time()) < 5
+    assert struct_to_dict(message.payload) == {"topic": "grpc"}
+
+
+def test_unset_target_agent_means_broadcast() -> None:
+    assert not new_message("ping").HasField("target_agent")
+
+
+def test_payload_round_trips_nested_json() -> None:
+    payload = {"n": 3, "x": 1.5, "ok": True, "none": None, "list": [1, "a", {"b": [False]}], "s": "é"}
+    assert struct_to_dict(new_message("a", payload).payload) == payload
+
+
+def test_payload_that_is_not_json_is_rejected_naming_payload() -> None:
+    with pytest.raises(InvalidEnvelope) as caught:
+        new_message("a", {"bad": object()})
+    assert caught.value.field == "payload"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda m: setattr(m, "action", ""), "action"),
+        (lambda m: setattr(m, "message_id", "not-a-uuid"), "message_id"),
+        (lambda m: setattr(m, "message_id", str(uuid.uuid1())), "message_id"),
+        (lambda m: setattr(m, "ttl_ms", -1), "ttl_ms"),
+        (lambda m: setattr(m, "priority", 42), "priority"),
+    ],
+)
+def test_validate_names_the_bad_field(mutate, field) -> None:  # type: ignore[no-untyped-def]
+    message = new_message("echo")
+    mutate(message)
+    with pytest.raises(InvalidEnvelope) as caught:
+        validate(message)
+    assert caught.value.field == field
+    assert field in str(caught.value)
+
+
+def test_expired_ttl_is_a_deadline_error() -> None:
+    message = new_message("echo", ttl_ms=100)
+    later = time.time_ns() + 200_000_000
+    with pytest.raises(DeadlineExceeded, match="ttl_ms"):
+        validate(message, now_ns=later)
+
+
+def test_payload_over_limit_names_payload_and_limit() -> None:
+    message = new_message("echo", {"blob": "x" * 2000})
+    with pytest.raises(PayloadTooLarge, match=r"payload is \d+ bytes, over the limit of 1000"):
+        validate(message, payload_limit=1000)
+
+
+def test_validate_fills_missing_id_timestamp_and_correlation() -> None:
+    message = new_message("echo")
+    message.message_id = ""
+    message.correlation_id = ""
+    message.ClearField("timestamp")
+    remaining = validate(message)
+    assert uuid.UUID(message.message_id).version == 4
+    assert message.correlation_id == message.message_id
+    assert message.HasField("timestamp")
+    assert 59 < remaining <= 60
+
+
+def test_ttl_zero_means_the_default_and_future_timestamps_do_not_extend_it() -> None:
+    message = new_message("echo", ttl_ms=0)
+    assert 59 < ttl_remaining(message) <= 60
+    message.timestamp.seconds += 3600  # a sender whose clock runs ahead
+    assert ttl_remaining(message) <= 60
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("high", Priority.HIGH), ("PRIORITY_LOW", Priority.LOW), (4, Priority.CRITICAL)]
+)
+def test_priority_parses_names_and_numbers(text, expected) -> None:  # type: ignore[no-untyped-def]
+    assert Priority.parse(text) is expected
+
+
+def test_unknown_priority_is_rejected() -> None:
+    with pytest.raises(InvalidEnvelope, match="urgent"):
+        Priority.parse("urgent")

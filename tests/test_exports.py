@@ -1,0 +1,21 @@
+"""The public API: one sorted, complete ``__all__``."""
+
+from __future__ import annotations
+
+import kosmos_grpc
+
+
+def test_all_is_sorted_and_every_name_resolves() -> None:
+    def isort_style(name: str) -> tuple[int, str]:  # ruff's RUF022 order: CONSTANTS, Classes, functions
+        return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+
+    assert kosmos_grpc.__all__ == sorted(kosmos_grpc.__all__, key=isort_style)
+    for name in kosmos_grpc.__all__:
+        assert hasattr(kosmos_grpc, name), name
+
+
+def test_every_public_error_is_exported() -> None:
+    from kosmos_grpc import errors
+
+    public = {n for n in errors.__all__ if n[0].isupper() and isinstance(getattr(errors, n), type)}
+    assert public <= set(kosmos_grpc.__all__)
