@@ -49,7 +49,9 @@ def channel_options(payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> list[tuple[st
     return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
 
 
-@dataclass(frozen=True, slots=True)
+# Response and Chunk are made once per call or chunk: plain slotted dataclasses, as a frozen
+# one's __init__ costs several times more.
+@dataclass(slots=True)
 class Response:
     """An agent's answer: which agent answered, to which message, and the result."""
 
@@ -59,7 +61,7 @@ class Response:
     result: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Chunk:
     """One chunk of a streamed answer."""
 
@@ -161,7 +163,9 @@ class Coordinator:
         ttl_ms: int | None,
         message_id: str | None,
         scope: CallScope | None,
-    ) -> tuple[envelope_pb2.AgentMessage, float]:
+        into: envelope_pb2.AgentMessage,
+    ) -> float:
+        """Fill the request's envelope in place; the call's timeout in seconds."""
         timeout = math.inf if timeout_ms is None else timeout_ms / 1000
         if scope is not None and scope.deadline is not None:
             left = scope.deadline - time.monotonic()
@@ -170,7 +174,7 @@ class Coordinator:
             timeout = min(timeout, left)
         if ttl_ms is None:
             ttl_ms = DEFAULT_TTL_MS if math.isinf(timeout) else max(1, math.ceil(timeout * 1000))
-        message = new_message(
+        new_message(
             action,
             payload,
             source_agent=scope.source_agent if scope else self.source_agent,
@@ -180,8 +184,9 @@ class Coordinator:
             priority=priority,
             ttl_ms=ttl_ms,
             message_id=message_id,
+            into=into,
         )
-        return message, min(timeout, (ttl_ms or DEFAULT_TTL_MS) / 1000)
+        return min(timeout, (ttl_ms or DEFAULT_TTL_MS) / 1000)
 
     async def delegate(
         self,
@@ -201,11 +206,12 @@ class Coordinator:
         ``timeout_ms=None`` leaves the TTL (default 60 s) as the only deadline.
         """
         stub = self._stub(agent)
-        message, timeout = self._prepare(
-            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope
+        request = agent_pb2.ExecuteRequest()
+        timeout = self._prepare(
+            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, request.message
         )
         try:
-            reply = await stub.Execute(agent_pb2.ExecuteRequest(message=message), timeout=timeout)
+            reply = await stub.Execute(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise _explain(exc, agent, action, timeout) from None
         response = reply.response
@@ -234,10 +240,11 @@ class Coordinator:
         Leaving the loop early, or being cancelled, cancels the call on the agent.
         """
         stub = self._stub(agent)
-        message, timeout = self._prepare(
-            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope
+        request = agent_pb2.StreamRequest()
+        timeout = self._prepare(
+            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, request.message
         )
-        call = stub.Stream(agent_pb2.StreamRequest(message=message), timeout=timeout)
+        call = stub.Stream(request, timeout=timeout)
         try:
             async for reply in call:
                 chunk = reply.chunk

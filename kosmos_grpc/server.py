@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 import grpc
-from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -32,25 +31,27 @@ from kosmos_grpc.registry import Registry
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from google.protobuf import struct_pb2
+
 __all__ = ["AGENT_SERVICE", "AgentServer", "AgentServicer", "serve_forever"]
 
 log = logging.getLogger(__name__)
 
 AGENT_SERVICE: str = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 # When the caller's gRPC deadline is at most this much later than the TTL, gRPC's own
-# deadline (which cancels the handler) is enough and no timer of ours is needed.
-_DEADLINE_SLACK = 0.005
+# deadline (which cancels the handler) is enough and no timer of ours is needed. gRPC rounds
+# the deadline it passes on upwards by several milliseconds, so the slack must cover that.
+_DEADLINE_SLACK = 0.05
 
 
-def _to_struct(result: Any, what: str) -> struct_pb2.Struct:
-    if not isinstance(result, Mapping):
+def _fill(struct: struct_pb2.Struct, result: Any, what: str) -> None:
+    """Put an action's result into ``struct``, or say plainly why it cannot go there."""
+    if type(result) is not dict and not isinstance(result, Mapping):
         raise ActionFailed(f"{what} returned {type(result).__name__}, not a JSON object")
-    struct = struct_pb2.Struct()
     try:
         struct.update(result)
     except (TypeError, ValueError) as exc:
         raise ActionFailed(f"{what} returned something JSON cannot hold: {exc}") from None
-    return struct
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -78,9 +79,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         The timer is the seconds our own deadline must enforce, None when gRPC's deadline suffices.
         """
         ttl_left = validate(message, payload_limit=self.payload_limit)
-        if message.HasField("target_agent") and message.target_agent and message.target_agent != self.agent.name:
+        target = message.target_agent
+        if target and target != self.agent.name:
             raise AgentNotFound(
-                f"target_agent {message.target_agent!r} is not served here (this is {self.agent.name!r})",
+                f"target_agent {target!r} is not served here (this is {self.agent.name!r})",
                 metadata={"field": "target_agent"},
             )
         spec = self.agent.actions.get(message.action)
@@ -131,7 +133,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             reply.agent = self.agent.name
             reply.request_message_id = message.message_id
             reply.correlation_id = message.correlation_id
-            reply.result.CopyFrom(_to_struct(result, f"{self.agent.name}.{message.action}"))
+            _fill(reply.result, result, f"{self.agent.name}.{message.action}")
             return response
         except KosmosError as exc:
             error = exc
@@ -172,7 +174,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 chunk.request_message_id = message.message_id
                 chunk.correlation_id = message.correlation_id
                 chunk.sequence = sequence
-                chunk.data.CopyFrom(_to_struct(item, what))
+                _fill(chunk.data, item, what)
                 sequence += 1
                 yield response
             final = agent_pb2.StreamResponse()
