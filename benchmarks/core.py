@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from kosmos_grpc import Coordinator, new_message
+from kosmos_grpc import Coordinator, new_message, runtime
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 
 from .serve import ECHO, RELAY, STREAM
@@ -48,7 +48,7 @@ def servers() -> Iterator[dict[str, str]]:
         return address
 
     try:
-        addresses = {"bare": start("bare")}
+        addresses = {"bare": start("bare"), "bare_uvloop": start("bare-uvloop")}
         addresses["bare_relay"] = start("bare", addresses["bare"])
         addresses["echo"] = start("agent", "benchmarks.agents:BenchEcho")
         addresses["zeus"] = start("agent", "agents.zeus:Zeus", f'{{"echo": "{addresses["echo"]}"}}')
@@ -115,6 +115,8 @@ def ratio_line(name: str, value: float, bare: float, unit: str, target: str = ""
 async def main(args: argparse.Namespace) -> None:
     with servers() as where:
         bare_channel = grpc.aio.insecure_channel(where["bare"])
+        uv_channel = grpc.aio.insecure_channel(where["bare_uvloop"])
+        uv_echo = uv_channel.unary_unary(ECHO)
         relay_channel = grpc.aio.insecure_channel(where["bare_relay"])
         bare_echo = bare_channel.unary_unary(ECHO)
         bare_relay = relay_channel.unary_unary(RELAY)
@@ -134,14 +136,17 @@ async def main(args: argparse.Namespace) -> None:
         async def bare_one() -> object:
             return await bare_echo(bare_bytes, timeout=30)
 
+        async def bare_uv() -> object:
+            return await uv_echo(bare_bytes, timeout=30)
+
         async def bare_two() -> object:
             return await bare_relay(bare_bytes, timeout=30)
 
         async def mesh_one() -> object:
-            return await client.delegate("echo", "echo", PAYLOAD)
+            return (await client.delegate("echo", "echo", PAYLOAD)).result
 
         async def mesh_two() -> object:
-            return await client.delegate("zeus", "delegate", route)
+            return (await client.delegate("zeus", "delegate", route)).result
 
         async def bare_chunks() -> int:
             return sum([1 async for _ in bare_stream(stream_request, timeout=60)])
@@ -150,7 +155,13 @@ async def main(args: argparse.Namespace) -> None:
             payload = {"n": args.chunks, "chunk": PAYLOAD}
             return sum([1 async for _ in client.stream("echo", "chunks", payload, timeout_ms=60_000)])
 
-        unary = {"bare 1 hop": bare_one, "mesh 1 hop": mesh_one, "bare 2 hops": bare_two, "mesh 2 hops": mesh_two}
+        unary = {
+            "bare 1 hop": bare_one,
+            "mesh 1 hop": mesh_one,
+            "bare 2 hops": bare_two,
+            "mesh 2 hops": mesh_two,
+            "bare uvloop": bare_uv,
+        }
         results = {name: Result() for name in [*unary, "bare stream", "mesh stream"]}
         for call in unary.values():  # warm every channel and code path
             await sequential(call, 200, Result())
@@ -163,12 +174,13 @@ async def main(args: argparse.Namespace) -> None:
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
         await client.close()
         await bare_channel.close()
+        await uv_channel.close()
         await relay_channel.close()
 
     def mark(ok: bool) -> str:
         return "ok" if ok else "MISSED"
 
-    b1, m1, b2, m2 = (results[n] for n in unary)
+    b1, m1, b2, m2, buv = (results[n] for n in unary)
     bs, ms = results["bare stream"], results["mesh stream"]
     print(f"\nKOSMOS core benchmark: {args.rounds} rounds x {args.calls} calls, {args.inflight} in flight")
     print(f"{'':36} {'value':>10} {'unit':<9} {'ratio':>6}")
@@ -187,6 +199,11 @@ async def main(args: argparse.Namespace) -> None:
             f"target >= 0.8x: {mark(m1.rate >= 0.8 * b1.rate)}",
         )
     )
+    print(f"reference: the bare echo server on uvloop, as mesh agents run ({runtime.event_loop_name()} here)")
+    print(ratio_line("bare-on-uvloop p50", buv.p(0.5), b1.p(0.5), "ms"))
+    print(ratio_line("mesh p50 / bare-on-uvloop p50", m1.p(0.5), buv.p(0.5), "ms"))
+    print(ratio_line(f"bare-on-uvloop calls/s ({args.inflight} in flight)", buv.rate, b1.rate, "calls/s"))
+    print(ratio_line("mesh calls/s / bare-on-uvloop", m1.rate, buv.rate, "calls/s"))
     print("two hops (client -> zeus -> echo agent; bare: client -> relay -> echo)")
     print(ratio_line("bare p50", b2.p(0.5), b2.p(0.5), "ms"))
     print(ratio_line("mesh p50", m2.p(0.5), b2.p(0.5), "ms"))

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from kosmos_grpc import AgentServer, load_agent
+from kosmos_grpc import AgentServer, load_agent, runtime
 
 ECHO = "/bench.Bare/Echo"
 RELAY = "/bench.Bare/Relay"
@@ -84,7 +84,11 @@ async def agent(spec: str, registry: dict[str, str]) -> None:
 
 if __name__ == "__main__":
     kind = sys.argv[1]
-    if kind == "bare":
+    if kind == "bare":  # bare grpc.aio, on asyncio's own loop as a plain grpcio service runs
         asyncio.run(bare(sys.argv[2] if len(sys.argv) > 2 else None))
-    else:
-        asyncio.run(agent(sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}))
+    elif kind == "bare-uvloop":
+        import uvloop
+
+        uvloop.run(bare(sys.argv[2] if len(sys.argv) > 2 else None))
+    else:  # a mesh agent, on the loop `kosmos serve` uses
+        runtime.run(agent(sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}))

@@ -12,6 +12,7 @@ import logging
 import sys
 from typing import Any, NoReturn
 
+from kosmos_grpc import runtime
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import MeshConfig, load_config
 from kosmos_grpc.envelope import Priority
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             return asyncio.run(run_mesh(config))
         if args.command == "serve":
-            asyncio.run(serve_agent(config, args.agent, handshake=args.handshake))
+            runtime.run(serve_agent(config, args.agent, handshake=args.handshake))
             return 0
         handler = {"call": _call, "stream": _stream, "health": _health, "agents": _agents}[args.command]
         return asyncio.run(handler(config, args))
