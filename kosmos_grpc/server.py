@@ -151,38 +151,35 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         """Run an action and send its chunks as they are made, then the final marker."""
         message = request.message
         error: KosmosError
-        sequence = 0
         what = f"{self.agent.name}.{message.action}"
         try:
             spec, ctx, timer = self._admit(message, context)
-            chunks = _chunks(spec, self.agent, ctx)
-            deadline = None if timer is None else asyncio.get_running_loop().time() + timer
-            while True:
-                # The timer wraps each step only, never a yield: a timeout must not fire while
-                # gRPC holds the generator suspended.
-                try:
-                    if deadline is None:
-                        item = await anext(chunks)
-                    else:
-                        async with asyncio.timeout_at(deadline):
-                            item = await anext(chunks)
-                except StopAsyncIteration:
-                    break
+            if spec.streaming:
+                items = spec.handler(self.agent, ctx, ctx.payload)
+            else:
+                items = _one(spec.handler(self.agent, ctx, ctx.payload))
+            if timer is not None:
+                items = _bounded(items, asyncio.get_running_loop().time() + timer)
+            # Read once: every chunk repeats them, and message attribute reads are not free.
+            agent, message_id, correlation_id = self.agent.name, message.message_id, message.correlation_id
+            sequence = 0
+            async for item in items:
                 response = agent_pb2.StreamResponse()
                 chunk = response.chunk
-                chunk.agent = self.agent.name
-                chunk.request_message_id = message.message_id
-                chunk.correlation_id = message.correlation_id
+                chunk.agent = agent
+                chunk.request_message_id = message_id
+                chunk.correlation_id = correlation_id
                 chunk.sequence = sequence
                 _fill(chunk.data, item, what)
                 sequence += 1
                 yield response
             final = agent_pb2.StreamResponse()
-            final.chunk.agent = self.agent.name
-            final.chunk.request_message_id = message.message_id
-            final.chunk.correlation_id = message.correlation_id
-            final.chunk.sequence = sequence
-            final.chunk.final = True
+            chunk = final.chunk
+            chunk.agent = agent
+            chunk.request_message_id = message_id
+            chunk.correlation_id = correlation_id
+            chunk.sequence = sequence
+            chunk.final = True
             yield final
             return
         except KosmosError as exc:
@@ -200,13 +197,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.DescribeResponse(card=self._card)
 
 
-async def _chunks(spec: ActionSpec, agent: Agent, ctx: Context) -> AsyncIterator[Any]:
-    """A streaming action's chunks, or a unary action's result as the one chunk."""
-    if spec.streaming:
-        async for item in spec.handler(agent, ctx, ctx.payload):
-            yield item
-    else:
-        yield await spec.handler(agent, ctx, ctx.payload)
+async def _one(result: Awaitable[Any]) -> AsyncIterator[Any]:
+    """A unary action's result as a stream of one chunk."""
+    yield await result
+
+
+async def _bounded(items: AsyncIterator[Any], deadline: float) -> AsyncIterator[Any]:
+    """``items`` until the loop clock reaches ``deadline``; then TimeoutError, the action cancelled.
+
+    The timer wraps each step of the action only, never a ``yield``: a timeout must not fire
+    while gRPC holds this generator suspended between chunks.
+    """
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                item = await anext(items)
+        except StopAsyncIteration:
+            return
+        yield item
 
 
 class AgentServer:

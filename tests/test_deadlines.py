@@ -72,8 +72,8 @@ async def test_effective_deadline_is_the_smaller_of_timeout_and_ttl(mesh: Mesh) 
     async with mesh.client() as client:
         by_timeout = await client.delegate("echo", "whoami", timeout_ms=2_000, ttl_ms=50_000)
         by_ttl = await client.delegate("echo", "whoami", timeout_ms=50_000, ttl_ms=2_000)
-    assert 1 < by_timeout.result["time_remaining"] <= 2.01
-    assert 1 < by_ttl.result["time_remaining"] <= 2.01
+    assert 1 < by_timeout.result["time_remaining"] <= 2.05
+    assert 1 < by_ttl.result["time_remaining"] <= 2.05
 
 
 async def test_deadline_set_at_the_coordinator_bounds_its_downstream_calls(mesh: Mesh) -> None:
@@ -86,7 +86,8 @@ async def test_deadline_set_at_the_coordinator_bounds_its_downstream_calls(mesh:
             await client.delegate("relay", "forward", {"agent": "probe", "action": "hang"}, timeout_ms=300)
     remaining = probe.seen_remaining[0]
     assert remaining is not None
-    assert 0 < remaining <= 0.3
+    # gRPC rounds the timeout it passes on up by a few milliseconds; the relay's 30 s is far off.
+    assert 0 < remaining <= 0.31
     await asyncio.wait_for(probe.cancelled.wait(), 5)
 
 
