@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kosmos_grpc import Agent, Context, InvalidEnvelope, action
+from kosmos_grpc import Agent, Chunk, Context, InvalidEnvelope, action
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -46,8 +46,8 @@ class Zeus(Agent):
         return {"agent": response.agent, "result": response.result}
 
     @action(schema=_ROUTE_SCHEMA)
-    async def relay(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def relay(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[Chunk]:
         """Stream an action of a specialist, passing each chunk on as soon as it arrives."""
         agent, name, inner = _route(payload)
         async for chunk in ctx.client.stream(agent, name, inner):
-            yield chunk.data
+            yield chunk  # passed on as received, without converting it

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
     from types import TracebackType
 
+    from google.protobuf import struct_pb2
+
     from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
 
 __all__ = [
@@ -61,13 +63,44 @@ class Response:
     result: dict[str, Any]
 
 
-@dataclass(slots=True)
 class Chunk:
-    """One chunk of a streamed answer."""
+    """One chunk of a streamed answer.
 
-    agent: str
-    sequence: int
-    data: dict[str, Any]
+    ``data`` is converted from the wire on first use; a streaming action that yields a Chunk it
+    received passes it on without converting it at all (how Zeus relays).
+    """
+
+    __slots__ = ("_data", "_wire", "agent", "sequence")
+
+    def __init__(
+        self, agent: str, sequence: int, data: dict[str, Any] | None = None, *, wire: struct_pb2.Struct | None = None
+    ) -> None:
+        self.agent = agent
+        self.sequence = sequence
+        self._data = data
+        self._wire = wire
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The chunk's content."""
+        if self._data is None:
+            self._data = {} if self._wire is None else struct_to_dict(self._wire)
+        return self._data
+
+    @property
+    def wire(self) -> struct_pb2.Struct | None:
+        """The Struct as received, while ``data`` has not been touched (so it cannot differ)."""
+        return self._wire if self._data is None else None
+
+    def __repr__(self) -> str:
+        return f"Chunk(agent={self.agent!r}, sequence={self.sequence}, data={self.data!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Chunk):
+            return NotImplemented
+        return (self.agent, self.sequence, self.data) == (other.agent, other.sequence, other.data)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +283,7 @@ class Coordinator:
                 chunk = reply.chunk
                 if chunk.final:
                     return
-                yield Chunk(agent=chunk.agent, sequence=chunk.sequence, data=struct_to_dict(chunk.data))
+                yield Chunk(chunk.agent, chunk.sequence, wire=chunk.data)
         except grpc.aio.AioRpcError as exc:
             raise _explain(exc, agent, action, timeout) from None
         finally:

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2, agent_pb2_grpc, envelope_pb2
 from kosmos_grpc.agent import ActionSpec, Agent, Context
-from kosmos_grpc.client import Coordinator, channel_options
+from kosmos_grpc.client import Chunk, Coordinator, channel_options
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate
 from kosmos_grpc.errors import (
     ActionFailed,
@@ -46,6 +46,12 @@ _DEADLINE_SLACK = 0.05
 
 def _fill(struct: struct_pb2.Struct, result: Any, what: str) -> None:
     """Put an action's result into ``struct``, or say plainly why it cannot go there."""
+    if type(result) is Chunk:  # relayed as received: copied in C, never converted
+        wire = result.wire
+        if wire is not None:
+            struct.CopyFrom(wire)
+            return
+        result = result.data
     if type(result) is not dict and not isinstance(result, Mapping):
         raise ActionFailed(f"{what} returned {type(result).__name__}, not a JSON object")
     try:

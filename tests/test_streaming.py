@@ -11,7 +11,7 @@ from kosmos_grpc import Coordinator, new_message
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2, agent_pb2_grpc
 
 from .conftest import Mesh
-from .helpers.agents import Echo, Probe
+from .helpers.agents import Echo, Probe, Relay
 
 
 async def test_zeus_relays_each_chunk_before_the_specialist_makes_the_next(mesh: Mesh) -> None:
@@ -65,3 +65,14 @@ async def test_leaving_a_relayed_stream_early_cancels_the_specialist(mesh: Mesh)
             break
         await stream.aclose()  # type: ignore[attr-defined]
     await asyncio.wait_for(probe.cancelled.wait(), 5)
+
+
+async def test_a_relay_may_pass_chunks_on_as_received_or_changed(mesh: Mesh) -> None:
+    await mesh.serve(Echo())
+    await mesh.serve(Relay())
+    async with mesh.client() as client:
+        chunks = [
+            c async for c in client.stream("relay", "mark", {"agent": "echo", "action": "count", "payload": {"n": 4}})
+        ]
+    assert [c.data for c in chunks] == [{"i": 0}, {"i": 1, "marked": True}, {"i": 2}, {"i": 3, "marked": True}]
+    assert [c.agent for c in chunks] == ["relay"] * 4

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from kosmos_grpc import Agent, Context, action
+from kosmos_grpc import Agent, Chunk, Context, action
 
 
 class Echo(Agent):
@@ -117,3 +117,11 @@ class Relay(Agent):
         """Delegate payload.action to payload.agent with no timeout of its own."""
         response = await ctx.client.delegate(payload["agent"], payload["action"], payload.get("payload", {}))
         return {"agent": response.agent, "result": response.result}
+
+    @action
+    async def mark(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[Chunk]:
+        """Relay a stream, adding ``marked: true`` to every other chunk and passing the rest as received."""
+        async for chunk in ctx.client.stream(payload["agent"], payload["action"], payload.get("payload", {})):
+            if chunk.sequence % 2:
+                chunk.data["marked"] = True
+            yield chunk
