@@ -143,12 +143,7 @@ class Context:
     __slots__ = ("_client", "_coordinator", "_payload", "agent_name", "deadline", "message")
 
     def __init__(
-        self,
-        message: envelope_pb2.AgentMessage,
-        *,
-        agent_name: str,
-        deadline: float | None,
-        coordinator: Coordinator,
+        self, message: envelope_pb2.AgentMessage, agent_name: str, deadline: float | None, coordinator: Coordinator
     ) -> None:
         self.message = message
         self.agent_name = agent_name

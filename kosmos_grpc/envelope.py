@@ -7,9 +7,9 @@ This is the hot path of every call, so conversions between JSON-like dicts and
 from __future__ import annotations
 
 import enum
+import os
 import re
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import struct_pb2
@@ -27,6 +27,7 @@ __all__ = [
     "Priority",
     "dict_to_struct",
     "new_message",
+    "new_message_id",
     "struct_to_dict",
     "ttl_remaining",
     "validate",
@@ -38,6 +39,16 @@ DEFAULT_TTL_MS = 60_000
 DEFAULT_PAYLOAD_LIMIT = 4 * 1024 * 1024
 # Spelled-out character classes: twice as fast to match as re.IGNORECASE.
 _UUID4 = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}")
+
+
+# The RFC 4122 variant digit for each hex digit of randomness: 8, 9, a or b.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def new_message_id() -> str:
+    """A random uuid4 in canonical text form (three times faster than ``str(uuid.uuid4())``)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 class Priority(enum.IntEnum):
@@ -120,7 +131,7 @@ def new_message(
     if ttl_ms < 0:
         raise InvalidEnvelope("ttl_ms", f"ttl_ms must be 0 (the default) or more, got {ttl_ms}")
     message = envelope_pb2.AgentMessage() if into is None else into
-    message.message_id = message_id = message_id or str(uuid.uuid4())
+    message.message_id = message_id = message_id or new_message_id()
     message.timestamp.seconds, message.timestamp.nanos = divmod(time.time_ns(), 1_000_000_000)
     message.action = action
     message.correlation_id = correlation_id or message_id
@@ -168,7 +179,7 @@ def validate(
         raise InvalidEnvelope("action", "action is required")
     message_id = message.message_id
     if not message_id:
-        message.message_id = message_id = str(uuid.uuid4())
+        message.message_id = message_id = new_message_id()
     elif _UUID4.fullmatch(message_id) is None:
         raise InvalidEnvelope("message_id", f"message_id {message_id[:64]!r} is not a uuid4 in canonical text form")
     if not message.correlation_id:

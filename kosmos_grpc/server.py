@@ -44,7 +44,7 @@ AGENT_SERVICE: str = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_
 _DEADLINE_SLACK = 0.05
 
 
-def _fill(struct: struct_pb2.Struct, result: Any, what: str) -> None:
+def _fill(struct: struct_pb2.Struct, result: Any, agent: str, action: str) -> None:
     """Put an action's result into ``struct``, or say plainly why it cannot go there."""
     if type(result) is Chunk:  # relayed as received: copied in C, never converted
         wire = result.wire
@@ -53,11 +53,11 @@ def _fill(struct: struct_pb2.Struct, result: Any, what: str) -> None:
             return
         result = result.data
     if type(result) is not dict and not isinstance(result, Mapping):
-        raise ActionFailed(f"{what} returned {type(result).__name__}, not a JSON object")
+        raise ActionFailed(f"{agent}.{action} returned {type(result).__name__}, not a JSON object")
     try:
         struct.update(result)
     except (TypeError, ValueError) as exc:
-        raise ActionFailed(f"{what} returned something JSON cannot hold: {exc}") from None
+        raise ActionFailed(f"{agent}.{action} returned something JSON cannot hold: {exc}") from None
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -68,6 +68,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.coordinator = coordinator
         self.payload_limit = payload_limit
         self._card = self._make_card()
+        # Looked up on every call: kept here rather than read through self.agent each time.
+        self._name = agent.name
+        self._actions = agent.actions
 
     def _make_card(self) -> agent_pb2.AgentCard:
         card = agent_pb2.AgentCard(name=self.agent.name, description=self.agent.description, version=self.agent.version)
@@ -85,27 +88,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         The timer is the seconds our own deadline must enforce, None when gRPC's deadline suffices.
         """
         ttl_left = validate(message, payload_limit=self.payload_limit)
+        name = self._name
         target = message.target_agent
-        if target and target != self.agent.name:
+        if target and target != name:
             raise AgentNotFound(
-                f"target_agent {target!r} is not served here (this is {self.agent.name!r})",
-                metadata={"field": "target_agent"},
+                f"target_agent {target!r} is not served here (this is {name!r})", metadata={"field": "target_agent"}
             )
-        spec = self.agent.actions.get(message.action)
+        spec = self._actions.get(message.action)
         if spec is None:
-            known = ", ".join(sorted(self.agent.actions)) or "none"
+            known = ", ".join(sorted(self._actions)) or "none"
             raise ActionNotFound(
-                f"agent {self.agent.name!r} has no action {message.action!r} (actions: {known})",
-                metadata={"field": "action"},
+                f"agent {name!r} has no action {message.action!r} (actions: {known})", metadata={"field": "action"}
             )
         grpc_left = context.time_remaining()
-        now = time.monotonic()
         if grpc_left is not None and grpc_left <= ttl_left + _DEADLINE_SLACK:
             timer, left = None, grpc_left
         else:
             timer = left = ttl_left
-        ctx = Context(message, agent_name=self.agent.name, deadline=now + left, coordinator=self.coordinator)
-        return spec, ctx, timer
+        return spec, Context(message, name, time.monotonic() + left, self.coordinator), timer
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> NoReturn:
         status = to_status(error)
@@ -136,10 +136,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     result = await spec.handler(self.agent, ctx, ctx.payload)
             response = agent_pb2.ExecuteResponse()
             reply = response.response
-            reply.agent = self.agent.name
+            reply.agent = self._name
             reply.request_message_id = message.message_id
             reply.correlation_id = message.correlation_id
-            _fill(reply.result, result, f"{self.agent.name}.{message.action}")
+            _fill(reply.result, result, self._name, message.action)
             return response
         except KosmosError as exc:
             error = exc
@@ -157,7 +157,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         """Run an action and send its chunks as they are made, then the final marker."""
         message = request.message
         error: KosmosError
-        what = f"{self.agent.name}.{message.action}"
         try:
             spec, ctx, timer = self._admit(message, context)
             if spec.streaming:
@@ -167,7 +166,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if timer is not None:
                 items = _bounded(items, asyncio.get_running_loop().time() + timer)
             # Read once: every chunk repeats them, and message attribute reads are not free.
-            agent, message_id, correlation_id = self.agent.name, message.message_id, message.correlation_id
+            agent, action = self._name, message.action
+            message_id, correlation_id = message.message_id, message.correlation_id
             sequence = 0
             async for item in items:
                 response = agent_pb2.StreamResponse()
@@ -176,7 +176,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 chunk.request_message_id = message_id
                 chunk.correlation_id = correlation_id
                 chunk.sequence = sequence
-                _fill(chunk.data, item, what)
+                _fill(chunk.data, item, agent, action)
                 sequence += 1
                 yield response
             final = agent_pb2.StreamResponse()
@@ -191,7 +191,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except KosmosError as exc:
             error = exc
         except TimeoutError:
-            error = DeadlineExceeded(f"{what} ran past its deadline (ttl_ms) and was cancelled")
+            error = DeadlineExceeded(f"{self._name}.{message.action} ran past its deadline (ttl_ms) and was cancelled")
         except Exception as exc:
             error = self._unexpected(exc, message)
         await self._abort(context, error)

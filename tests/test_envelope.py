@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from kosmos_grpc import DeadlineExceeded, InvalidEnvelope, PayloadTooLarge, Priority, new_message, validate
-from kosmos_grpc.envelope import struct_to_dict, ttl_remaining
+from kosmos_grpc.envelope import new_message_id, struct_to_dict, ttl_remaining
 
 
 def test_new_message_fills_every_default() -> None:
@@ -20,6 +20,16 @@ def test_new_message_fills_every_default() -> None:
     assert message.target_agent == "athena"
     assert abs(message.timestamp.seconds - time.time()) < 5
     assert struct_to_dict(message.payload) == {"topic": "grpc"}
+
+
+def test_message_ids_are_distinct_canonical_uuid4s() -> None:
+    ids = {new_message_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in list(ids)[:50]:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
 
 
 def test_unset_target_agent_means_broadcast() -> None:
