@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2, agent_pb2_grpc, envelope_pb2
 from kosmos_grpc.agent import ActionSpec, Agent, Context
 from kosmos_grpc.client import Chunk, Coordinator, channel_options
-from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate
+from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, dict_to_struct, validate
 from kosmos_grpc.errors import (
     ActionFailed,
     ActionNotFound,
@@ -55,7 +55,7 @@ def _fill(struct: struct_pb2.Struct, result: Any, agent: str, action: str) -> No
     if type(result) is not dict and not isinstance(result, Mapping):
         raise ActionFailed(f"{agent}.{action} returned {type(result).__name__}, not a JSON object")
     try:
-        struct.update(result)
+        dict_to_struct(result, struct)
     except (TypeError, ValueError) as exc:
         raise ActionFailed(f"{agent}.{action} returned something JSON cannot hold: {exc}") from None
 

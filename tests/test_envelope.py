@@ -6,9 +6,10 @@ import time
 import uuid
 
 import pytest
+from google.protobuf import struct_pb2
 
 from kosmos_grpc import DeadlineExceeded, InvalidEnvelope, PayloadTooLarge, Priority, new_message, validate
-from kosmos_grpc.envelope import new_message_id, struct_to_dict, ttl_remaining
+from kosmos_grpc.envelope import dict_to_struct, new_message_id, struct_to_dict, ttl_remaining
 
 
 def test_new_message_fills_every_default() -> None:
@@ -39,6 +40,21 @@ def test_unset_target_agent_means_broadcast() -> None:
 def test_payload_round_trips_nested_json() -> None:
     payload = {"n": 3, "x": 1.5, "ok": True, "none": None, "list": [1, "a", {"b": [False]}], "s": "é"}
     assert struct_to_dict(new_message("a", payload).payload) == payload
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        {"s": "x", "i": 3, "f": -2.5, "t": True, "f0": False, "n": None},
+        {"nested": {"deep": {"list": [1, "two", None, [3.5, {"k": False}]]}}, "tuple": (1, 2)},
+        {"big": 2**60, "unicode": "Zeus ⚡"},
+    ],
+)
+def test_dict_to_struct_matches_protobufs_own_update(data: dict[str, object]) -> None:
+    expected = struct_pb2.Struct()
+    expected.update(data)
+    assert dict_to_struct(data) == expected
 
 
 def test_payload_that_is_not_json_is_rejected_naming_payload() -> None:
