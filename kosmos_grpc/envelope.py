@@ -10,7 +10,7 @@ import enum
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -82,8 +82,8 @@ _PRIORITIES = frozenset(int(p) for p in Priority)
 def dict_to_struct(data: Mapping[str, Any], into: struct_pb2.Struct | None = None) -> struct_pb2.Struct:
     """A Struct holding a JSON-like mapping (``into``, filled in place, when given).
 
-    Does what ``Struct.update`` does, about 40% faster: scalars, the common case, are set
-    without a call per value. Raises TypeError for a value JSON cannot hold.
+    Does what ``Struct.update`` does with fewer Python calls: exact JSON types are matched
+    first and scalars are set inline. Raises TypeError for a value JSON cannot hold.
     """
     struct = struct_pb2.Struct() if into is None else into
     fields = struct.fields
@@ -98,11 +98,29 @@ def dict_to_struct(data: Mapping[str, Any], into: struct_pb2.Struct | None = Non
     return struct
 
 
+def _set_list(values: Any, items: Iterable[Any]) -> None:
+    add = values.add
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            add().string_value = item
+        elif kind is int or kind is float:
+            add().number_value = item
+        else:
+            _set_value(add(), item)
+
+
 def _set_value(target: struct_pb2.Value, value: Any) -> None:
-    if value is None:
-        target.null_value = struct_pb2.NULL_VALUE
-    elif isinstance(value, bool):
+    kind = type(value)
+    if kind is bool:
         target.bool_value = value
+    elif value is None:
+        target.null_value = struct_pb2.NULL_VALUE
+    elif kind is dict:
+        dict_to_struct(value, target.struct_value)
+    elif kind is list or kind is tuple:
+        _set_list(target.list_value.values, value)
+    # Subclasses (an IntEnum, an OrderedDict...) take the slower, general checks.
     elif isinstance(value, str):
         target.string_value = value
     elif isinstance(value, int | float):
@@ -110,11 +128,12 @@ def _set_value(target: struct_pb2.Value, value: Any) -> None:
     elif isinstance(value, Mapping):
         dict_to_struct(value, target.struct_value)
     elif isinstance(value, list | tuple):
-        items = target.list_value.values
-        for item in value:
-            _set_value(items.add(), item)
+        _set_list(target.list_value.values, value)
     else:
-        raise TypeError(f"{type(value).__name__} is not a JSON value")
+        raise TypeError(f"{kind.__name__} is not a JSON value")
+
+
+_INT_RANGE = 2**53  # beyond it a double no longer holds every integer
 
 
 def _from_value(value: struct_pb2.Value) -> Any:
@@ -124,7 +143,7 @@ def _from_value(value: struct_pb2.Value) -> Any:
     if kind == "number_value":
         number = value.number_value
         # JSON has one number type; give integral values back as int, as the sender most likely meant.
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        return int(number) if number.is_integer() and -_INT_RANGE < number < _INT_RANGE else number
     if kind == "bool_value":
         return value.bool_value
     if kind == "struct_value":
@@ -136,7 +155,9 @@ def _from_value(value: struct_pb2.Value) -> Any:
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     """The JSON-like dict a Struct holds."""
-    return {key: _from_value(value) for key, value in struct.fields.items()}
+    fields = struct.fields
+    # Keys then lookups: iterating the map is C, while .items() goes through a Python ItemsView.
+    return {key: _from_value(fields[key]) for key in fields}
 
 
 def new_message(
