@@ -103,7 +103,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             )
         grpc_left = context.time_remaining()
         if grpc_left is not None and grpc_left <= ttl_left * (1 + _DEADLINE_ROUNDING) + _DEADLINE_SLACK:
-            timer, left = None, grpc_left
+            timer, left = None, min(grpc_left, ttl_left)
         else:
             timer = left = ttl_left
         return spec, Context(message, name, time.monotonic() + left, self.coordinator), timer
