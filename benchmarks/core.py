@@ -1,9 +1,12 @@
 """The mesh against bare grpc.aio in one run: unary latency and throughput, one and two hops, and streaming.
 
 Every server runs in its own process on loopback (as under ``kosmos up``); this process is the
-client. Bare and mesh runs alternate over several rounds so drift on a shared machine hits both
-alike. Bare calls carry the same bytes the mesh puts on the wire, so the ratios measure the
-mesh's own work: envelope building, validation, routing, deadlines and conversions.
+client. Bare and mesh runs alternate over many short rounds so drift on a shared machine hits
+both alike. "Bare" is what a hand-written grpc.aio service with the same protobuf messages does:
+parse, copy the payload into the reply, serialize. Bare calls carry the same envelope bytes the
+mesh puts on the wire, so the ratios measure the mesh's own work: building and validating the
+envelope, routing by action, deadlines, and turning payloads into Python dicts and back. A
+raw-bytes echo (no protobuf at all) is reported too, as the floor.
 
 Run with ``make bench`` (``python -m benchmarks.core --help`` for sizes).
 """
@@ -25,7 +28,7 @@ import grpc
 from kosmos_grpc import Coordinator, new_message, runtime
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 
-from .serve import ECHO, RELAY, STREAM
+from .serve import CLIENT_CODEC, ECHO, ECHO_BYTES, RELAY, STREAM
 
 PAYLOAD = {"text": "hello from the benchmark", "n": 42, "tags": ["a", "b"]}
 Call = Callable[[], Awaitable[object]]
@@ -126,31 +129,35 @@ async def main(args: argparse.Namespace) -> None:
     with servers() as where:
         bare_channel = grpc.aio.insecure_channel(where["bare"])
         uv_channel = grpc.aio.insecure_channel(where["bare_uvloop"])
-        uv_echo = uv_channel.unary_unary(ECHO)
         relay_channel = grpc.aio.insecure_channel(where["bare_relay"])
-        bare_echo = bare_channel.unary_unary(ECHO)
-        bare_relay = relay_channel.unary_unary(RELAY)
-        bare_stream = bare_channel.unary_stream(STREAM)
+        bare_echo = bare_channel.unary_unary(ECHO, **CLIENT_CODEC)
+        bytes_echo = bare_channel.unary_unary(ECHO_BYTES)
+        uv_echo = uv_channel.unary_unary(ECHO, **CLIENT_CODEC)
+        bare_relay = relay_channel.unary_unary(RELAY, **CLIENT_CODEC)
+        bare_stream = bare_channel.unary_stream(
+            STREAM,
+            request_serializer=agent_pb2.StreamRequest.SerializeToString,
+            response_deserializer=agent_pb2.StreamResponse.FromString,
+        )
         client = Coordinator({"echo": where["echo"], "zeus": where["zeus"]}, source_agent="bench")
 
-        # Bare requests carry what the mesh sends: a full envelope with the same payload.
+        # Bare calls carry the envelope the mesh sends, built once: a bare client has no envelope to make.
         request = agent_pb2.ExecuteRequest(message=new_message("echo", PAYLOAD, target_agent="echo"))
-        bare_bytes = request.SerializeToString()
-        chunk = agent_pb2.StreamResponse()
-        chunk.chunk.agent, chunk.chunk.request_message_id = "echo", request.message.message_id
-        chunk.chunk.correlation_id, chunk.chunk.sequence = request.message.correlation_id, 12345
-        chunk.chunk.data.update(PAYLOAD)
-        stream_request = f"{args.chunks}:".encode() + chunk.SerializeToString()
+        request_bytes = request.SerializeToString()
+        stream_request = agent_pb2.StreamRequest(message=new_message("chunks", {"n": args.chunks, "chunk": PAYLOAD}))
         route = {"agent": "echo", "action": "echo", "payload": PAYLOAD}
 
         async def bare_one() -> object:
-            return await bare_echo(bare_bytes, timeout=30)
+            return await bare_echo(request, timeout=30)
 
         async def bare_uv() -> object:
-            return await uv_echo(bare_bytes, timeout=30)
+            return await uv_echo(request, timeout=30)
+
+        async def bare_bytes() -> object:
+            return await bytes_echo(request_bytes, timeout=30)
 
         async def bare_two() -> object:
-            return await bare_relay(bare_bytes, timeout=30)
+            return await bare_relay(request, timeout=30)
 
         async def mesh_one() -> object:
             return (await client.delegate("echo", "echo", PAYLOAD)).result
@@ -172,6 +179,7 @@ async def main(args: argparse.Namespace) -> None:
             "bare 2 hops": bare_two,
             "mesh 2 hops": mesh_two,
             "bare uvloop": bare_uv,
+            "bare bytes": bare_bytes,
         }
         results = {name: Result() for name in [*unary, "bare stream", "mesh stream"]}
         for call in unary.values():  # warm every channel and code path
@@ -194,7 +202,7 @@ async def main(args: argparse.Namespace) -> None:
     def mark(ok: bool) -> str:
         return "ok" if ok else "MISSED"
 
-    b1, m1, b2, m2, buv = (results[n] for n in unary)
+    b1, m1, b2, m2, buv, bb = (results[n] for n in unary)
     bs, ms = results["bare stream"], results["mesh stream"]
     p50_1, rate_1 = paired(m1.p50s, b1.p50s), paired(m1.rates, b1.rates)
     stream_ratio = paired(ms.rates, bs.rates)
@@ -203,7 +211,7 @@ async def main(args: argparse.Namespace) -> None:
         f"{args.chunks} chunks a stream; agents on {runtime.event_loop_name()}"
     )
     print(f"  {'':40} {'value':>10} {'unit':<9} {'/ bare':>7}")
-    print("one hop: client -> echo agent (bare: client -> bare grpc.aio echo on asyncio)")
+    print("one hop: client -> echo agent (bare: client -> grpc.aio protobuf echo on asyncio)")
     print(line("bare p50", statistics.median(b1.p50s), "ms"))
     print(line("mesh p50", statistics.median(m1.p50s), "ms", p50_1, f"target <= 1.25x: {mark(p50_1 <= 1.25)}"))
     print(line("bare p99", b1.p(0.99), "ms"))
@@ -218,12 +226,17 @@ async def main(args: argparse.Namespace) -> None:
             f"target >= 0.8x: {mark(rate_1 >= 0.8)}",
         )
     )
-    print("  the same mesh figures against a bare echo on uvloop, the loop the agents run on:")
+    print("  against the bare echo on uvloop, the loop the agents run on:")
     print(line("bare-on-uvloop p50", statistics.median(buv.p50s), "ms"))
     print(line("mesh p50", statistics.median(m1.p50s), "ms", paired(m1.p50s, buv.p50s)))
     print(line(f"bare-on-uvloop calls/s, {args.inflight} in flight", buv.rate, "calls/s"))
     print(line(f"mesh calls/s, {args.inflight} in flight", m1.rate, "calls/s", paired(m1.rates, buv.rates)))
-    print("two hops: client -> zeus -> echo agent (bare: client -> bare relay -> bare echo)")
+    print("  against a raw-bytes echo (no protobuf at all: the floor of any gRPC service):")
+    print(line("bare-bytes p50", statistics.median(bb.p50s), "ms"))
+    print(line("mesh p50", statistics.median(m1.p50s), "ms", paired(m1.p50s, bb.p50s)))
+    print(line(f"bare-bytes calls/s, {args.inflight} in flight", bb.rate, "calls/s"))
+    print(line(f"mesh calls/s, {args.inflight} in flight", m1.rate, "calls/s", paired(m1.rates, bb.rates)))
+    print("two hops: client -> zeus -> echo agent (bare: client -> protobuf relay -> protobuf echo)")
     print(line("bare p50", statistics.median(b2.p50s), "ms"))
     print(line("mesh p50", statistics.median(m2.p50s), "ms", paired(m2.p50s, b2.p50s)))
     print(line("bare p99", b2.p(0.99), "ms"))

@@ -1,4 +1,4 @@
-"""One benchmark server per process: bare grpc.aio echo/relay/stream, or a mesh agent.
+"""One benchmark server per process: bare grpc.aio (echo, relay, stream), or a mesh agent.
 
 Prints its address on stdout once listening, then serves until stdin closes or SIGTERM.
 """
@@ -10,14 +10,27 @@ import json
 import signal
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from kosmos_grpc import AgentServer, load_agent, runtime
+from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 
 ECHO = "/bench.Bare/Echo"
+ECHO_BYTES = "/bench.Bare/EchoBytes"
 RELAY = "/bench.Bare/Relay"
 STREAM = "/bench.Bare/Stream"
+
+# What a hand-written grpc.aio service with the same messages would register.
+EXECUTE_CODEC = {
+    "request_deserializer": agent_pb2.ExecuteRequest.FromString,
+    "response_serializer": agent_pb2.ExecuteResponse.SerializeToString,
+}
+CLIENT_CODEC = {
+    "request_serializer": agent_pb2.ExecuteRequest.SerializeToString,
+    "response_deserializer": agent_pb2.ExecuteResponse.FromString,
+}
 
 
 async def _wait_for_stop() -> None:
@@ -38,29 +51,51 @@ async def _wait_for_stop() -> None:
 
 
 async def bare(target: str | None) -> None:
-    """A bare server: unary echo of raw bytes, a relay to ``target``'s echo, and a stream."""
-    channel = grpc.aio.insecure_channel(target) if target else None
-    forward = channel.unary_unary(ECHO) if channel else None
+    """Bare grpc.aio: a protobuf echo, a raw-bytes echo, a relay to ``target``'s echo, and a stream.
 
-    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    The echo answers as a minimal hand-written service would: the payload copied into the
+    response, with no validation, routing, deadlines or conversion to Python dicts.
+    """
+    channel = grpc.aio.insecure_channel(target) if target else None
+    forward = channel.unary_unary(ECHO, **CLIENT_CODEC) if channel else None
+
+    async def echo(request: agent_pb2.ExecuteRequest, context: Any) -> agent_pb2.ExecuteResponse:
+        response = agent_pb2.ExecuteResponse()
+        response.response.agent = "echo"
+        response.response.request_message_id = request.message.message_id
+        response.response.correlation_id = request.message.correlation_id
+        response.response.result.CopyFrom(request.message.payload)
+        return response
+
+    async def echo_bytes(request: bytes, context: Any) -> bytes:
         return request
 
-    async def relay(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    async def relay(request: agent_pb2.ExecuteRequest, context: Any) -> agent_pb2.ExecuteResponse:
         assert forward is not None
-        reply: bytes = await forward(request, timeout=context.time_remaining())
+        reply: agent_pb2.ExecuteResponse = await forward(request, timeout=context.time_remaining())
         return reply
 
-    async def stream(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
-        count, _, chunk = request.partition(b":")
-        for _ in range(int(count)):
+    async def stream(request: agent_pb2.StreamRequest, context: Any) -> AsyncIterator[agent_pb2.StreamResponse]:
+        chunk = agent_pb2.StreamResponse()
+        chunk.chunk.agent = "echo"
+        chunk.chunk.request_message_id = request.message.message_id
+        chunk.chunk.correlation_id = request.message.correlation_id
+        chunk.chunk.data.CopyFrom(request.message.payload.fields["chunk"].struct_value)
+        for sequence in range(int(request.message.payload.fields["n"].number_value)):
+            chunk.chunk.sequence = sequence
             yield chunk
 
     handler = grpc.method_handlers_generic_handler(
         "bench.Bare",
         {
-            "Echo": grpc.unary_unary_rpc_method_handler(echo),
-            "Relay": grpc.unary_unary_rpc_method_handler(relay),
-            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "Echo": grpc.unary_unary_rpc_method_handler(echo, **EXECUTE_CODEC),
+            "EchoBytes": grpc.unary_unary_rpc_method_handler(echo_bytes),
+            "Relay": grpc.unary_unary_rpc_method_handler(relay, **EXECUTE_CODEC),
+            "Stream": grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=agent_pb2.StreamRequest.FromString,
+                response_serializer=agent_pb2.StreamResponse.SerializeToString,
+            ),
         },
     )
     server = grpc.aio.server(handlers=[handler])
