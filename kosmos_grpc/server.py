@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -22,6 +23,7 @@ from kosmos_grpc.errors import (
     ActionNotFound,
     AgentNotFound,
     DeadlineExceeded,
+    InvalidEnvelope,
     KosmosError,
     WrongCallKind,
     to_status,
@@ -118,9 +120,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return ActionFailed(f"{self.agent.name}.{message.action} failed: {type(exc).__name__}")
 
     async def Execute(
-        self, request: agent_pb2.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: agent_pb2.ExecuteRequest | None, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.ExecuteResponse:
         """Run a unary action."""
+        if request is None:
+            await self._abort(context, _unreadable("ExecuteRequest"))
         message = request.message
         error: KosmosError
         try:
@@ -153,9 +157,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         await self._abort(context, error)
 
     async def Stream(
-        self, request: agent_pb2.StreamRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: agent_pb2.StreamRequest | None, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[agent_pb2.StreamResponse]:
         """Run an action and send its chunks as they are made, then the final marker."""
+        if request is None:
+            await self._abort(context, _unreadable("StreamRequest"))
         message = request.message
         error: KosmosError
         try:
@@ -224,6 +230,23 @@ async def _bounded(items: AsyncIterator[Any], deadline: float) -> AsyncIterator[
         yield item
 
 
+def _unreadable(kind: str) -> InvalidEnvelope:
+    return InvalidEnvelope("message", f"the request is not a valid kosmos.v1.{kind} (protobuf decoding failed)")
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A deserializer that gives None for bytes that do not decode, so the handler can answer
+    INVALID_ARGUMENT (gRPC itself would answer INTERNAL)."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return None
+
+    return deserialize
+
+
 def _add_servicer(servicer: AgentServicer, server: grpc.aio.Server) -> None:
     """Register AgentService as a generic handler.
 
@@ -233,12 +256,12 @@ def _add_servicer(servicer: AgentServicer, server: grpc.aio.Server) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Execute": grpc.unary_unary_rpc_method_handler(
             servicer.Execute,
-            request_deserializer=agent_pb2.ExecuteRequest.FromString,
+            request_deserializer=_lenient(agent_pb2.ExecuteRequest.FromString),
             response_serializer=agent_pb2.ExecuteResponse.SerializeToString,
         ),
         "Stream": grpc.unary_stream_rpc_method_handler(
             servicer.Stream,
-            request_deserializer=agent_pb2.StreamRequest.FromString,
+            request_deserializer=_lenient(agent_pb2.StreamRequest.FromString),
             response_serializer=agent_pb2.StreamResponse.SerializeToString,
         ),
         "Describe": grpc.unary_unary_rpc_method_handler(

@@ -147,3 +147,20 @@ async def test_empty_envelope_fields_get_server_defaults(echo) -> None:  # type:
     assert len(reply.response.request_message_id) == 36
     assert reply.response.correlation_id == reply.response.request_message_id
     assert reply.response.result["priority"] == "NORMAL"
+
+
+@pytest.mark.parametrize("method", ["Execute", "Stream"])
+async def test_bytes_that_are_not_a_request_get_invalid_argument(echo, method) -> None:  # type: ignore[no-untyped-def]
+    _, client = echo
+    channel = client.channel("echo")
+    if method == "Execute":
+        call = channel.unary_unary(f"/kosmos.v1.AgentService/{method}")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"\xff\xff\xff", timeout=5)
+    else:
+        stream = channel.unary_stream(f"/kosmos.v1.AgentService/{method}")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stream(b"\xff\xff\xff", timeout=5).read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid kosmos.v1" in (caught.value.details() or "")
+    assert (await client.delegate("echo", "echo", {"after": "garbage"})).result == {"after": "garbage"}

@@ -1,0 +1,52 @@
+"""The coordinator client: channel reuse, agent cards, and overload answered plainly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from agents.athena import Athena
+from kosmos_grpc import ResourceExhausted
+
+from .conftest import Mesh
+from .helpers.agents import Echo, Probe
+
+
+async def test_one_channel_per_agent_is_reused_across_calls(mesh: Mesh) -> None:
+    await mesh.serve(Echo())
+    async with mesh.client() as client:
+        first = client.channel("echo")
+        for i in range(5):
+            assert (await client.delegate("echo", "echo", {"i": i})).result == {"i": i}
+        assert client.channel("echo") is first
+        assert len(client._channels) == 1
+
+
+async def test_describe_returns_the_agent_card_with_input_schemas(mesh: Mesh) -> None:
+    await mesh.serve(Athena())
+    async with mesh.client() as client:
+        card = await client.describe("athena")
+    assert card.name == "athena"
+    assert card.description == "Knowledge: answers what she knows about a topic."
+    actions = {a.name: a for a in card.actions}
+    assert set(actions) == {"answer", "explain"}
+    assert actions["explain"].streaming
+    assert not actions["answer"].streaming
+    assert actions["answer"].input_schema is not None
+    assert actions["answer"].input_schema["required"] == ["topic"]
+
+
+async def test_calls_over_the_concurrency_limit_get_resource_exhausted(mesh: Mesh) -> None:
+    probe = Probe()
+    await mesh.serve(probe, max_concurrent_rpcs=1)
+    async with mesh.client() as client:
+        busy = asyncio.create_task(client.delegate("probe", "work", timeout_ms=10_000))
+        await asyncio.wait_for(probe.started.wait(), 5)
+        with pytest.raises(ResourceExhausted) as caught:
+            await client.delegate("probe", "work", timeout_ms=5_000)
+        assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        probe.gates[0].set()
+        assert (await busy).result == {"done": True}
+        assert (await client.delegate("probe", "work", timeout_ms=5_000)).result == {"done": True}
