@@ -27,7 +27,7 @@ class ActionSpec:
     """One action of an agent: its handler and what its card says of it."""
 
     name: str
-    handler: Callable[..., Any]
+    attr: str
     description: str
     streaming: bool
     input_schema: Mapping[str, Any] | None = None
@@ -60,7 +60,7 @@ def action(
         doc = (inspect.getdoc(f) or "").strip().splitlines()
         spec = ActionSpec(
             name=name or f.__name__,
-            handler=f,
+            attr=f.__name__,
             description=description if description is not None else (doc[0] if doc else ""),
             streaming=streaming,
             input_schema=schema,

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import sys
 from typing import Any, NoReturn
 
@@ -18,6 +19,7 @@ from kosmos_grpc.config import MeshConfig, load_config
 from kosmos_grpc.envelope import Priority
 from kosmos_grpc.errors import KosmosError
 from kosmos_grpc.launcher import run_mesh, serve_agent
+from kosmos_grpc.tables import format_table
 
 __all__ = ["main"]
 
@@ -67,7 +69,7 @@ async def _stream(config: MeshConfig, args: argparse.Namespace) -> int:
 
 async def _health(config: MeshConfig, args: argparse.Namespace) -> int:
     names = [args.agent] if args.agent else list(config.agents)
-    failing = 0
+    rows = []
     async with _client(config) as client:
         for name in names:
             address = client.registry.address(name)
@@ -77,14 +79,14 @@ async def _health(config: MeshConfig, args: argparse.Namespace) -> int:
                 if args.agent is not None:
                     raise
                 status = exc.code.name
-            failing += status != "SERVING"
-            print(f"{name:<12} {address:<22} {status}")
-    return EXIT_FAILURE if failing else 0
+            rows.append((name, address, status))
+    print(format_table(("AGENT", "ADDRESS", "HEALTH"), rows))
+    return 0 if all(row[2] == "SERVING" for row in rows) else EXIT_FAILURE
 
 
 async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
+    rows = []
     async with _client(config) as client:
-        rows = [("AGENT", "ADDRESS", "HEALTH", "ACTIONS")]
         for name in config.agents:
             address = client.registry.address(name)
             try:
@@ -94,10 +96,19 @@ async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
             except KosmosError as exc:
                 status, actions = exc.code.name, "-"
             rows.append((name, address, status, actions))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+    print(format_table(("AGENT", "ADDRESS", "HEALTH", "ACTIONS"), rows))
     return 0
+
+
+def _milliseconds(text: str) -> float:
+    """A --timeout-ms value: a finite number of milliseconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds above zero")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,7 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--handshake", action="store_true", help=argparse.SUPPRESS)
 
     def timed(sub: argparse.ArgumentParser, default: float) -> None:
-        sub.add_argument("--timeout-ms", type=float, default=default, help=f"deadline (default {default:.0f})")
+        sub.add_argument(
+            "--timeout-ms", type=_milliseconds, default=default, help=f"deadline in ms (default {default:.0f})"
+        )
 
     for name, helptext in (
         ("call", "run a unary action and print its result"),

@@ -18,7 +18,14 @@ from kosmos_grpc.envelope import (
     new_message,
     struct_to_dict,
 )
-from kosmos_grpc.errors import DeadlineExceeded, KosmosError, StreamBroken, from_rpc_error
+from kosmos_grpc.errors import (
+    DeadlineExceeded,
+    InvalidEnvelope,
+    KosmosError,
+    PayloadTooLarge,
+    StreamBroken,
+    from_rpc_error,
+)
 from kosmos_grpc.registry import Registry
 
 if TYPE_CHECKING:
@@ -45,10 +52,16 @@ DEFAULT_TIMEOUT_MS = 30_000
 _ENVELOPE_HEADROOM = 64 * 1024
 
 
-def channel_options(payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> list[tuple[str, Any]]:
-    """gRPC options that let a payload at the limit through, envelope included."""
+def channel_options(payload_limit: int = DEFAULT_PAYLOAD_LIMIT, *, server: bool = False) -> list[tuple[str, Any]]:
+    """gRPC options that let a payload at the limit through, envelope included.
+
+    A server takes in up to twice the limit, so that an oversized payload from any client
+    (grpcurl, another language) reaches the envelope check and is refused naming the field;
+    past that, gRPC refuses it itself, still with RESOURCE_EXHAUSTED.
+    """
     size = payload_limit + _ENVELOPE_HEADROOM
-    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+    receive = 2 * payload_limit + _ENVELOPE_HEADROOM if server else size
+    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", receive)]
 
 
 # Response and Chunk are made once per call or chunk: plain slotted dataclasses, as a frozen
@@ -199,7 +212,12 @@ class Coordinator:
         into: envelope_pb2.AgentMessage,
     ) -> float:
         """Fill the request's envelope in place; the call's timeout in seconds."""
-        timeout = math.inf if timeout_ms is None else timeout_ms / 1000
+        if timeout_ms is None:
+            timeout = math.inf
+        elif timeout_ms > 0 and timeout_ms != math.inf:  # also false for NaN
+            timeout = timeout_ms / 1000
+        else:
+            raise InvalidEnvelope("timeout_ms", f"timeout_ms must be a number above zero, or None; got {timeout_ms}")
         if scope is not None and scope.deadline is not None:
             left = scope.deadline - time.monotonic()
             if left <= 0:
@@ -366,6 +384,11 @@ def _explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float)
     if error.metadata:  # the agent itself explained the failure
         return error
     code = exc.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Sent message larger than max" in (exc.details() or ""):
+        # This channel refused to send it: the payload is far over the limit the mesh allows.
+        return PayloadTooLarge(
+            f"the payload to {agent}.{action} is over the limit ({exc.details()})", metadata={"field": "payload"}
+        )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         error.message = f"{agent}.{action} did not answer within {timeout * 1000:.0f} ms"
     elif code == grpc.StatusCode.UNAVAILABLE:

@@ -1,8 +1,9 @@
 """One exception hierarchy for the mesh, each class mapped to a gRPC status code.
 
 Errors cross the wire as a ``google.rpc.Status`` whose details hold an ``ErrorInfo``
-(reason, domain ``kosmos``, and metadata such as the offending field) and, for overload,
-a ``RetryInfo``; :func:`from_rpc_error` rebuilds the same class on the client::
+(reason, domain ``kosmos``, and metadata such as the offending field) and, where the server
+knows when to try again (``retry_after``), a ``RetryInfo``; :func:`from_rpc_error` rebuilds
+the same class on the client::
 
     KosmosError                      INTERNAL
     ├── InvalidEnvelope              INVALID_ARGUMENT   (field names the bad envelope field)

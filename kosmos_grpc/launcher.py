@@ -1,9 +1,10 @@
 """``kosmos up``: run every agent of a config in its own process and stop them all together.
 
-Each child binds its configured address (port 0 picks a free one), reports the address it got
-as one JSON line on stdout, then reads the whole mesh's addresses as one JSON line on stdin
-before it reports SERVING. A child also stops when its stdin closes, so no agent outlives its
-launcher, even one killed without a chance to clean up.
+Each child binds its configured address (port 0 picks a free one) and reports the address it
+got on a line of its own (``KOSMOS-READY {...}``) on stdout; then it reads the whole mesh's
+addresses as one JSON line on stdin before it reports SERVING. Anything else a child prints is
+passed through to the launcher's stdout. A child also stops when its stdin closes, so no agent
+outlives its launcher, even one killed without a chance to clean up.
 """
 
 from __future__ import annotations
@@ -14,19 +15,20 @@ import json
 import signal
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TextIO
 
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import ConfigError, MeshConfig, load_agent
 from kosmos_grpc.errors import KosmosError
+from kosmos_grpc.runtime import until
 from kosmos_grpc.server import AgentServer, serve_forever
+from kosmos_grpc.tables import format_table
 
-if TYPE_CHECKING:
-    from collections.abc import Coroutine
+__all__ = ["READY_MARK", "START_TIMEOUT", "MeshProcess", "run_mesh", "serve_agent"]
 
-__all__ = ["MeshProcess", "run_mesh", "serve_agent"]
-
-START_TIMEOUT = 30.0
+#: Seconds the whole mesh has to start: every agent bound, addresses exchanged, SERVING.
+START_TIMEOUT = 60.0
+READY_MARK = "KOSMOS-READY "
 
 
 @dataclass(slots=True)
@@ -37,6 +39,7 @@ class MeshProcess:
     process: asyncio.subprocess.Process
     address: str = ""
     health: str = "UNKNOWN"
+    output: asyncio.Task[None] | None = None
 
 
 async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False) -> None:
@@ -61,10 +64,13 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
 
     async def ready(server: AgentServer) -> None:
         nonlocal watcher
-        print(json.dumps({"agent": name, "address": server.address}), flush=True)
-        line = await asyncio.wait_for(stdin.readline(), START_TIMEOUT)
+        print(READY_MARK + json.dumps({"agent": name, "address": server.address}), flush=True)
+        try:
+            line = await asyncio.wait_for(stdin.readline(), START_TIMEOUT)
+        except TimeoutError:
+            raise ConfigError(f"no mesh addresses from `kosmos up` within {START_TIMEOUT:.0f} s") from None
         if not line:
-            raise ConfigError("the launcher went away before the mesh started")
+            raise ConfigError("`kosmos up` went away before the mesh started")
         server.registry.update_from(json.loads(line))
         watcher = asyncio.create_task(_stop_on_eof(stdin, server))
 
@@ -78,10 +84,17 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
 async def _stop_on_eof(stdin: asyncio.StreamReader, server: AgentServer) -> None:
     while await stdin.readline():
         pass
-    await server.stop()
+    server.request_stop()
 
 
-async def _start(config: MeshConfig, children: list[MeshProcess]) -> None:
+async def _pass_through(stream: asyncio.StreamReader, out: TextIO) -> None:
+    """Copy a child's output to ours, line by line, so its pipe never fills."""
+    while line := await stream.readline():
+        out.write(line.decode(errors="replace"))
+        out.flush()
+
+
+async def _start(config: MeshConfig, children: list[MeshProcess], out: TextIO) -> None:
     """Start every agent's process into ``children`` (so a failure leaves them to stop) and hand out addresses."""
     assert config.path is not None
     for name in config.agents:
@@ -100,24 +113,26 @@ async def _start(config: MeshConfig, children: list[MeshProcess]) -> None:
         children.append(MeshProcess(name, process))
     for child in children:
         assert child.process.stdout is not None
-        try:
-            line = await asyncio.wait_for(child.process.stdout.readline(), START_TIMEOUT)
-        except TimeoutError:
-            raise ConfigError(f"agent {child.name!r} did not start within {START_TIMEOUT:.0f} s") from None
-        if not line:
-            code = await child.process.wait()
-            raise ConfigError(f"agent {child.name!r} exited with code {code} while starting (its error is above)")
-        child.address = json.loads(line)["address"]
+        while True:
+            line = (await child.process.stdout.readline()).decode(errors="replace")
+            if not line:
+                code = await child.process.wait()
+                raise ConfigError(f"agent {child.name!r} exited with code {code} while starting (its error is above)")
+            if line.startswith(READY_MARK):
+                child.address = json.loads(line.removeprefix(READY_MARK))["address"]
+                break
+            out.write(line)
     addresses = json.dumps({child.name: child.address for child in children}) + "\n"
     for child in children:
         assert child.process.stdin is not None
+        assert child.process.stdout is not None
         child.process.stdin.write(addresses.encode())
         await child.process.stdin.drain()
+        child.output = asyncio.create_task(_pass_through(child.process.stdout, out))
 
 
 async def _wait_serving(children: list[MeshProcess]) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + START_TIMEOUT
+    """Poll each agent's gRPC health until it says SERVING (the caller bounds the wait)."""
     async with Coordinator({c.name: c.address for c in children}) as client:
         for child in children:
             while True:
@@ -127,25 +142,20 @@ async def _wait_serving(children: list[MeshProcess]) -> None:
                     child.health = await client.health(child.name, timeout_ms=1000)
                 if child.health == "SERVING":
                     break
-                if loop.time() > deadline:
-                    raise ConfigError(f"agent {child.name!r} is not SERVING after {START_TIMEOUT:.0f} s")
                 await asyncio.sleep(0.05)
 
 
-def _table(children: list[MeshProcess]) -> str:
-    rows = [("AGENT", "ADDRESS", "HEALTH", "PID")]
-    rows += [(c.name, c.address, c.health, str(c.process.pid)) for c in children]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
-
-
 async def _stop(children: list[MeshProcess], grace: float) -> None:
-    """SIGTERM every child, wait for the drain, SIGKILL what is left."""
+    """Close every child's stdin, SIGTERM it, wait for the drain, SIGKILL what is left."""
     for child in children:
+        if child.process.stdin is not None:
+            child.process.stdin.close()
         if child.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 child.process.send_signal(signal.SIGTERM)
-    waits = [asyncio.create_task(c.process.wait()) for c in children]
+    waits = [asyncio.ensure_future(c.process.wait()) for c in children]
+    if not waits:
+        return
     _, pending = await asyncio.wait(waits, timeout=grace + 5)
     for child in children:
         if child.process.returncode is None:
@@ -153,23 +163,20 @@ async def _stop(children: list[MeshProcess], grace: float) -> None:
                 child.process.kill()
     if pending:
         await asyncio.wait(pending, timeout=5)
+    for child in children:  # the child is gone: its last output is in the pipe or nowhere
+        if child.output is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(child.output, 1)
 
 
-async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> bool:
-    """Run ``work`` unless ``stop`` is set first; whether it finished."""
-    task = asyncio.create_task(work)
-    waiter = asyncio.create_task(stop.wait())
+async def _bounded_start(config: MeshConfig, children: list[MeshProcess], out: TextIO) -> None:
     try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-    if task.done():
-        task.result()
-        return True
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return False
+        async with asyncio.timeout(START_TIMEOUT):
+            await _start(config, children, out)
+            await _wait_serving(children)
+    except TimeoutError:
+        waiting = [c.name for c in children if c.health != "SERVING"]
+        raise ConfigError(f"the mesh did not start within {START_TIMEOUT:.0f} s (waiting for {waiting})") from None
 
 
 async def run_mesh(config: MeshConfig, out: TextIO = sys.stdout) -> int:
@@ -180,12 +187,13 @@ async def run_mesh(config: MeshConfig, out: TextIO = sys.stdout) -> int:
         loop.add_signal_handler(sig, stop.set)
     children: list[MeshProcess] = []
     try:
-        if not await _until(stop, _start(config, children)) or not await _until(stop, _wait_serving(children)):
+        if not await until(stop, _bounded_start(config, children, out)):
             return 0
-        print(_table(children), file=out)
+        rows = [(c.name, c.address, c.health, str(c.process.pid)) for c in children]
+        print(format_table(("AGENT", "ADDRESS", "HEALTH", "PID"), rows), file=out)
         print(f"mesh up: {len(children)} agents. Ctrl-C stops them.", file=out, flush=True)
-        exits = {asyncio.create_task(c.process.wait()): c for c in children}
-        stopping = asyncio.create_task(stop.wait())
+        exits = {asyncio.ensure_future(c.process.wait()): c for c in children}
+        stopping = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait({stopping, *exits}, return_when=asyncio.FIRST_COMPLETED)
         for task in (stopping, *exits):
             task.cancel()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 import grpc
@@ -29,6 +30,7 @@ from kosmos_grpc.errors import (
     to_status,
 )
 from kosmos_grpc.registry import Registry
+from kosmos_grpc.runtime import until
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -74,6 +76,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         # Looked up on every call: kept here rather than read through self.agent each time.
         self._name = agent.name
         self._actions = agent.actions
+        # Bound now, by attribute name, so a subclass that overrides an action's method is the one run.
+        self._handlers: dict[str, Callable[..., Any]] = {
+            name: getattr(agent, spec.attr) for name, spec in agent.actions.items()
+        }
 
     def _make_card(self) -> agent_pb2.AgentCard:
         card = agent_pb2.AgentCard(name=self.agent.name, description=self.agent.description, version=self.agent.version)
@@ -116,8 +122,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         raise AssertionError("abort returned")  # pragma: no cover - abort always raises
 
     def _unexpected(self, exc: Exception, message: envelope_pb2.AgentMessage) -> KosmosError:
-        log.exception("agent %s action %s failed", self.agent.name, message.action)
-        return ActionFailed(f"{self.agent.name}.{message.action} failed: {type(exc).__name__}")
+        log.exception("agent %s action %s failed", self._name, message.action)
+        return ActionFailed(f"{self._name}.{message.action} failed: {type(exc).__name__}")
 
     async def Execute(
         self, request: agent_pb2.ExecuteRequest | None, context: grpc.aio.ServicerContext[Any, Any]
@@ -134,24 +140,20 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     f"action {message.action!r} streams: call Stream instead of Execute",
                     metadata={"field": "action"},
                 )
+            handler = self._handlers[spec.name]
             if timer is None:
-                result = await spec.handler(self.agent, ctx, ctx.payload)
+                result = await handler(ctx, ctx.payload)
             else:
-                async with asyncio.timeout(timer):
-                    result = await spec.handler(self.agent, ctx, ctx.payload)
+                result = await _within(handler(ctx, ctx.payload), timer, self._name, spec.name)
             response = agent_pb2.ExecuteResponse()
             reply = response.response
             reply.agent = self._name
             reply.request_message_id = message.message_id
             reply.correlation_id = message.correlation_id
-            _fill(reply.result, result, self._name, message.action)
+            _fill(reply.result, result, self._name, spec.name)
             return response
         except KosmosError as exc:
             error = exc
-        except TimeoutError:
-            error = DeadlineExceeded(
-                f"{self.agent.name}.{message.action} ran past its deadline (ttl_ms) and was cancelled"
-            )
         except Exception as exc:
             error = self._unexpected(exc, message)
         await self._abort(context, error)
@@ -166,39 +168,28 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         error: KosmosError
         try:
             spec, ctx, timer = self._admit(message, context)
-            if spec.streaming:
-                items = spec.handler(self.agent, ctx, ctx.payload)
-            else:
-                items = _one(spec.handler(self.agent, ctx, ctx.payload))
+            handler = self._handlers[spec.name]
+            items = handler(ctx, ctx.payload) if spec.streaming else _one(handler(ctx, ctx.payload))
             if timer is not None:
-                items = _bounded(items, asyncio.get_running_loop().time() + timer)
+                items = _bounded(items, asyncio.get_running_loop().time() + timer, self._name, spec.name)
             # Read once: every chunk repeats them, and message attribute reads are not free.
-            agent, action = self._name, message.action
+            agent, action = self._name, spec.name
             message_id, correlation_id = message.message_id, message.correlation_id
             sequence = 0
-            async for item in items:
-                response = agent_pb2.StreamResponse()
-                chunk = response.chunk
-                chunk.agent = agent
-                chunk.request_message_id = message_id
-                chunk.correlation_id = correlation_id
-                chunk.sequence = sequence
-                _fill(chunk.data, item, agent, action)
-                sequence += 1
-                yield response
-            final = agent_pb2.StreamResponse()
-            chunk = final.chunk
-            chunk.agent = agent
-            chunk.request_message_id = message_id
-            chunk.correlation_id = correlation_id
-            chunk.sequence = sequence
-            chunk.final = True
+            # Closed on the way out, cancellation included, so the action's own cleanup (and
+            # the cancelling of any stream it relays) runs now rather than at garbage collection.
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    response = _chunk(agent, message_id, correlation_id, sequence)
+                    _fill(response.chunk.data, item, agent, action)
+                    sequence += 1
+                    yield response
+            final = _chunk(agent, message_id, correlation_id, sequence)
+            final.chunk.final = True
             yield final
             return
         except KosmosError as exc:
             error = exc
-        except TimeoutError:
-            error = DeadlineExceeded(f"{self._name}.{message.action} ran past its deadline (ttl_ms) and was cancelled")
         except Exception as exc:
             error = self._unexpected(exc, message)
         await self._abort(context, error)
@@ -210,24 +201,58 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.DescribeResponse(card=self._card)
 
 
-async def _one(result: Awaitable[Any]) -> AsyncIterator[Any]:
+def _chunk(agent: str, message_id: str, correlation_id: str, sequence: int) -> agent_pb2.StreamResponse:
+    response = agent_pb2.StreamResponse()
+    chunk = response.chunk
+    chunk.agent = agent
+    chunk.request_message_id = message_id
+    chunk.correlation_id = correlation_id
+    chunk.sequence = sequence
+    return response
+
+
+def _past_deadline(agent: str, action: str) -> DeadlineExceeded:
+    return DeadlineExceeded(f"{agent}.{action} ran past its deadline (the envelope's TTL) and was cancelled")
+
+
+async def _within(work: Awaitable[Any], seconds: float, agent: str, action: str) -> Any:
+    """Await ``work`` for at most ``seconds``, cancelling it then (a handler's own TimeoutError stays its own)."""
+    scope = asyncio.timeout(seconds)
+    try:
+        async with scope:
+            return await work
+    except TimeoutError:
+        if scope.expired():
+            raise _past_deadline(agent, action) from None
+        raise
+
+
+async def _one(result: Awaitable[Any]) -> AsyncGenerator[Any, None]:
     """A unary action's result as a stream of one chunk."""
     yield await result
 
 
-async def _bounded(items: AsyncIterator[Any], deadline: float) -> AsyncIterator[Any]:
-    """``items`` until the loop clock reaches ``deadline``; then TimeoutError, the action cancelled.
+async def _bounded(
+    items: AsyncGenerator[Any, None], deadline: float, agent: str, action: str
+) -> AsyncGenerator[Any, None]:
+    """``items`` until the loop clock reaches ``deadline``; then the action is cancelled.
 
     The timer wraps each step of the action only, never a ``yield``: a timeout must not fire
     while gRPC holds this generator suspended between chunks.
     """
-    while True:
-        try:
-            async with asyncio.timeout_at(deadline):
-                item = await anext(items)
-        except StopAsyncIteration:
-            return
-        yield item
+    async with contextlib.aclosing(items):
+        while True:
+            scope = asyncio.timeout_at(deadline)
+            try:
+                async with scope:
+                    item = await anext(items)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if scope.expired():
+                    raise _past_deadline(agent, action) from None
+                raise
+            yield item
 
 
 def _unreadable(kind: str) -> InvalidEnvelope:
@@ -297,13 +322,15 @@ class AgentServer:
         self.health = health.aio.HealthServicer()
         self._requested = address
         self._server = grpc.aio.server(
-            options=channel_options(payload_limit), maximum_concurrent_rpcs=max_concurrent_rpcs
+            options=channel_options(payload_limit, server=True), maximum_concurrent_rpcs=max_concurrent_rpcs
         )
         _add_servicer(AgentServicer(agent, self.coordinator, payload_limit), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection([AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server)
         self.port = 0
-        self._stopped = asyncio.Event()
+        #: Set once a stop is asked for (a signal, :meth:`request_stop` or :meth:`stop`).
+        self.stop_requested = asyncio.Event()
+        self._stopping: asyncio.Future[None] | None = None
 
     @property
     def address(self) -> str:
@@ -312,15 +339,26 @@ class AgentServer:
         return f"{host}:{self.port}"
 
     async def start(self, *, serving: bool = True) -> None:
-        """Bind, start, run the agent's ``on_start`` and, unless told otherwise, report SERVING."""
-        self.port = self._server.add_insecure_port(self._requested)
+        """Bind, start, run the agent's ``on_start`` and, unless told otherwise, report SERVING.
+
+        Raises:
+            OSError: the address cannot be listened on (in use, or not this machine's).
+        """
+        try:
+            self.port = self._server.add_insecure_port(self._requested)
+        except RuntimeError:  # grpcio's way of saying the bind failed
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind {self._requested}")
+            raise OSError(f"cannot listen on {self._requested}: the address is in use or not available")
         self.registry.set(self.agent.name, self.address)
         for service in ("", AGENT_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
-        await self.agent.on_start()
+        try:
+            await self.agent.on_start()
+        except BaseException:
+            await self._server.stop(0)
+            raise
         if serving:
             await self.set_serving()
 
@@ -329,19 +367,25 @@ class AgentServer:
         for service in ("", AGENT_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
+    def request_stop(self) -> None:
+        """Ask :func:`serve_forever` to drain and stop (safe from a signal handler)."""
+        self.stop_requested.set()
+
     async def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, drain in-flight calls for ``grace`` seconds, then close."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
+        """Report NOT_SERVING, drain in-flight calls for ``grace`` seconds, then close.
+
+        Every caller waits for the same, single drain, however many call it and however often.
+        """
+        self.stop_requested.set()
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(self.grace_seconds if grace is None else grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
-        await self._server.stop(self.grace_seconds if grace is None else grace)
+        await self._server.stop(grace)
         await self.coordinator.close()
         await self.agent.on_stop()
-
-    async def wait_stopped(self) -> None:
-        """Wait until :meth:`stop` has been called."""
-        await self._stopped.wait()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -361,23 +405,19 @@ async def serve_forever(
     """Run ``server`` until SIGTERM or SIGINT, then drain within its grace period.
 
     ``ready`` runs once the server is bound, before it reports SERVING (``kosmos up`` uses it
-    to learn the port and hand over the mesh's addresses).
+    to learn the port and hand over the mesh's addresses); a signal cuts it short.
     """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, server.request_stop)
     try:
         await server.start(serving=ready is None)
         if ready is not None:
-            await ready(server)
+            if not await until(server.stop_requested, ready(server)):
+                return
             await server.set_serving()
         log.info("%s serving on %s", server.agent.name, server.address)
-        waiter = asyncio.ensure_future(stop.wait())
-        stopped = asyncio.ensure_future(server.wait_stopped())
-        await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        stopped.cancel()
+        await server.stop_requested.wait()
         log.info("%s draining (grace %.1f s)", server.agent.name, server.grace_seconds)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

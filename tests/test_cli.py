@@ -132,7 +132,7 @@ def test_up_serves_every_agent_and_the_shell_commands_reach_them(processes: Proc
 
     health = kosmos(live, "health")
     assert health.returncode == 0, health.stderr
-    assert [line.split()[-1] for line in health.stdout.splitlines()] == ["SERVING", "SERVING"]
+    assert [line.split()[-1] for line in health.stdout.splitlines()] == ["HEALTH", "SERVING", "SERVING"]
 
     agents = kosmos(live, "agents")
     assert agents.returncode == 0, agents.stderr
