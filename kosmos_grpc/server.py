@@ -322,7 +322,9 @@ class AgentServer:
         self.health = health.aio.HealthServicer()
         self._requested = address
         self._server = grpc.aio.server(
-            options=channel_options(payload_limit, server=True), maximum_concurrent_rpcs=max_concurrent_rpcs
+            # Without SO_REUSEPORT a taken port is an error, not two agents sharing it silently.
+            options=[*channel_options(payload_limit, server=True), ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         _add_servicer(AgentServicer(agent, self.coordinator, payload_limit), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -349,6 +351,7 @@ class AgentServer:
         except RuntimeError:  # grpcio's way of saying the bind failed
             self.port = 0
         if self.port == 0:
+            await self._server.stop(0)  # never started, but it holds resources until stopped
             raise OSError(f"cannot listen on {self._requested}: the address is in use or not available")
         self.registry.set(self.agent.name, self.address)
         for service in ("", AGENT_SERVICE):

@@ -114,6 +114,29 @@ async def test_payload_limit_is_configurable_and_reaches_the_client_as_payload_t
         assert (await client.delegate("echo", "echo", {"blob": "x" * 100})).result == {"blob": "x" * 100}
 
 
+@pytest.mark.parametrize("times", [1.25, 1.9])
+async def test_payload_well_over_the_limit_from_any_client_is_refused_naming_payload(mesh: Mesh, times: float) -> None:
+    server = await mesh.serve(Echo(), payload_limit=256 * 1024)
+    message = new_message("echo", {"blob": "x" * int(256 * 1024 * times)})
+    async with grpc.aio.insecure_channel(
+        server.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    ) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Execute(agent_pb2.ExecuteRequest(message=message), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _field(caught.value) == "payload"
+
+
+async def test_payload_far_over_the_limit_is_stopped_by_the_client_naming_payload(mesh: Mesh) -> None:
+    await mesh.serve(Echo(), payload_limit=64 * 1024)
+    async with mesh.client(payload_limit=64 * 1024) as client:
+        with pytest.raises(PayloadTooLarge) as caught:
+            await client.delegate("echo", "echo", {"blob": "x" * (3 * 64 * 1024)})
+        assert caught.value.metadata["field"] == "payload"
+        assert (await client.delegate("echo", "echo", {"small": 1})).result == {"small": 1}
+
+
 async def test_client_errors_are_typed(echo) -> None:  # type: ignore[no-untyped-def]
     _, client = echo
     with pytest.raises(ActionNotFound, match="no action 'fly'"):
@@ -129,6 +152,8 @@ async def test_client_errors_are_typed(echo) -> None:  # type: ignore[no-untyped
 
 async def test_handler_crash_is_internal_without_leaking_the_traceback(echo) -> None:  # type: ignore[no-untyped-def]
     _, client = echo
+    with pytest.raises(ActionFailed, match="TimeoutError"):  # the handler's own, not a deadline
+        await client.delegate("echo", "own_timeout")
     with pytest.raises(ActionFailed) as caught:
         await client.delegate("echo", "boom")
     assert caught.value.code == grpc.StatusCode.INTERNAL

@@ -38,32 +38,35 @@ def write_config(path: Path, zeus: str = "127.0.0.1:0", athena: str = "127.0.0.1
     return path
 
 
-def read_until(process: subprocess.Popen[str], marker: str, timeout: float = 30) -> list[str]:
-    """Lines of stdout up to the one containing ``marker``; fails after ``timeout`` seconds."""
-    lines: queue.Queue[str | None] = queue.Queue()
+class Lines:
+    """Every line a process writes to stdout, read as it comes (so its pipe never fills)."""
 
-    def pump() -> None:
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(process,), daemon=True).start()
+
+    def _pump(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
         for line in process.stdout:
-            lines.put(line.rstrip("\n"))
-            if marker in line:
-                break
-        else:
-            lines.put(None)
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
 
-    threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
-        except queue.Empty:
-            pytest.fail(f"no {marker!r} within {timeout} s; got {seen}")
-        if line is None:
-            pytest.fail(f"output ended before {marker!r}: {seen}")
-        seen.append(line)
-        if marker in line:
-            return seen
+    def until(self, marker: str, timeout: float = 30) -> list[str]:
+        """Lines up to the next one containing ``marker``; fails after ``timeout`` seconds."""
+        taken: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no {marker!r} within {timeout} s; got {taken[-20:]}")
+            if line is None:
+                pytest.fail(f"output ended before {marker!r}: {taken[-20:]}")
+            taken.append(line)
+            self.seen.append(line)
+            if marker in line:
+                return taken
 
 
 def alive(pid: int) -> bool:
@@ -91,20 +94,25 @@ def kosmos(config: Path, *args: str, timeout: float = 30) -> subprocess.Complete
     )
 
 
-def start_mesh(processes: Processes, tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, tuple[str, int]]]:
+Mesh = tuple[subprocess.Popen[str], Lines, dict[str, tuple[str, int]]]
+
+
+def start_mesh(processes: Processes, tmp_path: Path) -> Mesh:
+    """`kosmos up` on a two-agent config with free ports: the process, its output, and name -> (address, pid)."""
     up = processes.start(tool("kosmos"), "--config", str(write_config(tmp_path / "kosmos.toml")), "up")
-    lines = read_until(up, "mesh up")
+    output = Lines(up)
+    lines = output.until("mesh up")
     table = {}
     for line in lines[lines.index(next(x for x in lines if x.startswith("AGENT"))) + 1 : -1]:
         name, address, health, pid = line.split()
         assert health == "SERVING"
         table[name] = (address, int(pid))
         processes.adopt(int(pid))
-    return up, table
+    return up, output, table
 
 
 def test_up_serves_every_agent_and_the_shell_commands_reach_them(processes: Processes, tmp_path: Path) -> None:
-    up, table = start_mesh(processes, tmp_path)
+    up, _output, table = start_mesh(processes, tmp_path)
     assert set(table) == {"zeus", "athena"}
     assert len({pid for _, pid in table.values()} | {up.pid}) == 3, "each agent has its own process"
     live = write_config(tmp_path / "live.toml", table["zeus"][0], table["athena"][0])
@@ -140,15 +148,47 @@ def test_up_serves_every_agent_and_the_shell_commands_reach_them(processes: Proc
     assert "delegate, relay (stream)" in agents.stdout
 
 
-def test_sigterm_to_up_stops_every_agent_process(processes: Processes, tmp_path: Path) -> None:
-    up, table = start_mesh(processes, tmp_path)
-    up.send_signal(signal.SIGTERM)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_up_stops_every_agent_process(processes: Processes, tmp_path: Path, sig: signal.Signals) -> None:
+    up, output, table = start_mesh(processes, tmp_path)
+    up.send_signal(sig)
     assert up.wait(20) == 0
     assert wait_gone([pid for _, pid in table.values()]) == []
+    output.until("mesh stopped")
+
+
+def test_stream_prints_each_chunk_as_it_arrives(processes: Processes, tmp_path: Path) -> None:
+    _, _, table = start_mesh(processes, tmp_path)
+    live = write_config(tmp_path / "live.toml", table["zeus"][0], table["athena"][0])
+    stream = processes.start(
+        tool("kosmos"), "--config", str(live), "stream", "athena", "explain", '{"topic": "grpc", "pause_ms": 1500}'
+    )
+    first = Lines(stream).until('"index": 0', timeout=20)
+    # The other two sentences take another 3 s to make: the first was printed before them.
+    assert stream.poll() is None, "the first chunk was printed only when the stream ended"
+    assert json.loads(first[-1])["index"] == 0
+    assert stream.wait(20) == 0
+
+
+def test_agent_output_passes_through_up_and_never_blocks_the_agent(processes: Processes, tmp_path: Path) -> None:
+    config = tmp_path / "kosmos.toml"
+    config.write_text('[agents.chatty]\nobject = "tests.helpers.agents:Chatty"\naddress = "127.0.0.1:0"\n')
+    up = processes.start(tool("kosmos"), "--config", str(config), "up")
+    output = Lines(up)
+    lines = output.until("mesh up")
+    assert "chatty: hello from on_start" in lines
+    address = next(line.split()[1] for line in lines if line.startswith("chatty "))
+    live = tmp_path / "live.toml"
+    live.write_text(f'[agents.chatty]\nobject = "tests.helpers.agents:Chatty"\naddress = "{address}"\n')
+    for _ in range(3):  # 900 KiB of output in all: far more than a pipe holds
+        result = kosmos(live, "call", "chatty", "talk", "--timeout-ms", "20000")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == {"printed": 3000}
+    output.until("chatty line 02999")
 
 
 def test_agents_stop_when_their_launcher_is_killed(processes: Processes, tmp_path: Path) -> None:
-    up, table = start_mesh(processes, tmp_path)
+    up, _output, table = start_mesh(processes, tmp_path)
     up.kill()  # no chance to clean up: the children notice their stdin close
     up.wait(10)
     assert wait_gone([pid for _, pid in table.values()]) == []
@@ -170,6 +210,9 @@ def free_port() -> int:
         (["call", "athena", "answer"], 1, "kosmos: UNAVAILABLE: agent 'athena' is unavailable"),
         (["health", "athena"], 1, "kosmos: UNAVAILABLE"),
         (["serve", "hermes"], 1, "kosmos: FAILED_PRECONDITION: no agent named 'hermes' in the config"),
+        (["call", "athena", "answer", "--timeout-ms", "nan"], 2, "'nan' is not a number of milliseconds above zero"),
+        (["call", "athena", "answer", "--timeout-ms", "0"], 2, "'0' is not a number of milliseconds above zero"),
+        (["stream", "athena", "explain", "--timeout-ms", "soon"], 2, "'soon' is not a number of milliseconds"),
     ],
 )
 def test_a_failure_is_one_readable_line(tmp_path: Path, args: list[str], code: int, needle: str) -> None:
@@ -187,7 +230,19 @@ def test_missing_config_is_one_readable_line(tmp_path: Path) -> None:
     assert result.stderr.strip() == f"kosmos: FAILED_PRECONDITION: config file {tmp_path / 'absent.toml'} not found"
 
 
-async def test_serve_drains_the_call_in_flight_on_sigterm(tmp_path: Path) -> None:
+def test_serve_on_a_taken_address_is_one_readable_line(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        result = kosmos(write_config(tmp_path / "kosmos.toml", zeus=taken), "serve", "zeus")
+    assert result.returncode == 1
+    assert f"kosmos: cannot listen on {taken}: the address is in use or not available" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_serve_drains_the_call_in_flight_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
     config = tmp_path / "kosmos.toml"
     config.write_text('[agents.echo]\nobject = "tests.helpers.agents:Echo"\naddress = "127.0.0.1:0"\n')
     process = await asyncio.create_subprocess_exec(
@@ -208,7 +263,7 @@ async def test_serve_drains_the_call_in_flight_on_sigterm(tmp_path: Path) -> Non
         async with Coordinator({"echo": address}) as client:
             call = asyncio.create_task(client.delegate("echo", "sleep", {"ms": 1000}, timeout_ms=10_000))
             await asyncio.sleep(0.3)
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(sig)
             assert (await call).result == {"slept_ms": 1000}
         assert await asyncio.wait_for(process.wait(), 15) == 0
     finally:

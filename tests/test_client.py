@@ -8,20 +8,44 @@ import grpc
 import pytest
 
 from agents.athena import Athena
-from kosmos_grpc import ResourceExhausted
+from kosmos_grpc import InvalidEnvelope, ResourceExhausted
 
 from .conftest import Mesh
-from .helpers.agents import Echo, Probe
+from .helpers.agents import Echo, LoudEcho, Probe
 
 
-async def test_one_channel_per_agent_is_reused_across_calls(mesh: Mesh) -> None:
+async def test_one_channel_per_agent_is_reused_across_calls(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
     await mesh.serve(Echo())
+    opened: list[str] = []
+    real = grpc.aio.insecure_channel
+
+    def counting(target: str, *args: object, **kwargs: object) -> grpc.aio.Channel:
+        opened.append(target)
+        return real(target, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(grpc.aio, "insecure_channel", counting)
     async with mesh.client() as client:
-        first = client.channel("echo")
         for i in range(5):
             assert (await client.delegate("echo", "echo", {"i": i})).result == {"i": i}
-        assert client.channel("echo") is first
-        assert len(client._channels) == 1
+        assert [c.data async for c in client.stream("echo", "count", {"n": 2})] == [{"i": 0}, {"i": 1}]
+        await client.describe("echo")
+        await client.health("echo")
+    assert opened == [mesh.registry.address("echo")]
+
+
+@pytest.mark.parametrize("timeout_ms", [0, -5, float("nan"), float("inf")])
+async def test_a_timeout_that_is_not_a_positive_number_is_refused_before_sending(mesh: Mesh, timeout_ms: float) -> None:
+    await mesh.serve(Echo())
+    async with mesh.client() as client:
+        with pytest.raises(InvalidEnvelope) as caught:
+            await client.delegate("echo", "echo", timeout_ms=timeout_ms)
+    assert caught.value.field == "timeout_ms"
+
+
+async def test_an_action_overridden_in_a_subclass_runs_the_override(mesh: Mesh) -> None:
+    await mesh.serve(LoudEcho())
+    async with mesh.client() as client:
+        assert (await client.delegate("echo", "echo", {"a": 1})).result == {"loud": True, "a": 1}
 
 
 async def test_describe_returns_the_agent_card_with_input_schemas(mesh: Mesh) -> None:

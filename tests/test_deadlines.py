@@ -7,11 +7,12 @@ import asyncio
 import grpc
 import pytest
 
+from agents.zeus import Zeus
 from kosmos_grpc import DeadlineExceeded, new_message
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2, agent_pb2_grpc
 
 from .conftest import Mesh
-from .helpers.agents import Echo, Probe, Relay
+from .helpers.agents import Echo, Probe
 
 
 async def test_action_past_its_deadline_is_cancelled_and_caller_gets_deadline_exceeded(mesh: Mesh) -> None:
@@ -76,14 +77,14 @@ async def test_effective_deadline_is_the_smaller_of_timeout_and_ttl(mesh: Mesh) 
     assert 1 < by_ttl.result["time_remaining"] <= 2.05
 
 
-async def test_deadline_set_at_the_coordinator_bounds_its_downstream_calls(mesh: Mesh) -> None:
+async def test_deadline_set_at_zeus_bounds_its_downstream_calls(mesh: Mesh) -> None:
     probe = Probe()
     await mesh.serve(probe)
-    await mesh.serve(Relay())
+    await mesh.serve(Zeus())
     async with mesh.client() as client:
         with pytest.raises(DeadlineExceeded):
-            # The relay delegates with the default 30 s timeout; the user's 300 ms must win.
-            await client.delegate("relay", "forward", {"agent": "probe", "action": "hang"}, timeout_ms=300)
+            # Zeus delegates with the default 30 s timeout; the user's 300 ms must win.
+            await client.delegate("zeus", "delegate", {"agent": "probe", "action": "hang"}, timeout_ms=300)
     remaining = probe.seen_remaining[0]
     assert remaining is not None
     # gRPC rounds the timeout it passes on up by a few milliseconds; the relay's 30 s is far off.
@@ -93,10 +94,10 @@ async def test_deadline_set_at_the_coordinator_bounds_its_downstream_calls(mesh:
 
 async def test_correlation_id_carries_through_a_delegation(mesh: Mesh) -> None:
     await mesh.serve(Echo())
-    await mesh.serve(Relay())
+    await mesh.serve(Zeus())
     async with mesh.client() as client:
         response = await client.delegate(
-            "relay", "forward", {"agent": "echo", "action": "whoami"}, correlation_id="workflow-7"
+            "zeus", "delegate", {"agent": "echo", "action": "whoami"}, correlation_id="workflow-7"
         )
     assert response.result["agent"] == "echo"
     assert response.result["result"]["correlation_id"] == "workflow-7"

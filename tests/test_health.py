@@ -64,3 +64,26 @@ async def test_stop_drains_a_call_in_flight_within_the_grace_period(mesh: Mesh) 
         probe.gates[0].set()
         assert (await call).result == {"done": True}
         await asyncio.wait_for(stopping, 5)
+
+
+async def test_stop_called_twice_at_once_waits_for_the_one_drain(mesh: Mesh) -> None:
+    probe = Probe()
+    server = await mesh.serve(probe)
+    async with mesh.client() as client:
+        call = asyncio.create_task(client.delegate("probe", "work", timeout_ms=10_000))
+        await asyncio.wait_for(probe.started.wait(), 5)
+        first = asyncio.create_task(server.stop(grace=5))
+        second = asyncio.create_task(server.stop(grace=5))
+        await asyncio.sleep(0.1)
+        assert not first.done()
+        assert not second.done(), "a second stop waits for the drain too"
+        probe.gates[0].set()
+        assert (await call).result == {"done": True}
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+
+
+async def test_a_second_server_on_a_taken_address_says_so(mesh: Mesh) -> None:
+    taken = await mesh.serve(Echo())
+    late = AgentServer(Echo(), address=taken.address)
+    with pytest.raises(OSError, match=f"cannot listen on {taken.address}"):
+        await late.start()

@@ -47,6 +47,11 @@ class Echo(Agent):
         raise RuntimeError("secret internal detail")
 
     @action
+    async def own_timeout(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Raise a TimeoutError of the handler's own, long before any deadline."""
+        raise TimeoutError("the handler's own timeout")
+
+    @action
     async def not_json(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
         """Return something a Struct cannot hold."""
         return {"value": object()}
@@ -108,15 +113,9 @@ class Probe(Agent):
 
 
 class Relay(Agent):
-    """A coordinator for tests: forwards to another agent with the caller's deadline."""
+    """A relay for tests that changes what it passes on."""
 
     name = "relay"
-
-    @action
-    async def forward(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
-        """Delegate payload.action to payload.agent with no timeout of its own."""
-        response = await ctx.client.delegate(payload["agent"], payload["action"], payload.get("payload", {}))
-        return {"agent": response.agent, "result": response.result}
 
     @action
     async def mark(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[Chunk]:
@@ -125,3 +124,26 @@ class Relay(Agent):
             if chunk.sequence % 2:
                 chunk.data["marked"] = True
             yield chunk
+
+
+class LoudEcho(Echo):
+    """Echo whose echo method is overridden without re-decorating it."""
+
+    async def echo(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"loud": True, **payload}
+
+
+class Chatty(Agent):
+    """Prints on start and prints a lot per call: its output must neither block it nor be lost."""
+
+    name = "chatty"
+
+    async def on_start(self) -> None:
+        print("chatty: hello from on_start", flush=True)
+
+    @action
+    async def talk(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Print about 300 KiB, more than a pipe holds."""
+        for i in range(3000):
+            print(f"chatty line {i:05d} " + "x" * 90)
+        return {"printed": 3000}
