@@ -21,11 +21,13 @@ install: $(STAMP) ## create .venv and install the project with its tools
 run: install ## start every agent of $(CONFIG) and wait for Ctrl-C
 	$(BIN)/kosmos --config $(CONFIG) up
 
-test: install lint typecheck buf-lint proto-check pytest ## the whole gate: ruff, mypy, buf lint, stub drift, pytest
+test: install lint typecheck buf-lint proto-check pytest ## the whole gate: ruff, codespell, mypy, buf lint, stub drift, pytest
 
-lint: install ## ruff check and format check
+lint: install ## ruff check, format check and codespell
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/codespell kosmos_grpc agents tests benchmarks protos scripts README.md --skip '*_pb2*'
+
 
 format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -254,7 +254,23 @@ class Coordinator:
     ) -> Response:
         """Run ``action`` on ``agent`` and return its response.
 
-        ``timeout_ms=None`` leaves the TTL (default 60 s) as the only deadline.
+        Args:
+            agent: The agent's name in the registry.
+            action: One of the agent's actions.
+            payload: The action's input, a JSON-like mapping.
+            timeout_ms: The deadline; None leaves the TTL (default 60 s) as the only one.
+            priority: low, normal, high or critical.
+            correlation_id: The workflow this call belongs to (default: the scope's, else a new one).
+            ttl_ms: The envelope's TTL (default: the timeout, else 60000).
+            message_id: A uuid4 to send under (default: a new one); a retry reuses it.
+            scope: The call being served that this one is made from; its deadline bounds this one.
+
+        Returns:
+            Which agent answered, to which message, and the result.
+
+        Raises:
+            KosmosError: the subclass for the gRPC status the call ended with, for instance
+                AgentNotFound, ActionNotFound, InvalidEnvelope or DeadlineExceeded.
         """
         stub = self._stub(agent)
         request = agent_pb2.ExecuteRequest()
@@ -288,7 +304,12 @@ class Coordinator:
     ) -> AsyncIterator[Chunk]:
         """Yield the chunks of ``action`` on ``agent`` as they arrive.
 
-        Leaving the loop early, or being cancelled, cancels the call on the agent.
+        Leaving the loop early, or being cancelled, cancels the call on the agent. The
+        arguments are :meth:`delegate`'s.
+
+        Raises:
+            KosmosError: as :meth:`delegate` does, at the point the stream fails;
+                StreamBroken when it ends without its final marker.
         """
         stub = self._stub(agent)
         request = agent_pb2.StreamRequest()

@@ -27,7 +27,6 @@ __all__ = [
     "new_message",
     "new_message_id",
     "struct_to_dict",
-    "ttl_remaining",
     "validate",
 ]
 
@@ -198,18 +197,6 @@ def new_message(
         except (TypeError, ValueError) as exc:
             raise InvalidEnvelope("payload", f"payload is not a JSON object: {exc}") from None
     return message
-
-
-def ttl_remaining(message: envelope_pb2.AgentMessage, now_ns: int | None = None) -> float:
-    """Seconds the message has left before its TTL runs out (negative once it has)."""
-    ttl_ms = message.ttl_ms or DEFAULT_TTL_MS
-    if not message.HasField("timestamp"):
-        return ttl_ms / 1000
-    now_ns = time.time_ns() if now_ns is None else now_ns
-    sent_ns = message.timestamp.seconds * 1_000_000_000 + message.timestamp.nanos
-    # A timestamp ahead of this clock (skew) never lengthens the TTL.
-    age_ms = max(0, now_ns - sent_ns) / 1_000_000
-    return (ttl_ms - age_ms) / 1000
 
 
 def validate(

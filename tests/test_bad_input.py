@@ -35,7 +35,7 @@ async def echo(mesh: Mesh) -> AsyncIterator[tuple[agent_pb2_grpc.AgentServiceAsy
         ) as channel,
         mesh.client() as client,
     ):
-        yield agent_pb2_grpc.AgentServiceStub(channel), client  # type: ignore[misc]
+        yield agent_pb2_grpc.AgentServiceStub(channel), client
 
 
 def _expire(m: envelope_pb2.AgentMessage) -> None:
@@ -83,7 +83,7 @@ def _field(error: grpc.aio.AioRpcError) -> str:
 
 @pytest.mark.parametrize(("case", "mutate", "code", "field"), CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("rpc", ["Execute", "Stream"])
-async def test_bad_envelope_gets_its_status_and_names_the_field(echo, case, mutate, code, field, rpc) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_envelope_gets_its_status_and_names_the_field(echo, case, mutate, code, field, rpc) -> None:
     stub, client = echo
     message = new_message("echo", {"x": 1}, target_agent="echo")
     mutate(message)
@@ -95,7 +95,7 @@ async def test_bad_envelope_gets_its_status_and_names_the_field(echo, case, muta
     assert (await client.delegate("echo", "echo", {"still": "serving"})).result == {"still": "serving"}
 
 
-async def test_payload_over_the_default_4_mib_limit_is_resource_exhausted(echo) -> None:  # type: ignore[no-untyped-def]
+async def test_payload_over_the_default_4_mib_limit_is_resource_exhausted(echo) -> None:
     stub, client = echo
     message = new_message("echo", {"blob": "x" * (DEFAULT_PAYLOAD_LIMIT + 1)})
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -137,7 +137,7 @@ async def test_payload_far_over_the_limit_is_stopped_by_the_client_naming_payloa
         assert (await client.delegate("echo", "echo", {"small": 1})).result == {"small": 1}
 
 
-async def test_client_errors_are_typed(echo) -> None:  # type: ignore[no-untyped-def]
+async def test_client_errors_are_typed(echo) -> None:
     _, client = echo
     with pytest.raises(ActionNotFound, match="no action 'fly'"):
         await client.delegate("echo", "fly")
@@ -150,7 +150,7 @@ async def test_client_errors_are_typed(echo) -> None:  # type: ignore[no-untyped
     assert caught.value.field == "ttl_ms"
 
 
-async def test_handler_crash_is_internal_without_leaking_the_traceback(echo) -> None:  # type: ignore[no-untyped-def]
+async def test_handler_crash_is_internal_without_leaking_the_traceback(echo) -> None:
     _, client = echo
     with pytest.raises(ActionFailed, match="TimeoutError"):  # the handler's own, not a deadline
         await client.delegate("echo", "own_timeout")
@@ -164,7 +164,7 @@ async def test_handler_crash_is_internal_without_leaking_the_traceback(echo) -> 
     assert (await client.delegate("echo", "echo", {"ok": 1})).result == {"ok": 1}
 
 
-async def test_empty_envelope_fields_get_server_defaults(echo) -> None:  # type: ignore[no-untyped-def]
+async def test_empty_envelope_fields_get_server_defaults(echo) -> None:
     stub, _ = echo
     message = envelope_pb2.AgentMessage(action="whoami")
     reply = await stub.Execute(agent_pb2.ExecuteRequest(message=message), timeout=5)
@@ -175,7 +175,7 @@ async def test_empty_envelope_fields_get_server_defaults(echo) -> None:  # type:
 
 
 @pytest.mark.parametrize("method", ["Execute", "Stream"])
-async def test_bytes_that_are_not_a_request_get_invalid_argument(echo, method) -> None:  # type: ignore[no-untyped-def]
+async def test_bytes_that_are_not_a_request_get_invalid_argument(echo, method) -> None:
     _, client = echo
     channel = client.channel("echo")
     if method == "Execute":

@@ -21,7 +21,7 @@ async def test_one_channel_per_agent_is_reused_across_calls(mesh: Mesh, monkeypa
 
     def counting(target: str, *args: object, **kwargs: object) -> grpc.aio.Channel:
         opened.append(target)
-        return real(target, *args, **kwargs)  # type: ignore[arg-type]
+        return real(target, *args, **kwargs)
 
     monkeypatch.setattr(grpc.aio, "insecure_channel", counting)
     async with mesh.client() as client:

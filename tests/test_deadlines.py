@@ -51,7 +51,7 @@ async def test_stream_past_its_ttl_is_cancelled_after_the_chunks_it_made(mesh: M
 
     async with grpc.aio.insecure_channel(server.address) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await consume(agent_pb2_grpc.AgentServiceStub(channel))  # type: ignore[arg-type]
+            await consume(agent_pb2_grpc.AgentServiceStub(channel))
     assert received == [0]
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert probe.cancelled.is_set()

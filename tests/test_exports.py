@@ -14,6 +14,53 @@ def test_all_is_sorted_and_every_name_resolves() -> None:
         assert hasattr(kosmos_grpc, name), name
 
 
+PUBLIC = [
+    "AGENT_SERVICE",
+    "DEFAULT_PAYLOAD_LIMIT",
+    "DEFAULT_TTL_MS",
+    "ActionFailed",
+    "ActionInfo",
+    "ActionNotFound",
+    "ActionSpec",
+    "Agent",
+    "AgentCard",
+    "AgentConfig",
+    "AgentMessage",
+    "AgentNotFound",
+    "AgentServer",
+    "AgentUnavailable",
+    "CallScope",
+    "Cancelled",
+    "Chunk",
+    "ConfigError",
+    "Context",
+    "Coordinator",
+    "DeadlineExceeded",
+    "InvalidEnvelope",
+    "KosmosError",
+    "MeshConfig",
+    "PayloadTooLarge",
+    "Priority",
+    "Registry",
+    "ResourceExhausted",
+    "Response",
+    "ScopedClient",
+    "StreamBroken",
+    "WrongCallKind",
+    "action",
+    "from_rpc_error",
+    "load_agent",
+    "load_config",
+    "new_message",
+    "serve_forever",
+    "validate",
+]
+
+
+def test_the_public_api_is_exactly_this() -> None:
+    assert kosmos_grpc.__all__ == PUBLIC
+
+
 def test_every_public_error_is_exported() -> None:
     from kosmos_grpc import errors
 

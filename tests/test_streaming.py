@@ -63,7 +63,7 @@ async def test_leaving_a_relayed_stream_early_cancels_the_specialist(mesh: Mesh)
         async for chunk in stream:
             assert chunk.data == {"i": 0}
             break
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
     await asyncio.wait_for(probe.cancelled.wait(), 5)
 
 
