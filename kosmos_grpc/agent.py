@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, overload
 
@@ -12,13 +11,13 @@ from kosmos_grpc.client import DEFAULT_TIMEOUT_MS, CallScope, Chunk, Coordinator
 from kosmos_grpc.envelope import Priority, struct_to_dict
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping
+
     from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
 
 __all__ = ["ActionSpec", "Agent", "Context", "ScopedClient", "action"]
 
 JSON: TypeAlias = dict[str, Any]
-UnaryHandler: TypeAlias = Callable[[Any, "Context", JSON], Awaitable[JSON]]
-StreamHandler: TypeAlias = Callable[[Any, "Context", JSON], AsyncIterator[JSON]]
 _MARK = "__kosmos_action__"
 
 
