@@ -1,0 +1,229 @@
+"""Event subjects: the kosmos hierarchy, validation, and a trie that finds matching subscriptions.
+
+Subjects are dot-separated tokens, as in NATS. In a subscription pattern ``*`` matches exactly
+one token and ``>`` (last only) one or more trailing tokens. A published subject holds no
+wildcards. Matching walks a trie, so the cost of a publish depends on the subscriptions that
+could match it, not on how many subscriptions exist.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from kosmos_grpc.errors import InvalidEnvelope
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+__all__ = [
+    "AUDIT_LOG",
+    "MAX_HEADERS",
+    "MAX_HEADER_BYTES",
+    "MAX_SUBJECT_LENGTH",
+    "MAX_TOKENS",
+    "NOTIFICATIONS_SENT",
+    "SCALE_DOWN",
+    "SCALE_UP",
+    "SYSTEM_HEALTH",
+    "USER_ACTION",
+    "SubjectTrie",
+    "agent_requests",
+    "agent_responses",
+    "matches",
+    "pattern_tokens",
+    "subject_tokens",
+    "validate_headers",
+]
+
+USER_ACTION = "kosmos.events.user.action"
+SYSTEM_HEALTH = "kosmos.events.system.health"
+AUDIT_LOG = "kosmos.events.audit.log"
+NOTIFICATIONS_SENT = "kosmos.events.notifications.sent"
+SCALE_UP = "kosmos.commands.scale.up"
+SCALE_DOWN = "kosmos.commands.scale.down"
+
+MAX_SUBJECT_LENGTH = 256
+MAX_TOKENS = 16
+MAX_HEADERS = 32
+MAX_HEADER_BYTES = 4096
+
+_SINGLE = "*"
+_REST = ">"
+_WHITESPACE = frozenset(" \t\r\n\f\v")
+
+
+def agent_requests(agent: str) -> str:
+    """``kosmos.agents.<agent>.requests``: where delegations to ``agent`` are announced."""
+    return f"kosmos.agents.{_token(agent, 'agent')}.requests"
+
+
+def agent_responses(agent: str) -> str:
+    """``kosmos.agents.<agent>.responses``: where the outcomes of delegations to ``agent`` go."""
+    return f"kosmos.agents.{_token(agent, 'agent')}.responses"
+
+
+def _token(value: str, field: str) -> str:
+    if not value or "." in value or _SINGLE in value or _REST in value or not _WHITESPACE.isdisjoint(value):
+        raise InvalidEnvelope(field, f"{field} {value!r} cannot be a subject token")
+    return value
+
+
+def _tokens(text: str, field: str) -> list[str]:
+    if not text:
+        raise InvalidEnvelope(field, f"{field} is empty")
+    if len(text) > MAX_SUBJECT_LENGTH:
+        raise InvalidEnvelope(field, f"{field} is {len(text)} characters long, over the limit of {MAX_SUBJECT_LENGTH}")
+    if not _WHITESPACE.isdisjoint(text):
+        raise InvalidEnvelope(field, f"{field} {text!r} contains whitespace")
+    tokens = text.split(".")
+    if "" in tokens:
+        raise InvalidEnvelope(field, f"{field} {text!r} has an empty token")
+    if len(tokens) > MAX_TOKENS:
+        raise InvalidEnvelope(field, f"{field} {text!r} has {len(tokens)} tokens, over the limit of {MAX_TOKENS}")
+    return tokens
+
+
+def subject_tokens(subject: str) -> list[str]:
+    """The tokens of a subject to publish on; InvalidEnvelope (field ``subject``) says what is wrong."""
+    tokens = _tokens(subject, "subject")
+    for token in tokens:
+        if _SINGLE in token or _REST in token:
+            raise InvalidEnvelope("subject", f"subject {subject!r} has a wildcard: only patterns may")
+    return tokens
+
+
+def pattern_tokens(pattern: str) -> list[str]:
+    """The tokens of a subscription pattern; InvalidEnvelope (field ``pattern``) says what is wrong."""
+    tokens = _tokens(pattern, "pattern")
+    last = len(tokens) - 1
+    for index, token in enumerate(tokens):
+        if token == _REST and index != last:
+            raise InvalidEnvelope("pattern", f"pattern {pattern!r} has '>' before its last token")
+        if token not in (_SINGLE, _REST) and (_SINGLE in token or _REST in token):
+            raise InvalidEnvelope("pattern", f"pattern {pattern!r}: a wildcard must be a whole token")
+    return tokens
+
+
+def validate_headers(headers: Mapping[str, str]) -> None:
+    """Check an event's headers: at most MAX_HEADERS, MAX_HEADER_BYTES in all, no empty or spaced names."""
+    if len(headers) > MAX_HEADERS:
+        raise InvalidEnvelope("headers", f"{len(headers)} headers, over the limit of {MAX_HEADERS}")
+    size = 0
+    for name, value in headers.items():
+        if not name or not _WHITESPACE.isdisjoint(name):
+            raise InvalidEnvelope("headers", f"header name {name!r} is empty or contains whitespace")
+        size += len(name.encode()) + len(value.encode())
+    if size > MAX_HEADER_BYTES:
+        raise InvalidEnvelope("headers", f"headers take {size} bytes, over the limit of {MAX_HEADER_BYTES}")
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """Whether ``pattern`` matches ``subject`` (both assumed valid): the reference the trie must agree with."""
+    wanted, given = pattern.split("."), subject.split(".")
+    for index, token in enumerate(wanted):
+        if token == _REST:
+            return len(given) > index
+        if index >= len(given) or (token != _SINGLE and token != given[index]):
+            return False
+    return len(wanted) == len(given)
+
+
+T = TypeVar("T")
+
+
+class _Node(Generic[T]):
+    __slots__ = ("children", "here", "rest")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node[T]] = {}  # by literal token, and "*"
+        self.here: list[T] = []  # patterns that end at this node
+        self.rest: list[T] = []  # patterns that end here with ">"
+
+    def empty(self) -> bool:
+        return not (self.children or self.here or self.rest)
+
+
+class SubjectTrie(Generic[T]):
+    """Subscriptions by pattern; :meth:`match` finds those a subject reaches.
+
+    A publish visits only the branches its own tokens (and ``*``) lead to, so subscriptions on
+    unrelated subjects cost it nothing.
+    """
+
+    def __init__(self) -> None:
+        self._root: _Node[T] = _Node()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, pattern: str, item: T) -> None:
+        """Subscribe ``item`` to ``pattern`` (validated: InvalidEnvelope naming ``pattern``)."""
+        node = self._root
+        tokens = pattern_tokens(pattern)
+        for token in tokens[:-1]:
+            node = node.children.setdefault(token, _Node())
+        last = tokens[-1]
+        if last == _REST:
+            node.rest.append(item)
+        else:
+            node.children.setdefault(last, _Node()).here.append(item)
+        self._count += 1
+
+    def remove(self, pattern: str, item: T) -> bool:
+        """Unsubscribe ``item`` from ``pattern``; whether it was there. Empty branches are pruned."""
+        tokens = pattern_tokens(pattern)
+        path = [self._root]
+        for token in tokens[:-1]:
+            child = path[-1].children.get(token)
+            if child is None:
+                return False
+            path.append(child)
+        last = tokens[-1]
+        if last == _REST:
+            bucket = path[-1].rest
+        else:
+            end = path[-1].children.get(last)
+            if end is None:
+                return False
+            path.append(end)
+            bucket = end.here
+        try:
+            bucket.remove(item)
+        except ValueError:
+            return False
+        self._count -= 1
+        keys = [*tokens[:-1], last] if last != _REST else tokens[:-1]
+        for depth in range(len(path) - 1, 0, -1):  # prune from the leaf up
+            if not path[depth].empty():
+                break
+            del path[depth - 1].children[keys[depth - 1]]
+        return True
+
+    def match(self, subject: str) -> list[T]:
+        """Every item subscribed by a pattern that matches ``subject`` (a valid, wildcard-free subject)."""
+        tokens = subject.split(".")
+        found: list[T] = []
+        self._walk(self._root, tokens, 0, found)
+        return found
+
+    def _walk(self, node: _Node[T], tokens: list[str], index: int, found: list[T]) -> None:
+        if index == len(tokens):
+            found.extend(node.here)
+            return
+        found.extend(node.rest)  # ">" here takes every remaining token, at least one
+        children = node.children
+        literal = children.get(tokens[index])
+        if literal is not None:
+            self._walk(literal, tokens, index + 1, found)
+        single = children.get(_SINGLE)
+        if single is not None:
+            self._walk(single, tokens, index + 1, found)
+
+    def __iter__(self) -> Iterator[T]:
+        stack = [self._root]
+        while stack:
+            node = stack.pop()
+            yield from node.here
+            yield from node.rest
+            stack.extend(node.children.values())
