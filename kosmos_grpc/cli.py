@@ -10,10 +10,12 @@ import asyncio
 import json
 import logging
 import math
+import signal
 import sys
 from typing import Any, NoReturn
 
 from kosmos_grpc import runtime
+from kosmos_grpc.bus import BrokerServer, Event, GrpcEventBus, Subscription
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import MeshConfig, load_config
 from kosmos_grpc.envelope import Priority
@@ -100,6 +102,65 @@ async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _broker(config: MeshConfig, args: argparse.Namespace) -> int:
+    broker = BrokerServer(address=config.bus(), payload_limit=config.payload_limit, grace_seconds=1.0)
+    stop = _stop_on_signals()
+    await broker.start()
+    logging.getLogger("kosmos_grpc.bus").info("event broker serving on %s", broker.address)
+    try:
+        await stop.wait()
+    finally:
+        await broker.stop()
+    return 0
+
+
+async def _publish(config: MeshConfig, args: argparse.Namespace) -> int:
+    payload = _payload(args.payload)
+    headers = dict(_header(h) for h in args.header)
+    async with GrpcEventBus(config.bus(), source_agent="cli", payload_limit=config.payload_limit) as bus:
+        message_id = await bus.publish(args.subject, payload, headers=headers, timeout_ms=args.timeout_ms)
+    print(message_id)
+    return 0
+
+
+async def _subscribe(config: MeshConfig, args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()
+    async with GrpcEventBus(config.bus(), source_agent="cli", payload_limit=config.payload_limit) as bus:
+        subscription = await bus.subscribe(args.pattern, queue=args.queue)
+        print(f"subscribed to {args.pattern}; Ctrl-C stops", file=sys.stderr, flush=True)
+        reading = asyncio.ensure_future(_print_events(subscription))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        await subscription.unsubscribe()
+        await reading
+    return 0
+
+
+async def _print_events(subscription: Subscription[Event]) -> None:
+    async for event in subscription:
+        line = {"subject": event.subject, "message_id": event.message_id, "payload": event.payload}
+        if event.headers:
+            line["headers"] = event.headers
+        print(json.dumps(line), flush=True)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, for commands that run until stopped."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise UsageError(f"header {text!r} should be NAME=VALUE")
+    return name, value
+
+
 def _milliseconds(text: str) -> float:
     """A --timeout-ms value: a finite number of milliseconds above zero."""
     try:
@@ -151,6 +212,15 @@ def _parser() -> argparse.ArgumentParser:
     timed(health, 2_000)
     agents = commands.add_parser("agents", help="every agent: address, health, actions")
     timed(agents, 2_000)
+    commands.add_parser("broker", help="run the embedded event broker at the config's [bus] address")
+    publish = commands.add_parser("publish", help="publish an event and print its message_id")
+    publish.add_argument("subject")
+    publish.add_argument("payload", nargs="?", help="the payload, a JSON object")
+    publish.add_argument("--header", action="append", default=[], metavar="NAME=VALUE", help="an event header")
+    timed(publish, 5_000)
+    subscribe = commands.add_parser("subscribe", help="print events matching a pattern as they arrive, until Ctrl-C")
+    subscribe.add_argument("pattern", help="dot-separated tokens; * matches one token, > the rest")
+    subscribe.add_argument("--queue", help="share the events with the other members of this queue group")
     return parser
 
 
@@ -174,8 +244,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             runtime.run(serve_agent(config, args.agent, handshake=args.handshake))
             return 0
-        handler = {"call": _call, "stream": _stream, "health": _health, "agents": _agents}[args.command]
-        return asyncio.run(handler(config, args))
+        handler = {
+            "call": _call,
+            "stream": _stream,
+            "health": _health,
+            "agents": _agents,
+            "broker": _broker,
+            "publish": _publish,
+            "subscribe": _subscribe,
+        }[args.command]
+        run = runtime.run if args.command == "broker" else asyncio.run  # the broker is a server
+        return run(handler(config, args))
     except KosmosError as exc:
         print(f"kosmos: {exc.code.name}: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE

@@ -48,7 +48,15 @@ class MeshConfig:
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
     grace_seconds: float = 10.0
     max_concurrent_rpcs: int | None = 1024
+    #: Where the embedded event broker listens (``[bus] address``), when the mesh has one.
+    bus_address: str | None = None
     path: Path | None = field(default=None, compare=False)
+
+    def bus(self) -> str:
+        """The broker's address, or ConfigError saying the config names none."""
+        if self.bus_address is None:
+            raise ConfigError("the config has no [bus] address for the event broker")
+        return self.bus_address
 
     def addresses(self) -> dict[str, str]:
         """Agent name -> address, the registry every process starts from."""
@@ -103,6 +111,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
     ):
         if key in mesh:
             kwargs[attr] = _typed(mesh, key, kind, "mesh")
+    bus = data.get("bus", {})
+    if "address" in bus:
+        kwargs["bus_address"] = _typed(bus, "address", str, "bus")
     return MeshConfig(agents=agents, path=path.resolve(), **kwargs)
 
 

@@ -204,6 +204,7 @@ def validate(
     *,
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
     now_ns: int | None = None,
+    require_action: bool = True,
 ) -> float:
     """Check an incoming envelope, fill its defaults in place and return its TTL left in seconds.
 
@@ -211,7 +212,7 @@ def validate(
     PayloadTooLarge for a payload over ``payload_limit`` bytes.
     """
     # Every field is read once into a local: attribute access on a message is not free.
-    if not message.action:
+    if require_action and not message.action:
         raise InvalidEnvelope("action", "action is required")
     message_id = message.message_id
     if not message_id:

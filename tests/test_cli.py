@@ -274,3 +274,35 @@ async def test_serve_drains_the_call_in_flight_on_a_signal(tmp_path: Path, sig: 
 
 def test_pid_helper_sees_this_process() -> None:
     assert alive(os.getpid())
+
+
+def test_broker_publish_and_subscribe_from_the_shell(processes: Processes, tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a free port for the broker, which must be named in the config
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = write_config(tmp_path / "kosmos.toml")
+    config.write_text(config.read_text() + f'\n[bus]\naddress = "127.0.0.1:{port}"\n')
+    broker = processes.start(tool("kosmos"), "--config", str(config), "broker")
+    deadline = time.monotonic() + 20
+    while kosmos(config, "publish", "kosmos.events.system.health", "{}").returncode != 0:
+        assert broker.poll() is None, "the broker exited"
+        assert time.monotonic() < deadline, "the broker did not start"
+        time.sleep(0.1)
+    subscriber = processes.start(tool("kosmos"), "--config", str(config), "subscribe", "kosmos.events.>")
+    assert subscriber.stderr is not None
+    assert "subscribed to kosmos.events.>" in subscriber.stderr.readline()
+    published = kosmos(config, "publish", "kosmos.events.audit.log", '{"who": "zeus"}', "--header", "trace=abc")
+    assert published.returncode == 0, published.stderr
+    (line,) = Lines(subscriber).until("kosmos.events.audit.log")
+    event = json.loads(line)
+    assert event == {
+        "subject": "kosmos.events.audit.log",
+        "message_id": published.stdout.strip(),
+        "payload": {"who": "zeus"},
+        "headers": {"trace": "abc"},
+    }
+    subscriber.send_signal(signal.SIGINT)
+    assert subscriber.wait(10) == 0
+    bad = kosmos(config, "publish", "kosmos.events.*", "{}")
+    assert bad.returncode == 1
+    assert "kosmos: INVALID_ARGUMENT: subject 'kosmos.events.*' has a wildcard" in bad.stderr

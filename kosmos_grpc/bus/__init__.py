@@ -1,0 +1,18 @@
+"""Publish/subscribe on the kosmos subject hierarchy: the embedded broker and its client."""
+
+from kosmos_grpc.bus.broker import BUS_SERVICE, BrokerServer, EventBusServicer
+from kosmos_grpc.bus.client import GrpcEventBus
+from kosmos_grpc.bus.event import Event
+from kosmos_grpc.bus.local import LocalBus
+from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
+
+__all__ = [
+    "BUS_SERVICE",
+    "DEFAULT_CAPACITY",
+    "BrokerServer",
+    "Event",
+    "EventBusServicer",
+    "GrpcEventBus",
+    "LocalBus",
+    "Subscription",
+]

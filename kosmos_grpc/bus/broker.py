@@ -1,0 +1,135 @@
+"""The embedded broker: ``kosmos.v1.EventBusService`` over a :class:`LocalBus`, at most once.
+
+Each event is serialized once at publish and the same bytes go to every subscriber, so the
+cost of a publish grows with the subscriptions that match it, not with their number.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kosmos_grpc._proto.kosmos.v1 import events_pb2
+from kosmos_grpc.bus.local import LocalBus
+from kosmos_grpc.client import channel_options
+from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate
+from kosmos_grpc.errors import KosmosError, to_status
+from kosmos_grpc.subjects import subject_tokens, validate_headers
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+__all__ = ["BUS_SERVICE", "BrokerServer", "EventBusServicer"]
+
+BUS_SERVICE: str = events_pb2.DESCRIPTOR.services_by_name["EventBusService"].full_name
+
+# What a subscription buffers: when the event expires (time.time_ns) and its wire bytes.
+Item = tuple[int, bytes]
+
+
+def _expired(item: Item) -> bool:
+    return time.time_ns() >= item[0]
+
+
+class EventBusServicer:
+    """Publish and Subscribe over one LocalBus."""
+
+    def __init__(self, bus: LocalBus[Item] | None = None, payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> None:
+        self.bus: LocalBus[Item] = bus if bus is not None else LocalBus(_expired)
+        self.payload_limit = payload_limit
+
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> NoReturn:
+        status = to_status(error)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        raise AssertionError("abort returned")  # pragma: no cover - abort always raises
+
+    async def Publish(
+        self, request: events_pb2.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> events_pb2.PublishResponse:
+        """Validate the event and hand it to every matching subscription."""
+        event = request.event
+        try:
+            subject_tokens(event.subject)
+            validate_headers(event.headers)
+            ttl_left = validate(event.message, payload_limit=self.payload_limit, require_action=False)
+        except KosmosError as exc:
+            await self._abort(context, exc)
+        wire = events_pb2.SubscribeResponse(event=event).SerializeToString()
+        delivered = self.bus.publish(event.subject, (time.time_ns() + int(ttl_left * 1e9), wire))
+        return events_pb2.PublishResponse(message_id=event.message.message_id, deliveries=delivered)
+
+    async def Subscribe(
+        self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        """Stream the events matching the pattern, from the moment the subscription is in place."""
+        try:
+            subscription = self.bus.subscribe(request.pattern, request.queue or None)
+        except KosmosError as exc:
+            await self._abort(context, exc)
+        try:
+            # Headers go out once the subscription is registered: a client that waits for
+            # them knows every event published afterwards reaches it.
+            await context.send_initial_metadata(())
+            async for _, wire in subscription:
+                yield wire
+        finally:
+            self.bus.remove(subscription)
+
+
+def add_bus_servicer(servicer: EventBusServicer, server: grpc.aio.Server) -> None:
+    """Register EventBusService; Subscribe sends the bytes serialized once at publish."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Publish": grpc.unary_unary_rpc_method_handler(
+            servicer.Publish,
+            request_deserializer=events_pb2.PublishRequest.FromString,
+            response_serializer=events_pb2.PublishResponse.SerializeToString,
+        ),
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            servicer.Subscribe, request_deserializer=events_pb2.SubscribeRequest.FromString
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(BUS_SERVICE, handlers),))
+
+
+class BrokerServer:
+    """The embedded broker as a gRPC server with health and reflection."""
+
+    def __init__(
+        self, *, address: str = "127.0.0.1:0", payload_limit: int = DEFAULT_PAYLOAD_LIMIT, grace_seconds: float = 5.0
+    ) -> None:
+        self.servicer = EventBusServicer(payload_limit=payload_limit)
+        self.health = health.aio.HealthServicer()
+        self.grace_seconds = grace_seconds
+        self._requested = address
+        self._server = grpc.aio.server(options=[*channel_options(payload_limit, server=True), ("grpc.so_reuseport", 0)])
+        add_bus_servicer(self.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection([BUS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server)
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the broker listens on."""
+        return f"{self._requested.rsplit(':', 1)[0]}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, start and report SERVING (OSError when the address cannot be listened on)."""
+        try:
+            self.port = self._server.add_insecure_port(self._requested)
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            await self._server.stop(0)
+            raise OSError(f"cannot listen on {self._requested}: the address is in use or not available")
+        await self._server.start()
+        for service in ("", BUS_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING and stop; open subscriptions end."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.grace_seconds if grace is None else grace)

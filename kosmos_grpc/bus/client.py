@@ -1,0 +1,159 @@
+"""The event bus as a client of the embedded broker: publish, and subscribe by pattern."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Self
+
+import grpc
+
+from kosmos_grpc._proto.kosmos.v1 import events_pb2
+from kosmos_grpc.bus.broker import BUS_SERVICE
+from kosmos_grpc.bus.event import Event
+from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
+from kosmos_grpc.client import channel_options
+from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS, new_message
+from kosmos_grpc.errors import KosmosError, from_rpc_error
+from kosmos_grpc.subjects import subject_tokens, validate_headers
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+    from types import TracebackType
+
+__all__ = ["GrpcEventBus"]
+
+SUBSCRIBE_TIMEOUT = 10.0
+
+
+def _expired(event: Event) -> bool:
+    stamp = event.message.timestamp
+    age_ms = (time.time_ns() - stamp.seconds * 1_000_000_000 - stamp.nanos) / 1_000_000
+    return age_ms >= (event.message.ttl_ms or DEFAULT_TTL_MS)
+
+
+class GrpcEventBus:
+    """Publish and subscribe through the embedded broker at ``address``."""
+
+    def __init__(
+        self, address: str, *, source_agent: str = "client", payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+    ) -> None:
+        self.address = address
+        self.source_agent = source_agent
+        self._channel = grpc.aio.insecure_channel(address, options=channel_options(payload_limit))
+        self._publish = self._channel.unary_unary(
+            f"/{BUS_SERVICE}/Publish",
+            request_serializer=events_pb2.PublishRequest.SerializeToString,
+            response_deserializer=events_pb2.PublishResponse.FromString,
+        )
+        self._subscribe = self._channel.unary_stream(
+            f"/{BUS_SERVICE}/Subscribe",
+            request_serializer=events_pb2.SubscribeRequest.SerializeToString,
+            response_deserializer=events_pb2.SubscribeResponse.FromString,
+        )
+        self._readers: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """End every subscription and close the channel."""
+        readers = list(self._readers)
+        for task in readers:
+            task.cancel()
+        for task in readers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._channel.close()
+
+    async def publish(
+        self,
+        subject: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        ttl_ms: int = DEFAULT_TTL_MS,
+        correlation_id: str | None = None,
+        timeout_ms: float = 5_000,
+    ) -> str:
+        """Publish an event; its message_id. Never waits for subscribers, only for the broker's accept.
+
+        Raises:
+            InvalidEnvelope: the subject, headers or payload break a rule (the field is named).
+            KosmosError: the broker refused it or could not be reached.
+        """
+        subject_tokens(subject)
+        request = events_pb2.PublishRequest()
+        event = request.event
+        event.subject = subject
+        if headers:
+            validate_headers(headers)
+            event.headers.update(headers)
+        new_message(
+            "",
+            payload,
+            source_agent=self.source_agent,
+            correlation_id=correlation_id,
+            ttl_ms=ttl_ms,
+            into=event.message,
+        )
+        try:
+            reply = await self._publish(request, timeout=timeout_ms / 1000)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        return reply.message_id
+
+    async def subscribe(
+        self,
+        pattern: str,
+        handler: Callable[[Event], Awaitable[None]] | None = None,
+        *,
+        queue: str | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> Subscription[Event]:
+        """Subscribe to ``pattern``; every event published after this returns reaches the subscription.
+
+        Iterate the subscription, or give a ``handler`` that is called for each event in a task
+        of the subscription's own. ``queue`` shares the events among the group's members.
+        """
+        call = self._subscribe(events_pb2.SubscribeRequest(pattern=pattern, queue=queue or ""))
+        try:
+            await asyncio.wait_for(call.initial_metadata(), SUBSCRIBE_TIMEOUT)
+            if call.done():  # refused before it started: a bad pattern, say
+                await call.code()
+                async for _ in call:
+                    pass
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        except TimeoutError:
+            call.cancel()
+            raise KosmosError(f"the broker at {self.address} did not take the subscription in time") from None
+
+        async def stop(_: Subscription[Event]) -> None:
+            call.cancel()
+
+        subscription: Subscription[Event] = Subscription(
+            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=_expired
+        )
+
+        async def read() -> None:
+            try:
+                async for reply in call:
+                    subscription.offer(Event.from_proto(reply.event))
+            except grpc.aio.AioRpcError:
+                pass  # the broker went away or the call was cancelled: the subscription ends
+            finally:
+                subscription.close()
+
+        reader = asyncio.create_task(read(), name=f"kosmos-bus-reader {pattern}")
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+        if handler is not None:
+            subscription.start_handler(handler)
+        return subscription

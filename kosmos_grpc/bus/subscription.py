@@ -1,0 +1,119 @@
+"""A subscription: a bounded buffer of events, read by async iteration or by a handler task.
+
+A publisher never waits for a subscriber: when the buffer is full the newest event is dropped,
+counted, and the first drop is logged. A handler's exception is logged and counted and never
+ends the subscription; each subscription's handler runs in its own task, so a slow handler
+holds up only its own subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Generic, Self, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["DEFAULT_CAPACITY", "Subscription"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAPACITY = 1024
+T = TypeVar("T")
+_CLOSED = object()  # put in the buffer to wake a waiting reader when the subscription ends
+
+
+class Subscription(Generic[T]):
+    """Events matching ``pattern`` (for one member of ``queue``, when set), in arrival order."""
+
+    def __init__(
+        self,
+        pattern: str,
+        queue: str | None = None,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        on_unsubscribe: Callable[[Subscription[T]], Awaitable[None]] | None = None,
+        expired: Callable[[T], bool] | None = None,
+    ) -> None:
+        self.pattern = pattern
+        self.queue = queue
+        #: Events dropped because the buffer was full.
+        self.dropped = 0
+        #: Handler calls that raised.
+        self.handler_errors = 0
+        self._buffer: asyncio.Queue[T | object] = asyncio.Queue(capacity)
+        self._closed = False
+        self._on_unsubscribe = on_unsubscribe
+        self._expired = expired
+        self._handler_task: asyncio.Task[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the subscription has ended."""
+        return self._closed
+
+    def offer(self, event: T) -> bool:
+        """Buffer ``event`` without waiting; False (and counted) when it had to be dropped."""
+        if self._closed:
+            return False
+        try:
+            self._buffer.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("subscription %r is not keeping up: dropping events (counted)", self.pattern)
+            return False
+        return True
+
+    def close(self) -> None:
+        """End the subscription; iteration stops once the buffer is read."""
+        if self._closed:
+            return
+        self._closed = True
+        # Wakes a reader waiting on an empty buffer; a full buffer has no reader waiting, and
+        # the reader stops when it finds the buffer empty after this.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._buffer.put_nowait(_CLOSED)
+
+    async def unsubscribe(self) -> None:
+        """Stop receiving events and end iteration and the handler task."""
+        if self._closed and self._on_unsubscribe is None:
+            return
+        self.close()
+        callback, self._on_unsubscribe = self._on_unsubscribe, None
+        if callback is not None:
+            await callback(self)
+        task, self._handler_task = self._handler_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        while True:
+            if self._closed and self._buffer.empty():
+                raise StopAsyncIteration
+            event = await self._buffer.get()
+            if event is _CLOSED:
+                raise StopAsyncIteration
+            if self._expired is not None and self._expired(event):  # type: ignore[arg-type]
+                continue  # its TTL ran out while it waited here: never delivered
+            return event  # type: ignore[return-value]
+
+    def start_handler(self, handler: Callable[[T], Awaitable[None]]) -> None:
+        """Call ``handler`` for each event in a task of this subscription's own."""
+
+        async def run() -> None:
+            async for event in self:
+                try:
+                    await handler(event)
+                except Exception:
+                    self.handler_errors += 1
+                    log.exception("handler of subscription %r failed (the subscription goes on)", self.pattern)
+
+        self._handler_task = asyncio.create_task(run(), name=f"kosmos-subscription {self.pattern}")

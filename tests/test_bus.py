@@ -1,0 +1,222 @@
+"""Events through the embedded broker: fan-out, queue groups, bounded buffers, handlers, TTL, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from kosmos_grpc import DeadlineExceeded, InvalidEnvelope, from_rpc_error, new_message
+from kosmos_grpc._proto.kosmos.v1 import events_pb2
+from kosmos_grpc.bus import BrokerServer, Event, GrpcEventBus
+from kosmos_grpc.subjects import AUDIT_LOG, USER_ACTION
+
+from .conftest import ROOT, run_tool, tool
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[BrokerServer]:
+    server = BrokerServer(address="127.0.0.1:0")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
+
+
+@pytest.fixture
+async def bus(broker: BrokerServer) -> AsyncIterator[GrpcEventBus]:
+    async with GrpcEventBus(broker.address, source_agent="test") as client:
+        yield client
+
+
+async def take(subscription: AsyncIterator[Event], count: int, seconds: float = 5) -> list[Event]:
+    async with asyncio.timeout(seconds):
+        return [await anext(subscription) for _ in range(count)]
+
+
+async def test_every_plain_subscriber_gets_each_matching_event(bus: GrpcEventBus) -> None:
+    subscribers = [await bus.subscribe(p) for p in ("kosmos.events.>", "kosmos.*.audit.log", AUDIT_LOG)]
+    other = await bus.subscribe("kosmos.commands.>")
+    message_id = await bus.publish(AUDIT_LOG, {"who": "zeus"}, headers={"traceparent": "00-abc"})
+    for subscription in subscribers:
+        (event,) = await take(subscription, 1)
+        assert event.subject == AUDIT_LOG
+        assert event.payload == {"who": "zeus"}
+        assert event.headers == {"traceparent": "00-abc"}
+        assert event.message_id == message_id
+        assert event.message.source_agent == "test"
+    await bus.publish("kosmos.commands.scale.up", {"n": 1})
+    (command,) = await take(other, 1)
+    assert command.subject == "kosmos.commands.scale.up", "the audit event never reached it"
+
+
+async def test_a_queue_group_gets_each_event_once_spread_over_its_members(bus: GrpcEventBus) -> None:
+    members = [await bus.subscribe(USER_ACTION, queue="workers") for _ in range(3)]
+    watcher = await bus.subscribe(USER_ACTION)
+    for i in range(30):
+        await bus.publish(USER_ACTION, {"i": i})
+    everything = await take(watcher, 30)
+    assert [e.payload["i"] for e in everything] == list(range(30))
+    got: list[int] = []
+    for member in members:
+        share = await take(member, 10)
+        got += [e.payload["i"] for e in share]
+    assert sorted(got) == list(range(30)), "each event went to exactly one member"
+
+
+async def test_a_slow_subscriber_loses_events_counted_and_never_slows_the_publisher(bus: GrpcEventBus) -> None:
+    slow = await bus.subscribe(USER_ACTION, capacity=5)
+    fast = await bus.subscribe(USER_ACTION)
+    for i in range(50):
+        await asyncio.wait_for(bus.publish(USER_ACTION, {"i": i}), 2)
+    assert [e.payload["i"] for e in await take(fast, 50)] == list(range(50))
+    await asyncio.sleep(0.1)
+    kept = [e.payload["i"] for e in await take(slow, 5)]
+    assert kept == [0, 1, 2, 3, 4]
+    assert slow.dropped == 45
+
+
+async def test_a_failing_handler_is_counted_and_its_subscription_goes_on(bus: GrpcEventBus) -> None:
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(event: Event) -> None:
+        seen.append(event.payload["i"])
+        if event.payload["i"] == 3:
+            done.set()
+        if event.payload["i"] % 2:
+            raise RuntimeError("handler bug")
+
+    subscription = await bus.subscribe(USER_ACTION, handler)
+    for i in range(4):
+        await bus.publish(USER_ACTION, {"i": i})
+    await asyncio.wait_for(done.wait(), 5)
+    assert seen == [0, 1, 2, 3]
+    assert subscription.handler_errors == 2
+    await subscription.unsubscribe()
+
+
+async def test_a_slow_handler_does_not_hold_up_another_subscription(bus: GrpcEventBus) -> None:
+    release = asyncio.Event()
+    fast_seen = asyncio.Event()
+
+    async def stuck(event: Event) -> None:
+        await release.wait()
+
+    async def quick(event: Event) -> None:
+        fast_seen.set()
+
+    await bus.subscribe(USER_ACTION, stuck)
+    await bus.subscribe(USER_ACTION, quick)
+    await bus.publish(USER_ACTION, {})
+    await asyncio.wait_for(fast_seen.wait(), 5)
+    release.set()
+
+
+async def test_unsubscribe_ends_iteration_and_delivery(bus: GrpcEventBus) -> None:
+    subscription = await bus.subscribe(USER_ACTION)
+    await bus.publish(USER_ACTION, {"i": 0})
+    assert [e.payload for e in await take(subscription, 1)] == [{"i": 0}]
+    await subscription.unsubscribe()
+    await bus.publish(USER_ACTION, {"i": 1})
+    async with asyncio.timeout(5):
+        assert [e async for e in subscription] == []
+
+
+async def test_an_event_whose_ttl_has_passed_is_not_delivered(bus: GrpcEventBus) -> None:
+    subscription = await bus.subscribe(USER_ACTION, capacity=10)
+    with pytest.raises(DeadlineExceeded):
+        await _expired(bus)
+    await bus.publish(USER_ACTION, {"i": 1}, ttl_ms=50)
+    await bus.publish(USER_ACTION, {"i": 2})
+    await asyncio.sleep(0.2)  # the first one's TTL runs out while it waits in the buffer
+    assert [e.payload for e in await take(subscription, 1)] == [{"i": 2}]
+
+
+async def _expired(bus: GrpcEventBus) -> None:
+    """Publish an envelope whose TTL ran out before it reached the broker."""
+    request = events_pb2.PublishRequest()
+    request.event.subject = USER_ACTION
+    new_message("", {"late": True}, ttl_ms=10, into=request.event.message)
+    request.event.message.timestamp.seconds -= 1
+    async with grpc.aio.insecure_channel(bus.address) as channel:
+        publish = channel.unary_unary(
+            "/kosmos.v1.EventBusService/Publish",
+            request_serializer=events_pb2.PublishRequest.SerializeToString,
+            response_deserializer=events_pb2.PublishResponse.FromString,
+        )
+        try:
+            await publish(request, timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+
+
+@pytest.mark.parametrize(
+    ("subject", "field"),
+    [("a..b", "subject"), ("a.*", "subject"), ("a b", "subject"), ("x" * 300, "subject")],
+)
+async def test_a_bad_subject_is_refused_naming_it(bus: GrpcEventBus, subject: str, field: str) -> None:
+    with pytest.raises(InvalidEnvelope) as caught:
+        await bus.publish(subject, {})
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize("pattern", ["a.>.b", "a..b", "", "a.b*"])
+async def test_a_bad_pattern_is_refused_by_the_broker(bus: GrpcEventBus, pattern: str) -> None:
+    with pytest.raises(InvalidEnvelope) as caught:
+        await bus.subscribe(pattern)
+    assert caught.value.field == "pattern"
+    good = await bus.subscribe(USER_ACTION)
+    await bus.publish(USER_ACTION, {"still": "serving"})
+    assert [e.payload for e in await take(good, 1)] == [{"still": "serving"}]
+
+
+async def test_grpcurl_publishes_and_subscribes(broker: BrokerServer, bus: GrpcEventBus) -> None:
+    watcher = await bus.subscribe("kosmos.events.>")
+    subscriber = await asyncio.create_subprocess_exec(
+        tool("grpcurl"),
+        "-plaintext",
+        "-d",
+        '{"pattern": "kosmos.events.user.*"}',
+        broker.address,
+        "kosmos.v1.EventBusService/Subscribe",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.wait_for(_until_subscribed(broker, 2), 10)
+        code, out, err = await run_tool(
+            tool("grpcurl"),
+            "-plaintext",
+            "-d",
+            '{"event": {"subject": "kosmos.events.user.action", "message": {"payload": {"click": 1}}}}',
+            broker.address,
+            "kosmos.v1.EventBusService/Publish",
+        )
+        assert code == 0, err
+        assert json.loads(out)["deliveries"] == 2
+        (seen,) = await take(watcher, 1)
+        assert seen.payload == {"click": 1}
+        assert subscriber.stdout is not None
+        text = ""
+        async with asyncio.timeout(10):
+            while '"click"' not in text:
+                text += (await subscriber.stdout.readline()).decode()
+        assert "kosmos.events.user.action" in text
+    finally:
+        subscriber.kill()
+        await subscriber.wait()
+
+
+async def _until_subscribed(broker: BrokerServer, count: int) -> None:
+    """Wait (polling: the broker has no event for it) until ``count`` subscriptions are in place."""
+    for _ in range(500):
+        if len(broker.servicer.bus) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {count} subscriptions after 10 s")
