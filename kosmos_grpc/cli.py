@@ -118,7 +118,9 @@ async def _publish(config: MeshConfig, args: argparse.Namespace) -> int:
     payload = _payload(args.payload)
     headers = dict(_header(h) for h in args.header)
     async with GrpcEventBus(config.bus(), source_agent="cli", payload_limit=config.payload_limit) as bus:
-        message_id = await bus.publish(args.subject, payload, headers=headers, timeout_ms=args.timeout_ms)
+        message_id = await bus.publish(
+            args.subject, payload, headers=headers, acknowledge=True, timeout_ms=args.timeout_ms
+        )
     print(message_id)
     return 0
 

@@ -1,7 +1,10 @@
 """The embedded broker: ``kosmos.v1.EventBusService`` over a :class:`LocalBus`, at most once.
 
-Each event is serialized once at publish and the same bytes go to every subscriber, so the
-cost of a publish grows with the subscriptions that match it, not with their number.
+Each event is serialized once at publish, already framed as one element of
+``SubscribeResponse.events``; a subscriber's stream sends whatever is waiting for it as one
+message, the frames simply joined (a repeated field's encoding is its elements' encodings
+one after another). So the cost of a publish grows with the subscriptions that match it, and
+a busy subscriber gets its events in batches rather than a message each.
 """
 
 from __future__ import annotations
@@ -27,12 +30,21 @@ __all__ = ["BUS_SERVICE", "BrokerServer", "EventBusServicer"]
 
 BUS_SERVICE: str = events_pb2.DESCRIPTOR.services_by_name["EventBusService"].full_name
 
-# What a subscription buffers: when the event expires (time.time_ns) and its wire bytes.
+# What a subscription buffers: when the event expires (time.time_ns) and its framed bytes.
 Item = tuple[int, bytes]
+# The most events one SubscribeResponse carries.
+MAX_BATCH = 256
 
 
 def _expired(item: Item) -> bool:
     return time.time_ns() >= item[0]
+
+
+def _frame(event: events_pb2.Event) -> bytes:
+    """``event`` encoded as one element of SubscribeResponse.events."""
+    response = events_pb2.SubscribeResponse()
+    response.events.append(event)
+    return response.SerializeToString()
 
 
 class EventBusServicer:
@@ -47,20 +59,37 @@ class EventBusServicer:
         await context.abort(status.code, status.details, status.trailing_metadata)
         raise AssertionError("abort returned")  # pragma: no cover - abort always raises
 
+    def publish(self, event: events_pb2.Event) -> int:
+        """Validate ``event`` (KosmosError naming the field) and hand it to every matching subscription."""
+        subject_tokens(event.subject)
+        validate_headers(event.headers)
+        ttl_left = validate(event.message, payload_limit=self.payload_limit, require_action=False)
+        return self.bus.publish(event.subject, (time.time_ns() + int(ttl_left * 1e9), _frame(event)))
+
     async def Publish(
         self, request: events_pb2.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> events_pb2.PublishResponse:
         """Validate the event and hand it to every matching subscription."""
-        event = request.event
         try:
-            subject_tokens(event.subject)
-            validate_headers(event.headers)
-            ttl_left = validate(event.message, payload_limit=self.payload_limit, require_action=False)
+            delivered = self.publish(request.event)
         except KosmosError as exc:
             await self._abort(context, exc)
-        wire = events_pb2.SubscribeResponse(event=event).SerializeToString()
-        delivered = self.bus.publish(event.subject, (time.time_ns() + int(ttl_left * 1e9), wire))
-        return events_pb2.PublishResponse(message_id=event.message.message_id, deliveries=delivered)
+        return events_pb2.PublishResponse(message_id=request.event.message.message_id, deliveries=delivered)
+
+    async def PublishStream(
+        self, requests: AsyncIterator[events_pb2.PublishStreamRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> events_pb2.PublishStreamResponse:
+        """Publish batches of events in order; the first bad one ends the stream, naming it."""
+        accepted = 0
+        try:
+            async for request in requests:
+                for event in request.events:
+                    self.publish(event)
+                    accepted += 1
+        except KosmosError as exc:
+            exc.metadata["accepted"] = str(accepted)
+            await self._abort(context, exc)
+        return events_pb2.PublishStreamResponse(accepted=accepted)
 
     async def Subscribe(
         self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -74,8 +103,9 @@ class EventBusServicer:
             # Headers go out once the subscription is registered: a client that waits for
             # them knows every event published afterwards reaches it.
             await context.send_initial_metadata(())
-            async for _, wire in subscription:
-                yield wire
+            async for _, frame in subscription:
+                waiting = subscription.take_ready(MAX_BATCH - 1)
+                yield frame + b"".join(f for _, f in waiting) if waiting else frame
         finally:
             self.bus.remove(subscription)
 
@@ -87,6 +117,11 @@ def add_bus_servicer(servicer: EventBusServicer, server: grpc.aio.Server) -> Non
             servicer.Publish,
             request_deserializer=events_pb2.PublishRequest.FromString,
             response_serializer=events_pb2.PublishResponse.SerializeToString,
+        ),
+        "PublishStream": grpc.stream_unary_rpc_method_handler(
+            servicer.PublishStream,
+            request_deserializer=events_pb2.PublishStreamRequest.FromString,
+            response_serializer=events_pb2.PublishStreamResponse.SerializeToString,
         ),
         "Subscribe": grpc.unary_stream_rpc_method_handler(
             servicer.Subscribe, request_deserializer=events_pb2.SubscribeRequest.FromString

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Self
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
 __all__ = ["GrpcEventBus"]
 
 SUBSCRIBE_TIMEOUT = 10.0
+OUTBOX_CAPACITY = 8192
+MAX_BATCH = 256
+
+log = logging.getLogger(__name__)
 
 
 def _expired(event: Event) -> bool:
@@ -52,7 +57,18 @@ class GrpcEventBus:
             request_serializer=events_pb2.SubscribeRequest.SerializeToString,
             response_deserializer=events_pb2.SubscribeResponse.FromString,
         )
+        self._publish_stream = self._channel.stream_unary(
+            f"/{BUS_SERVICE}/PublishStream",
+            request_serializer=events_pb2.PublishStreamRequest.SerializeToString,
+            response_deserializer=events_pb2.PublishStreamResponse.FromString,
+        )
         self._readers: set[asyncio.Task[None]] = set()
+        # Events published without acknowledgement wait here for the writer task, which sends
+        # whatever has gathered as one batch; when the broker cannot keep up, publish waits.
+        self._outbox: asyncio.Queue[events_pb2.Event] = asyncio.Queue(OUTBOX_CAPACITY)
+        self._writer: asyncio.Task[None] | None = None
+        #: Events given up because the stream to the broker broke (at most once).
+        self.lost = 0
 
     async def __aenter__(self) -> Self:
         return self
@@ -63,7 +79,13 @@ class GrpcEventBus:
         await self.close()
 
     async def close(self) -> None:
-        """End every subscription and close the channel."""
+        """Send what is still waiting to be published (for up to 5 s), end every subscription, close."""
+        if self._writer is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.flush(), 5)
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
         readers = list(self._readers)
         for task in readers:
             task.cancel()
@@ -80,13 +102,18 @@ class GrpcEventBus:
         headers: Mapping[str, str] | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
         correlation_id: str | None = None,
+        acknowledge: bool = False,
         timeout_ms: float = 5_000,
     ) -> str:
-        """Publish an event; its message_id. Never waits for subscribers, only for the broker's accept.
+        """Publish an event and return its message_id; subscribers are never waited for.
+
+        By default the event joins a stream of batches to the broker and this returns at once
+        (``flush`` waits until everything published has been sent). With ``acknowledge`` it
+        goes alone and this returns once the broker has accepted it.
 
         Raises:
             InvalidEnvelope: the subject, headers or payload break a rule (the field is named).
-            KosmosError: the broker refused it or could not be reached.
+            KosmosError: with ``acknowledge``, the broker refused it or could not be reached.
         """
         subject_tokens(subject)
         request = events_pb2.PublishRequest()
@@ -103,11 +130,45 @@ class GrpcEventBus:
             ttl_ms=ttl_ms,
             into=event.message,
         )
+        if not acknowledge:
+            if self._writer is None:
+                self._writer = asyncio.create_task(self._write(), name="kosmos-bus-writer")
+            await self._outbox.put(event)
+            return event.message.message_id
         try:
             reply = await self._publish(request, timeout=timeout_ms / 1000)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         return reply.message_id
+
+    async def flush(self) -> None:
+        """Wait until every event published so far has been written to the broker."""
+        await self._outbox.join()
+
+    async def _write(self) -> None:
+        """Send the outbox as batches over one PublishStream, reopening it if it breaks."""
+        outbox = self._outbox
+        while True:
+            call = self._publish_stream()
+            batch = events_pb2.PublishStreamRequest()
+            try:
+                while True:
+                    batch.events.append(await outbox.get())
+                    while len(batch.events) < MAX_BATCH and not outbox.empty():
+                        batch.events.append(outbox.get_nowait())
+                    count = len(batch.events)
+                    await call.write(batch)
+                    batch = events_pb2.PublishStreamRequest()
+                    for _ in range(count):
+                        outbox.task_done()
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
+                lost = len(batch.events)
+                self.lost += lost
+                for _ in range(lost):
+                    outbox.task_done()
+                log.warning("publish stream to %s broke (%s); %d events lost, reopening", self.address, exc, lost)
+                call.cancel()
+                await asyncio.sleep(0.1)
 
     async def subscribe(
         self,
@@ -145,7 +206,8 @@ class GrpcEventBus:
         async def read() -> None:
             try:
                 async for reply in call:
-                    subscription.offer(Event.from_proto(reply.event))
+                    for event in reply.events:
+                        subscription.offer(Event.from_proto(event))
             except grpc.aio.AioRpcError:
                 pass  # the broker went away or the call was cancelled: the subscription ends
             finally:

@@ -105,6 +105,20 @@ class Subscription(Generic[T]):
                 continue  # its TTL ran out while it waited here: never delivered
             return event  # type: ignore[return-value]
 
+    def take_ready(self, limit: int) -> list[T]:
+        """Up to ``limit`` more events already buffered, without waiting (expired ones skipped)."""
+        taken: list[T] = []
+        buffer = self._buffer
+        while len(taken) < limit and not buffer.empty():
+            event = buffer.get_nowait()
+            if event is _CLOSED:
+                with contextlib.suppress(asyncio.QueueFull):
+                    buffer.put_nowait(_CLOSED)  # keep the wake-up for the next read
+                break
+            if self._expired is None or not self._expired(event):  # type: ignore[arg-type]
+                taken.append(event)  # type: ignore[arg-type]
+        return taken
+
     def start_handler(self, handler: Callable[[T], Awaitable[None]]) -> None:
         """Call ``handler`` for each event in a task of this subscription's own."""
 

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2 as kosmos_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kosmos/v1/events.proto\x12\tkosmos.v1\x1a\x18kosmos/v1/envelope.proto\"\xa2\x01\n\x05\x45vent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12.\n\x07headers\x18\x02 \x03(\x0b\x32\x1d.kosmos.v1.Event.HeadersEntry\x12(\n\x07message\x18\x03 \x01(\x0b\x32\x17.kosmos.v1.AgentMessage\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x0ePublishRequest\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.kosmos.v1.Event\"9\n\x0fPublishResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ndeliveries\x18\x02 \x01(\r\"2\n\x10SubscribeRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"4\n\x11SubscribeResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.kosmos.v1.Event2\x9d\x01\n\x0f\x45ventBusService\x12@\n\x07Publish\x12\x19.kosmos.v1.PublishRequest\x1a\x1a.kosmos.v1.PublishResponse\x12H\n\tSubscribe\x12\x1b.kosmos.v1.SubscribeRequest\x1a\x1c.kosmos.v1.SubscribeResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kosmos/v1/events.proto\x12\tkosmos.v1\x1a\x18kosmos/v1/envelope.proto\"\xa2\x01\n\x05\x45vent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12.\n\x07headers\x18\x02 \x03(\x0b\x32\x1d.kosmos.v1.Event.HeadersEntry\x12(\n\x07message\x18\x03 \x01(\x0b\x32\x17.kosmos.v1.AgentMessage\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x0ePublishRequest\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.kosmos.v1.Event\"9\n\x0fPublishResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ndeliveries\x18\x02 \x01(\r\"8\n\x14PublishStreamRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.kosmos.v1.Event\")\n\x15PublishStreamResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\"2\n\x10SubscribeRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"5\n\x11SubscribeResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.kosmos.v1.Event2\xf3\x01\n\x0f\x45ventBusService\x12@\n\x07Publish\x12\x19.kosmos.v1.PublishRequest\x1a\x1a.kosmos.v1.PublishResponse\x12T\n\rPublishStream\x12\x1f.kosmos.v1.PublishStreamRequest\x1a .kosmos.v1.PublishStreamResponse(\x01\x12H\n\tSubscribe\x12\x1b.kosmos.v1.SubscribeRequest\x1a\x1c.kosmos.v1.SubscribeResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,10 +43,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHREQUEST']._serialized_end=277
   _globals['_PUBLISHRESPONSE']._serialized_start=279
   _globals['_PUBLISHRESPONSE']._serialized_end=336
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=338
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=388
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=390
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=442
-  _globals['_EVENTBUSSERVICE']._serialized_start=445
-  _globals['_EVENTBUSSERVICE']._serialized_end=602
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_start=338
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_end=394
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_start=396
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_end=437
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=439
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=489
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=491
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=544
+  _globals['_EVENTBUSSERVICE']._serialized_start=547
+  _globals['_EVENTBUSSERVICE']._serialized_end=790
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,11 @@ class EventBusServiceStub:
                 request_serializer=kosmos_dot_v1_dot_events__pb2.PublishRequest.SerializeToString,
                 response_deserializer=kosmos_dot_v1_dot_events__pb2.PublishResponse.FromString,
                 _registered_method=True)
+        self.PublishStream = channel.stream_unary(
+                '/kosmos.v1.EventBusService/PublishStream',
+                request_serializer=kosmos_dot_v1_dot_events__pb2.PublishStreamRequest.SerializeToString,
+                response_deserializer=kosmos_dot_v1_dot_events__pb2.PublishStreamResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/kosmos.v1.EventBusService/Subscribe',
                 request_serializer=kosmos_dot_v1_dot_events__pb2.SubscribeRequest.SerializeToString,
@@ -54,6 +59,13 @@ class EventBusServiceServicer:
 
     def Publish(self, request, context):
         """Publish accepts one event for delivery to every matching subscription (at most once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishStream(self, request_iterator, context):
+        """PublishStream accepts events in batches without an answer per event, for throughput.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -73,6 +85,11 @@ def add_EventBusServiceServicer_to_server(servicer, server):
                     servicer.Publish,
                     request_deserializer=kosmos_dot_v1_dot_events__pb2.PublishRequest.FromString,
                     response_serializer=kosmos_dot_v1_dot_events__pb2.PublishResponse.SerializeToString,
+            ),
+            'PublishStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishStream,
+                    request_deserializer=kosmos_dot_v1_dot_events__pb2.PublishStreamRequest.FromString,
+                    response_serializer=kosmos_dot_v1_dot_events__pb2.PublishStreamResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -108,6 +125,33 @@ class EventBusService:
             '/kosmos.v1.EventBusService/Publish',
             kosmos_dot_v1_dot_events__pb2.PublishRequest.SerializeToString,
             kosmos_dot_v1_dot_events__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/kosmos.v1.EventBusService/PublishStream',
+            kosmos_dot_v1_dot_events__pb2.PublishStreamRequest.SerializeToString,
+            kosmos_dot_v1_dot_events__pb2.PublishStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

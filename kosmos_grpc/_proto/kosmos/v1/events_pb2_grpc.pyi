@@ -36,6 +36,8 @@ class EventBusServiceStub:
     def __new__(cls, channel: _aio.Channel) -> EventBusServiceAsyncStub: ...
     Publish: _grpc.UnaryUnaryMultiCallable[_events_pb2.PublishRequest, _events_pb2.PublishResponse]
     """Publish accepts one event for delivery to every matching subscription (at most once)."""
+    PublishStream: _grpc.StreamUnaryMultiCallable[_events_pb2.PublishStreamRequest, _events_pb2.PublishStreamResponse]
+    """PublishStream accepts events in batches without an answer per event, for throughput."""
     Subscribe: _grpc.UnaryStreamMultiCallable[_events_pb2.SubscribeRequest, _events_pb2.SubscribeResponse]
     """Subscribe streams the events whose subjects match a pattern, as they are published."""
 
@@ -46,6 +48,8 @@ class EventBusServiceAsyncStub(EventBusServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Publish: _aio.UnaryUnaryMultiCallable[_events_pb2.PublishRequest, _events_pb2.PublishResponse]  # type: ignore[assignment]
     """Publish accepts one event for delivery to every matching subscription (at most once)."""
+    PublishStream: _aio.StreamUnaryMultiCallable[_events_pb2.PublishStreamRequest, _events_pb2.PublishStreamResponse]  # type: ignore[assignment]
+    """PublishStream accepts events in batches without an answer per event, for throughput."""
     Subscribe: _aio.UnaryStreamMultiCallable[_events_pb2.SubscribeRequest, _events_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Subscribe streams the events whose subjects match a pattern, as they are published."""
 
@@ -59,6 +63,14 @@ class EventBusServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.PublishResponse, _abc.Awaitable[_events_pb2.PublishResponse]]:
         """Publish accepts one event for delivery to every matching subscription (at most once)."""
+
+    @_abc_1.abstractmethod
+    def PublishStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_events_pb2.PublishStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.PublishStreamResponse, _abc.Awaitable[_events_pb2.PublishStreamResponse]]:
+        """PublishStream accepts events in batches without an answer per event, for throughput."""
 
     @_abc_1.abstractmethod
     def Subscribe(
