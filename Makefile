@@ -51,7 +51,7 @@ pytest: install ## the tests
 
 bench: install ## the benchmarks against bare grpcio (not part of make test)
 	$(BIN)/python -m benchmarks.core
-	$(BIN)/python -m benchmarks.subjects
+	$(BIN)/python -m benchmarks.events
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -220,3 +220,33 @@ async def _until_subscribed(broker: BrokerServer, count: int) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"fewer than {count} subscriptions after 10 s")
+
+
+async def test_a_burst_arrives_complete_and_in_order(bus: GrpcEventBus) -> None:
+    subscription = await bus.subscribe(USER_ACTION, capacity=5000)
+    for i in range(3000):  # far more than one batch each way
+        await bus.publish(USER_ACTION, {"i": i})
+    await bus.flush()
+    events = await take(subscription, 3000, seconds=20)
+    assert [e.payload["i"] for e in events] == list(range(3000))
+    assert subscription.dropped == 0
+    assert bus.lost == 0
+
+
+async def test_an_acknowledged_publish_says_how_many_took_it(bus: GrpcEventBus, broker: BrokerServer) -> None:
+    await bus.subscribe(USER_ACTION)
+    await bus.subscribe(USER_ACTION, queue="q")
+    await bus.subscribe(USER_ACTION, queue="q")
+    message_id = await bus.publish(USER_ACTION, {"x": 1}, acknowledge=True)
+    assert len(message_id) == 36
+    async with grpc.aio.insecure_channel(broker.address) as channel:
+        publish = channel.unary_unary(
+            "/kosmos.v1.EventBusService/Publish",
+            request_serializer=events_pb2.PublishRequest.SerializeToString,
+            response_deserializer=events_pb2.PublishResponse.FromString,
+        )
+        request = events_pb2.PublishRequest()
+        request.event.subject = USER_ACTION
+        reply = await publish(request, timeout=5)
+    assert reply.deliveries == 2, "the plain subscriber, and the queue group once"
+    assert len(reply.message_id) == 36, "the broker fills in an empty message_id"
