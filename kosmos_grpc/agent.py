@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, overload
 
 from kosmos_grpc.client import DEFAULT_TIMEOUT_MS, CallScope, Chunk, Coordinator, Response
+from kosmos_grpc.config import ConfigError
 from kosmos_grpc.envelope import Priority, struct_to_dict
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
 
     from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
+    from kosmos_grpc.bus.client import GrpcEventBus
 
 __all__ = ["ActionSpec", "Agent", "Context", "ScopedClient", "action"]
 
@@ -139,12 +141,18 @@ class ScopedClient:
 class Context:
     """What a handler knows of the call it serves: the envelope, the deadline, a client to delegate."""
 
-    __slots__ = ("_client", "_coordinator", "_payload", "agent_name", "deadline", "message")
+    __slots__ = ("_bus", "_client", "_coordinator", "_payload", "agent_name", "deadline", "message")
 
     def __init__(
-        self, message: envelope_pb2.AgentMessage, agent_name: str, deadline: float | None, coordinator: Coordinator
+        self,
+        message: envelope_pb2.AgentMessage,
+        agent_name: str,
+        deadline: float | None,
+        coordinator: Coordinator,
+        bus: GrpcEventBus | None = None,
     ) -> None:
         self.message = message
+        self._bus = bus
         self.agent_name = agent_name
         #: When the call must be answered, on the ``time.monotonic`` clock.
         self.deadline = deadline
@@ -168,6 +176,13 @@ class Context:
     def priority(self) -> Priority:
         """The call's priority (UNSPECIFIED read as NORMAL)."""
         return Priority(self.message.priority) or Priority.NORMAL
+
+    @property
+    def bus(self) -> GrpcEventBus:
+        """The mesh's event bus, to publish and subscribe (ConfigError when the mesh has none)."""
+        if self._bus is None:
+            raise ConfigError(f"agent {self.agent_name!r} has no event bus: the config names no [bus]")
+        return self._bus
 
     def time_remaining(self) -> float | None:
         """Seconds left before the deadline, or None when the call has none."""

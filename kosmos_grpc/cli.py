@@ -15,12 +15,12 @@ import sys
 from typing import Any, NoReturn
 
 from kosmos_grpc import runtime
-from kosmos_grpc.bus import BrokerServer, Event, GrpcEventBus, Subscription
+from kosmos_grpc.bus import Event, GrpcEventBus, Subscription
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import MeshConfig, load_config
 from kosmos_grpc.envelope import Priority
 from kosmos_grpc.errors import KosmosError
-from kosmos_grpc.launcher import run_mesh, serve_agent
+from kosmos_grpc.launcher import run_mesh, serve_agent, serve_broker
 from kosmos_grpc.tables import format_table
 
 __all__ = ["main"]
@@ -99,18 +99,6 @@ async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
                 status, actions = exc.code.name, "-"
             rows.append((name, address, status, actions))
     print(format_table(("AGENT", "ADDRESS", "HEALTH", "ACTIONS"), rows))
-    return 0
-
-
-async def _broker(config: MeshConfig, args: argparse.Namespace) -> int:
-    broker = BrokerServer(address=config.bus(), payload_limit=config.payload_limit, grace_seconds=1.0)
-    stop = _stop_on_signals()
-    await broker.start()
-    logging.getLogger("kosmos_grpc.bus").info("event broker serving on %s", broker.address)
-    try:
-        await stop.wait()
-    finally:
-        await broker.stop()
     return 0
 
 
@@ -214,7 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     timed(health, 2_000)
     agents = commands.add_parser("agents", help="every agent: address, health, actions")
     timed(agents, 2_000)
-    commands.add_parser("broker", help="run the embedded event broker at the config's [bus] address")
+    broker = commands.add_parser("broker", help="run the embedded event broker at the config's [bus] address")
+    broker.add_argument("--handshake", action="store_true", help=argparse.SUPPRESS)
     publish = commands.add_parser("publish", help="publish an event and print its message_id")
     publish.add_argument("subject")
     publish.add_argument("payload", nargs="?", help="the payload, a JSON object")
@@ -246,17 +235,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             runtime.run(serve_agent(config, args.agent, handshake=args.handshake))
             return 0
+        if args.command == "broker":
+            runtime.run(serve_broker(config, handshake=args.handshake))
+            return 0
         handler = {
             "call": _call,
             "stream": _stream,
             "health": _health,
             "agents": _agents,
-            "broker": _broker,
             "publish": _publish,
             "subscribe": _subscribe,
         }[args.command]
-        run = runtime.run if args.command == "broker" else asyncio.run  # the broker is a server
-        return run(handler(config, args))
+        return asyncio.run(handler(config, args))
     except KosmosError as exc:
         print(f"kosmos: {exc.code.name}: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,6 +27,7 @@ from kosmos_grpc.errors import (
     from_rpc_error,
 )
 from kosmos_grpc.registry import Registry
+from kosmos_grpc.subjects import agent_requests, agent_responses
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -43,6 +44,7 @@ __all__ = [
     "CallScope",
     "Chunk",
     "Coordinator",
+    "EventPublisher",
     "Response",
     "channel_options",
 ]
@@ -160,9 +162,13 @@ class Coordinator:
         *,
         source_agent: str = "client",
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+        events: EventPublisher | None = None,
     ) -> None:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.source_agent = source_agent
+        #: Where each delegation announces itself on ``kosmos.agents.<target>.requests`` and its
+        #: outcome on ``.responses``; None turns that off.
+        self.events = events
         self._options = channel_options(payload_limit)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, _AgentStub] = {}
@@ -277,11 +283,19 @@ class Coordinator:
         timeout = self._prepare(
             agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, request.message
         )
+        events = self.events
+        if events is not None:
+            await _announce(events, agent, action, request.message)
         try:
             reply = await stub.Execute(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise _explain(exc, agent, action, timeout) from None
+            error = _explain(exc, agent, action, timeout)
+            if events is not None:
+                await _outcome(events, agent, action, request.message, error.code.name, "")
+            raise error from None
         response = reply.response
+        if events is not None:
+            await _outcome(events, agent, action, request.message, "OK", response.agent)
         return Response(
             agent=response.agent,
             request_message_id=response.request_message_id,
@@ -316,17 +330,27 @@ class Coordinator:
         timeout = self._prepare(
             agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, request.message
         )
+        events = self.events
+        if events is not None:
+            await _announce(events, agent, action, request.message)
         call = stub.Stream(request, timeout=timeout)
+        outcome, answered = "CANCELLED", ""  # unless the stream ends one way or the other
         try:
             async for reply in call:
                 chunk = reply.chunk
                 if chunk.final:
+                    outcome, answered = "OK", chunk.agent
                     return
                 yield Chunk(chunk.agent, chunk.sequence, wire=chunk.data)
+            outcome = "DATA_LOSS"
         except grpc.aio.AioRpcError as exc:
-            raise _explain(exc, agent, action, timeout) from None
+            error = _explain(exc, agent, action, timeout)
+            outcome = error.code.name
+            raise error from None
         finally:
             call.cancel()
+            if events is not None:
+                await _outcome(events, agent, action, request.message, outcome, answered)
         raise StreamBroken(f"the stream from {agent}.{action} ended without its final marker")
 
     async def describe(self, agent: str, *, timeout_ms: float = 5_000) -> AgentCard:
@@ -397,6 +421,41 @@ class _AgentStub:
                 response_deserializer=agent_pb2.DescribeResponse.FromString,
             )
         )
+
+
+class EventPublisher(Protocol):
+    """What the coordinator announces delegations through: an event bus."""
+
+    async def publish(
+        self, subject: str, payload: Mapping[str, Any] | None = None, *, correlation_id: str | None = None
+    ) -> str:
+        """Publish an event without waiting for its subscribers; its message_id."""
+        ...
+
+
+async def _announce(events: EventPublisher, agent: str, action: str, message: envelope_pb2.AgentMessage) -> None:
+    """Publish a delegation on ``kosmos.agents.<agent>.requests`` (not its payload: only what it is)."""
+    await events.publish(
+        agent_requests(agent),
+        {
+            "action": action,
+            "message_id": message.message_id,
+            "source_agent": message.source_agent,
+            "target_agent": agent,
+        },
+        correlation_id=message.correlation_id,
+    )
+
+
+async def _outcome(
+    events: EventPublisher, agent: str, action: str, message: envelope_pb2.AgentMessage, status: str, answered: str
+) -> None:
+    """Publish how a delegation ended on ``kosmos.agents.<agent>.responses``."""
+    await events.publish(
+        agent_responses(agent),
+        {"action": action, "message_id": message.message_id, "status": status, "answered_by": answered},
+        correlation_id=message.correlation_id,
+    )
 
 
 def _explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float) -> KosmosError:

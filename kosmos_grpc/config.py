@@ -50,6 +50,8 @@ class MeshConfig:
     max_concurrent_rpcs: int | None = 1024
     #: Where the embedded event broker listens (``[bus] address``), when the mesh has one.
     bus_address: str | None = None
+    #: Whether each delegation is announced on ``kosmos.agents.<agent>.requests|responses``.
+    delegation_events: bool = True
     path: Path | None = field(default=None, compare=False)
 
     def bus(self) -> str:
@@ -114,6 +116,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
     bus = data.get("bus", {})
     if "address" in bus:
         kwargs["bus_address"] = _typed(bus, "address", str, "bus")
+    if "delegation_events" in bus:
+        kwargs["delegation_events"] = _typed(bus, "delegation_events", bool, "bus")
     return MeshConfig(agents=agents, path=path.resolve(), **kwargs)
 
 

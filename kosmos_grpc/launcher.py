@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from kosmos_grpc.bus import BrokerServer, GrpcEventBus
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import ConfigError, MeshConfig, load_agent
 from kosmos_grpc.errors import KosmosError
@@ -24,11 +26,18 @@ from kosmos_grpc.runtime import until
 from kosmos_grpc.server import AgentServer, serve_forever
 from kosmos_grpc.tables import format_table
 
-__all__ = ["READY_MARK", "START_TIMEOUT", "MeshProcess", "run_mesh", "serve_agent"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["BROKER_NAME", "READY_MARK", "START_TIMEOUT", "MeshProcess", "run_mesh", "serve_agent", "serve_broker"]
 
 #: Seconds the whole mesh has to start: every agent bound, addresses exchanged, SERVING.
 START_TIMEOUT = 60.0
 READY_MARK = "KOSMOS-READY "
+#: How ``kosmos up`` lists the embedded event broker among the agents.
+BROKER_NAME = "(broker)"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -53,26 +62,26 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
         payload_limit=config.payload_limit,
         grace_seconds=config.grace_seconds,
         max_concurrent_rpcs=spec.max_concurrent_rpcs or config.max_concurrent_rpcs,
+        delegation_events=config.delegation_events,
     )
+
+    def attach(bus_address: str | None) -> None:
+        if bus_address:
+            server.attach_bus(GrpcEventBus(bus_address, source_agent=name, payload_limit=config.payload_limit))
+
     if not handshake:
+        attach(config.bus_address)
         await serve_forever(server)
         return
-    loop = asyncio.get_running_loop()
-    stdin = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    stdin = await _open_stdin()
     watcher: asyncio.Task[None] | None = None
 
     async def ready(server: AgentServer) -> None:
         nonlocal watcher
-        print(READY_MARK + json.dumps({"agent": name, "address": server.address}), flush=True)
-        try:
-            line = await asyncio.wait_for(stdin.readline(), START_TIMEOUT)
-        except TimeoutError:
-            raise ConfigError(f"no mesh addresses from `kosmos up` within {START_TIMEOUT:.0f} s") from None
-        if not line:
-            raise ConfigError("`kosmos up` went away before the mesh started")
-        server.registry.update_from(json.loads(line))
-        watcher = asyncio.create_task(_stop_on_eof(stdin, server))
+        mesh = await _handshake(stdin, name, server.address)
+        server.registry.update_from(mesh["agents"])
+        attach(mesh.get("bus"))
+        watcher = asyncio.create_task(_stop_on_eof(stdin, server.request_stop))
 
     try:
         await serve_forever(server, ready=ready)
@@ -81,10 +90,54 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
             watcher.cancel()
 
 
-async def _stop_on_eof(stdin: asyncio.StreamReader, server: AgentServer) -> None:
+async def serve_broker(config: MeshConfig, *, handshake: bool = False) -> None:
+    """Run the embedded event broker at the config's ``[bus] address`` until SIGTERM/SIGINT (or stdin closes)."""
+    broker = BrokerServer(address=config.bus(), payload_limit=config.payload_limit, grace_seconds=1.0)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    watcher: asyncio.Task[None] | None = None
+    try:
+        await broker.start()
+        if handshake:
+            stdin = await _open_stdin()
+            if not await until(stop, _handshake(stdin, BROKER_NAME, broker.address)):
+                return
+            watcher = asyncio.create_task(_stop_on_eof(stdin, stop.set))
+        log.info("event broker serving on %s", broker.address)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if watcher is not None:
+            watcher.cancel()
+        await broker.stop()
+
+
+async def _open_stdin() -> asyncio.StreamReader:
+    stdin = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    return stdin
+
+
+async def _handshake(stdin: asyncio.StreamReader, name: str, address: str) -> dict[str, Any]:
+    """Tell ``kosmos up`` where we listen; the mesh's addresses it answers with."""
+    print(READY_MARK + json.dumps({"agent": name, "address": address}), flush=True)
+    try:
+        line = await asyncio.wait_for(stdin.readline(), START_TIMEOUT)
+    except TimeoutError:
+        raise ConfigError(f"no mesh addresses from `kosmos up` within {START_TIMEOUT:.0f} s") from None
+    if not line:
+        raise ConfigError("`kosmos up` went away before the mesh started")
+    mesh: dict[str, Any] = json.loads(line)
+    return mesh
+
+
+async def _stop_on_eof(stdin: asyncio.StreamReader, stop: Callable[[], None]) -> None:
     while await stdin.readline():
         pass
-    server.request_stop()
+    stop()
 
 
 async def _pass_through(stream: asyncio.StreamReader, out: TextIO) -> None:
@@ -95,17 +148,19 @@ async def _pass_through(stream: asyncio.StreamReader, out: TextIO) -> None:
 
 
 async def _start(config: MeshConfig, children: list[MeshProcess], out: TextIO) -> None:
-    """Start every agent's process into ``children`` (so a failure leaves them to stop) and hand out addresses."""
+    """Start the broker and every agent, each in its own process, into ``children`` (so a failure
+    leaves them to stop), and hand out the addresses."""
     assert config.path is not None
-    for name in config.agents:
+    commands = [(BROKER_NAME, ["broker"])] if config.bus_address is not None else []
+    commands += [(name, ["serve", name]) for name in config.agents]
+    for name, command in commands:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "kosmos_grpc.cli",
             "--config",
             str(config.path),
-            "serve",
-            name,
+            *command,
             "--handshake",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -122,7 +177,9 @@ async def _start(config: MeshConfig, children: list[MeshProcess], out: TextIO) -
                 child.address = json.loads(line.removeprefix(READY_MARK))["address"]
                 break
             out.write(line)
-    addresses = json.dumps({child.name: child.address for child in children}) + "\n"
+    agents = {child.name: child.address for child in children if child.name != BROKER_NAME}
+    bus = next((child.address for child in children if child.name == BROKER_NAME), None)
+    addresses = json.dumps({"agents": agents, "bus": bus}) + "\n"
     for child in children:
         assert child.process.stdin is not None
         assert child.process.stdout is not None
@@ -191,7 +248,9 @@ async def run_mesh(config: MeshConfig, out: TextIO = sys.stdout) -> int:
             return 0
         rows = [(c.name, c.address, c.health, str(c.process.pid)) for c in children]
         print(format_table(("AGENT", "ADDRESS", "HEALTH", "PID"), rows), file=out)
-        print(f"mesh up: {len(children)} agents. Ctrl-C stops them.", file=out, flush=True)
+        agents = sum(child.name != BROKER_NAME for child in children)
+        broker = " and the event broker" if agents < len(children) else ""
+        print(f"mesh up: {agents} agents{broker}. Ctrl-C stops them.", file=out, flush=True)
         exits = {asyncio.ensure_future(c.process.wait()): c for c in children}
         stopping = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait({stopping, *exits}, return_when=asyncio.FIRST_COMPLETED)

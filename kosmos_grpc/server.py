@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
     from google.protobuf import struct_pb2
 
+    from kosmos_grpc.bus.client import GrpcEventBus
+
 __all__ = ["AGENT_SERVICE", "AgentServer", "AgentServicer", "serve_forever"]
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, agent: Agent, coordinator: Coordinator, payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> None:
         self.agent = agent
         self.coordinator = coordinator
+        #: The event bus handlers reach through ``ctx.bus``, once the server has one.
+        self.bus: GrpcEventBus | None = None
         self.payload_limit = payload_limit
         self._card = self._make_card()
         # Looked up on every call: kept here rather than read through self.agent each time.
@@ -114,7 +118,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             timer, left = None, min(grpc_left, ttl_left)
         else:
             timer = left = ttl_left
-        return spec, Context(message, name, time.monotonic() + left, self.coordinator), timer
+        return spec, Context(message, name, time.monotonic() + left, self.coordinator, self.bus), timer
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> NoReturn:
         status = to_status(error)
@@ -314,8 +318,12 @@ class AgentServer:
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
         grace_seconds: float = 10.0,
         max_concurrent_rpcs: int | None = None,
+        bus: GrpcEventBus | None = None,
+        delegation_events: bool = True,
     ) -> None:
         self.agent = agent
+        self.bus: GrpcEventBus | None = None
+        self.delegation_events = delegation_events
         self.grace_seconds = grace_seconds
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.coordinator = Coordinator(self.registry, source_agent=agent.name, payload_limit=payload_limit)
@@ -326,7 +334,10 @@ class AgentServer:
             options=[*channel_options(payload_limit, server=True), ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
-        _add_servicer(AgentServicer(agent, self.coordinator, payload_limit), self._server)
+        self._servicer = AgentServicer(agent, self.coordinator, payload_limit)
+        _add_servicer(self._servicer, self._server)
+        if bus is not None:
+            self.attach_bus(bus)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection([AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server)
         self.port = 0
@@ -370,6 +381,12 @@ class AgentServer:
         for service in ("", AGENT_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
+    def attach_bus(self, bus: GrpcEventBus) -> None:
+        """Give handlers ``ctx.bus`` and, unless turned off, announce delegations on it; closed with the server."""
+        self.bus = self._servicer.bus = bus
+        if self.delegation_events:
+            self.coordinator.events = bus
+
     def request_stop(self) -> None:
         """Ask :func:`serve_forever` to drain and stop (safe from a signal handler)."""
         self.stop_requested.set()
@@ -388,6 +405,8 @@ class AgentServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
         await self.coordinator.close()
+        if self.bus is not None:
+            await self.bus.close()
         await self.agent.on_stop()
 
     async def __aenter__(self) -> Self:

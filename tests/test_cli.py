@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from kosmos_grpc import Coordinator
+from kosmos_grpc.bus import GrpcEventBus
 
-from .conftest import ROOT, Processes, tool
+from .conftest import ROOT, Processes, run_tool, tool
 
 MESH = """
 [mesh]
@@ -306,3 +307,40 @@ def test_broker_publish_and_subscribe_from_the_shell(processes: Processes, tmp_p
     bad = kosmos(config, "publish", "kosmos.events.*", "{}")
     assert bad.returncode == 1
     assert "kosmos: INVALID_ARGUMENT: subject 'kosmos.events.*' has a wildcard" in bad.stderr
+
+
+async def test_up_runs_the_broker_and_delegations_are_announced_on_it(processes: Processes, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "kosmos.toml")
+    config.write_text(config.read_text() + '\n[bus]\naddress = "127.0.0.1:0"\n')
+    up = processes.start(tool("kosmos"), "--config", str(config), "up")
+    output = Lines(up)
+    lines = await asyncio.to_thread(output.until, "mesh up")
+    rows = [line.split() for line in lines if line.startswith(("zeus", "athena", "(broker)"))]
+    table = {row[0]: row[1] for row in rows}
+    for row in rows:
+        processes.adopt(int(row[3]))
+    assert set(table) == {"zeus", "athena", "(broker)"}
+    live = write_config(tmp_path / "live.toml", table["zeus"], table["athena"])
+    async with GrpcEventBus(table["(broker)"]) as bus:
+        announced = await bus.subscribe("kosmos.agents.athena.*")
+        code, _, err = await run_tool(
+            tool("kosmos"),
+            "--config",
+            str(live),
+            "call",
+            "zeus",
+            "delegate",
+            '{"agent": "athena", "action": "answer", "payload": {"topic": "nats"}}',
+        )
+        assert code == 0, err
+        async with asyncio.timeout(10):
+            request, outcome = await anext(announced), await anext(announced)
+    assert request.subject == "kosmos.agents.athena.requests"
+    assert request.payload["action"] == "answer"
+    assert request.payload["source_agent"] == "zeus"
+    assert outcome.subject == "kosmos.agents.athena.responses"
+    assert outcome.payload["status"] == "OK"
+    assert outcome.payload["answered_by"] == "athena"
+    assert request.message.correlation_id == outcome.message.correlation_id
+    up.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(up.wait, 20) == 0
