@@ -27,6 +27,7 @@ import grpc
 
 from kosmos_grpc import Coordinator, new_message, runtime
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
+from kosmos_grpc.bus import GrpcEventBus
 
 from .serve import CLIENT_CODEC, ECHO, ECHO_BYTES, RELAY, STREAM
 
@@ -54,6 +55,7 @@ def servers() -> Iterator[dict[str, str]]:
         addresses = {"bare": start("bare"), "bare_uvloop": start("bare-uvloop")}
         addresses["bare_relay"] = start("bare", addresses["bare"])
         addresses["echo"] = start("agent", "benchmarks.agents:BenchEcho")
+        addresses["broker"] = start("broker")
         addresses["zeus"] = start("agent", "agents.zeus:Zeus", f'{{"echo": "{addresses["echo"]}"}}')
         yield addresses
     finally:
@@ -140,6 +142,9 @@ async def main(args: argparse.Namespace) -> None:
             response_deserializer=agent_pb2.StreamResponse.FromString,
         )
         client = Coordinator({"echo": where["echo"], "zeus": where["zeus"]}, source_agent="bench")
+        # The same, announcing each delegation and its outcome on the event bus.
+        bus = GrpcEventBus(where["broker"], source_agent="bench")
+        announcing = Coordinator({"echo": where["echo"]}, source_agent="bench", events=bus)
 
         # Bare calls carry the envelope the mesh sends, built once: a bare client has no envelope to make.
         request = agent_pb2.ExecuteRequest(message=new_message("echo", PAYLOAD, target_agent="echo"))
@@ -162,6 +167,9 @@ async def main(args: argparse.Namespace) -> None:
         async def mesh_one() -> object:
             return (await client.delegate("echo", "echo", PAYLOAD)).result
 
+        async def mesh_events() -> object:
+            return (await announcing.delegate("echo", "echo", PAYLOAD)).result
+
         async def mesh_two() -> object:
             return (await client.delegate("zeus", "delegate", route)).result
 
@@ -180,6 +188,7 @@ async def main(args: argparse.Namespace) -> None:
             "mesh 2 hops": mesh_two,
             "bare uvloop": bare_uv,
             "bare bytes": bare_bytes,
+            "mesh events": mesh_events,
         }
         results = {name: Result() for name in [*unary, "bare stream", "mesh stream"]}
         for call in unary.values():  # warm every channel and code path
@@ -195,6 +204,8 @@ async def main(args: argparse.Namespace) -> None:
             await streamed(mesh_chunks, results["mesh stream"])
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
         await client.close()
+        await announcing.close()
+        await bus.close()
         await bare_channel.close()
         await uv_channel.close()
         await relay_channel.close()
@@ -202,7 +213,7 @@ async def main(args: argparse.Namespace) -> None:
     def mark(ok: bool) -> str:
         return "ok" if ok else "MISSED"
 
-    b1, m1, b2, m2, buv, bb = (results[n] for n in unary)
+    b1, m1, b2, m2, buv, bb, me = (results[n] for n in unary)
     bs, ms = results["bare stream"], results["mesh stream"]
     p50_1, rate_1 = paired(m1.p50s, b1.p50s), paired(m1.rates, b1.rates)
     stream_ratio = paired(ms.rates, bs.rates)
@@ -236,6 +247,9 @@ async def main(args: argparse.Namespace) -> None:
     print(line("mesh p50", statistics.median(m1.p50s), "ms", paired(m1.p50s, bb.p50s)))
     print(line(f"bare-bytes calls/s, {args.inflight} in flight", bb.rate, "calls/s"))
     print(line(f"mesh calls/s, {args.inflight} in flight", m1.rate, "calls/s", paired(m1.rates, bb.rates)))
+    print("  with each delegation announced on kosmos.agents.echo.requests|responses (two events a call):")
+    print(line("mesh p50, events on / off", statistics.median(me.p50s), "ms", paired(me.p50s, m1.p50s)))
+    print(line(f"mesh calls/s, {args.inflight} in flight, on / off", me.rate, "calls/s", paired(me.rates, m1.rates)))
     print("two hops: client -> zeus -> echo agent (bare: client -> protobuf relay -> protobuf echo)")
     print(line("bare p50", statistics.median(b2.p50s), "ms"))
     print(line("mesh p50", statistics.median(m2.p50s), "ms", paired(m2.p50s, b2.p50s)))

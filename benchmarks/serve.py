@@ -16,6 +16,7 @@ import grpc
 
 from kosmos_grpc import AgentServer, load_agent, runtime
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
+from kosmos_grpc.bus import BrokerServer
 
 ECHO = "/bench.Bare/Echo"
 ECHO_BYTES = "/bench.Bare/EchoBytes"
@@ -108,6 +109,15 @@ async def bare(target: str | None) -> None:
         await channel.close()
 
 
+async def broker() -> None:
+    """The embedded event broker on a free port."""
+    server = BrokerServer()
+    await server.start()
+    print(server.address, flush=True)
+    await _wait_for_stop()
+    await server.stop(0)
+
+
 async def agent(spec: str, registry: dict[str, str]) -> None:
     """A mesh agent on a free port, knowing ``registry``."""
     server = AgentServer(load_agent(spec), address="127.0.0.1:0", registry=registry)
@@ -119,7 +129,9 @@ async def agent(spec: str, registry: dict[str, str]) -> None:
 
 if __name__ == "__main__":
     kind = sys.argv[1]
-    if kind == "bare":  # bare grpc.aio, on asyncio's own loop as a plain grpcio service runs
+    if kind == "broker":  # the embedded event broker, as `kosmos broker` runs it
+        runtime.run(broker())
+    elif kind == "bare":  # bare grpc.aio, on asyncio's own loop as a plain grpcio service runs
         asyncio.run(bare(sys.argv[2] if len(sys.argv) > 2 else None))
     elif kind == "bare-uvloop":
         import uvloop
