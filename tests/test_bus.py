@@ -250,3 +250,23 @@ async def test_an_acknowledged_publish_says_how_many_took_it(bus: GrpcEventBus, 
         reply = await publish(request, timeout=5)
     assert reply.deliveries == 2, "the plain subscriber, and the queue group once"
     assert len(reply.message_id) == 36, "the broker fills in an empty message_id"
+
+
+async def test_counters_count_published_received_and_dropped_events(bus: GrpcEventBus) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, subject: str = "kosmos.events.user") -> float:
+        return REGISTRY.get_sample_value(name, {"backend": "embedded", "subject": subject}) or 0.0
+
+    before = {n: value(n) for n in ("nats_messages_published_total", "nats_messages_received_total")}
+    dropped_before = value("kosmos_events_dropped_total")
+    reader = await bus.subscribe("kosmos.events.user.>")
+    slow = await bus.subscribe("kosmos.events.user.>", capacity=2)
+    for i in range(5):
+        await bus.publish(USER_ACTION, {"i": i})
+    await take(reader, 5)
+    await asyncio.sleep(0.05)
+    assert value("nats_messages_published_total") - before["nats_messages_published_total"] == 5
+    assert value("nats_messages_received_total") - before["nats_messages_received_total"] == 10
+    assert slow.dropped == 3
+    assert value("kosmos_events_dropped_total") - dropped_before == 3

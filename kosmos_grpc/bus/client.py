@@ -13,6 +13,7 @@ import grpc
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus.broker import BUS_SERVICE
 from kosmos_grpc.bus.event import Event
+from kosmos_grpc.bus.metrics import PUBLISHED, RECEIVED, subject_label
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 from kosmos_grpc.client import channel_options
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS, new_message
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GrpcEventBus"]
 
+BACKEND = "embedded"
 SUBSCRIBE_TIMEOUT = 10.0
 OUTBOX_CAPACITY = 8192
 MAX_BATCH = 256
@@ -130,6 +132,7 @@ class GrpcEventBus:
             ttl_ms=ttl_ms,
             into=event.message,
         )
+        PUBLISHED.labels(BACKEND, subject_label(subject)).inc()
         if not acknowledge:
             if self._writer is None:
                 self._writer = asyncio.create_task(self._write(), name="kosmos-bus-writer")
@@ -203,10 +206,13 @@ class GrpcEventBus:
             pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=_expired
         )
 
+        received = RECEIVED.labels(BACKEND, subject_label(pattern))
+
         async def read() -> None:
             try:
                 async for reply in call:
                     for event in reply.events:
+                        received.inc()
                         subscription.offer(Event.from_proto(event))
             except grpc.aio.AioRpcError:
                 pass  # the broker went away or the call was cancelled: the subscription ends

@@ -13,6 +13,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Generic, Self, TypeVar
 
+from kosmos_grpc.bus.metrics import DROPPED, subject_label
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -36,6 +38,7 @@ class Subscription(Generic[T]):
         capacity: int = DEFAULT_CAPACITY,
         on_unsubscribe: Callable[[Subscription[T]], Awaitable[None]] | None = None,
         expired: Callable[[T], bool] | None = None,
+        backend: str = "embedded",
     ) -> None:
         self.pattern = pattern
         self.queue = queue
@@ -48,6 +51,7 @@ class Subscription(Generic[T]):
         self._on_unsubscribe = on_unsubscribe
         self._expired = expired
         self._handler_task: asyncio.Task[None] | None = None
+        self._dropped_metric = DROPPED.labels(backend, subject_label(pattern))
 
     @property
     def closed(self) -> bool:
@@ -62,6 +66,7 @@ class Subscription(Generic[T]):
             self._buffer.put_nowait(event)
         except asyncio.QueueFull:
             self.dropped += 1
+            self._dropped_metric.inc()
             if self.dropped == 1:
                 log.warning("subscription %r is not keeping up: dropping events (counted)", self.pattern)
             return False
