@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -109,7 +110,6 @@ def processes() -> Iterator[Processes]:
 
 async def run_tool(*args: str, limit: float = 20, stdin: str | None = None) -> tuple[int, str, str]:
     """Run a command without blocking the event loop the in-process servers live in; killed on timeout."""
-    import asyncio
 
     process = await asyncio.create_subprocess_exec(
         *args,
@@ -126,3 +126,57 @@ async def run_tool(*args: str, limit: float = 20, stdin: str | None = None) -> t
             await process.wait()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+class NatsServer:
+    """A real nats-server on a free loopback port, stopped by its PID; restartable on the same port."""
+
+    def __init__(self) -> None:
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = -1  # nats-server picks a free port the first time
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            tool("nats-server"),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        assert self.process.stderr is not None
+        async with asyncio.timeout(20):
+            while True:
+                line = (await self.process.stderr.readline()).decode()
+                if not line:
+                    raise AssertionError("nats-server exited while starting")
+                if "Listening for client connections on" in line:
+                    self.port = int(line.rsplit(":", 1)[1])
+                if "Server is ready" in line:
+                    break
+        self._drain = asyncio.create_task(self._read_rest(self.process.stderr))
+
+    async def _read_rest(self, stream: asyncio.StreamReader) -> None:
+        while await stream.readline():
+            pass
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+            self._drain.cancel()
+
+
+@pytest.fixture
+async def nats_server() -> AsyncIterator[NatsServer]:
+    server = NatsServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

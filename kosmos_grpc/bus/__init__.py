@@ -4,6 +4,7 @@ from kosmos_grpc.bus.broker import BUS_SERVICE, BrokerServer, EventBusServicer
 from kosmos_grpc.bus.client import GrpcEventBus
 from kosmos_grpc.bus.event import Event
 from kosmos_grpc.bus.local import LocalBus
+from kosmos_grpc.bus.nats_backend import NatsEventBus
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "EventBusServicer",
     "GrpcEventBus",
     "LocalBus",
+    "NatsEventBus",
     "Subscription",
 ]
