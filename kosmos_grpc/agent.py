@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
 
     from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
-    from kosmos_grpc.bus.client import GrpcEventBus
+    from kosmos_grpc.bus.protocol import EventBus
 
 __all__ = ["ActionSpec", "Agent", "Context", "ScopedClient", "action"]
 
@@ -149,7 +149,7 @@ class Context:
         agent_name: str,
         deadline: float | None,
         coordinator: Coordinator,
-        bus: GrpcEventBus | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.message = message
         self._bus = bus
@@ -178,7 +178,7 @@ class Context:
         return Priority(self.message.priority) or Priority.NORMAL
 
     @property
-    def bus(self) -> GrpcEventBus:
+    def bus(self) -> EventBus:
         """The mesh's event bus, to publish and subscribe (ConfigError when the mesh has none)."""
         if self._bus is None:
             raise ConfigError(f"agent {self.agent_name!r} has no event bus: the config names no [bus]")

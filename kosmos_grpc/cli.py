@@ -15,7 +15,7 @@ import sys
 from typing import Any, NoReturn
 
 from kosmos_grpc import runtime
-from kosmos_grpc.bus import Event, GrpcEventBus, Subscription
+from kosmos_grpc.bus import Event, Subscription, open_bus
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import MeshConfig, load_config
 from kosmos_grpc.envelope import Priority
@@ -105,17 +105,21 @@ async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
 async def _publish(config: MeshConfig, args: argparse.Namespace) -> int:
     payload = _payload(args.payload)
     headers = dict(_header(h) for h in args.header)
-    async with GrpcEventBus(config.bus(), source_agent="cli", payload_limit=config.payload_limit) as bus:
+    bus = await open_bus(config, "cli")
+    try:
         message_id = await bus.publish(
             args.subject, payload, headers=headers, acknowledge=True, timeout_ms=args.timeout_ms
         )
+    finally:
+        await bus.close()
     print(message_id)
     return 0
 
 
 async def _subscribe(config: MeshConfig, args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
-    async with GrpcEventBus(config.bus(), source_agent="cli", payload_limit=config.payload_limit) as bus:
+    bus = await open_bus(config, "cli")
+    try:
         subscription = await bus.subscribe(args.pattern, queue=args.queue)
         print(f"subscribed to {args.pattern}; Ctrl-C stops", file=sys.stderr, flush=True)
         reading = asyncio.ensure_future(_print_events(subscription))
@@ -124,6 +128,8 @@ async def _subscribe(config: MeshConfig, args: argparse.Namespace) -> int:
         stopping.cancel()
         await subscription.unsubscribe()
         await reading
+    finally:
+        await bus.close()
     return 0
 
 

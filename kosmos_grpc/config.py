@@ -52,7 +52,14 @@ class MeshConfig:
     bus_address: str | None = None
     #: Whether each delegation is announced on ``kosmos.agents.<agent>.requests|responses``.
     delegation_events: bool = True
+    #: A NATS server's URL (``[bus] nats``): events go through NATS, the broker bridges to it.
+    nats_url: str | None = None
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def has_bus(self) -> bool:
+        """Whether the mesh has an event bus at all."""
+        return self.bus_address is not None or self.nats_url is not None
 
     def bus(self) -> str:
         """The broker's address, or ConfigError saying the config names none."""
@@ -116,6 +123,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
     bus = data.get("bus", {})
     if "address" in bus:
         kwargs["bus_address"] = _typed(bus, "address", str, "bus")
+    if "nats" in bus:
+        kwargs["nats_url"] = _typed(bus, "nats", str, "bus")
     if "delegation_events" in bus:
         kwargs["delegation_events"] = _typed(bus, "delegation_events", bool, "bus")
     return MeshConfig(agents=agents, path=path.resolve(), **kwargs)

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from kosmos_grpc.bus import BrokerServer, GrpcEventBus
+from kosmos_grpc.bus import BrokerServer, open_bus
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import ConfigError, MeshConfig, load_agent
 from kosmos_grpc.errors import KosmosError
@@ -65,12 +65,12 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
         delegation_events=config.delegation_events,
     )
 
-    def attach(bus_address: str | None) -> None:
-        if bus_address:
-            server.attach_bus(GrpcEventBus(bus_address, source_agent=name, payload_limit=config.payload_limit))
+    async def attach(broker: str | None) -> None:
+        if config.has_bus:
+            server.attach_bus(await open_bus(config, name, broker=broker))
 
     if not handshake:
-        attach(config.bus_address)
+        await attach(None)
         await serve_forever(server)
         return
     stdin = await _open_stdin()
@@ -80,7 +80,7 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
         nonlocal watcher
         mesh = await _handshake(stdin, name, server.address)
         server.registry.update_from(mesh["agents"])
-        attach(mesh.get("bus"))
+        await attach(mesh.get("bus"))
         watcher = asyncio.create_task(_stop_on_eof(stdin, server.request_stop))
 
     try:
@@ -92,7 +92,9 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
 
 async def serve_broker(config: MeshConfig, *, handshake: bool = False) -> None:
     """Run the embedded event broker at the config's ``[bus] address`` until SIGTERM/SIGINT (or stdin closes)."""
-    broker = BrokerServer(address=config.bus(), payload_limit=config.payload_limit, grace_seconds=1.0)
+    broker = BrokerServer(
+        address=config.bus(), payload_limit=config.payload_limit, grace_seconds=1.0, nats_url=config.nats_url
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

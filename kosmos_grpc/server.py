@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from google.protobuf import struct_pb2
 
-    from kosmos_grpc.bus.client import GrpcEventBus
+    from kosmos_grpc.bus.protocol import EventBus
 
 __all__ = ["AGENT_SERVICE", "AgentServer", "AgentServicer", "serve_forever"]
 
@@ -74,7 +74,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.agent = agent
         self.coordinator = coordinator
         #: The event bus handlers reach through ``ctx.bus``, once the server has one.
-        self.bus: GrpcEventBus | None = None
+        self.bus: EventBus | None = None
         self.payload_limit = payload_limit
         self._card = self._make_card()
         # Looked up on every call: kept here rather than read through self.agent each time.
@@ -318,11 +318,11 @@ class AgentServer:
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
         grace_seconds: float = 10.0,
         max_concurrent_rpcs: int | None = None,
-        bus: GrpcEventBus | None = None,
+        bus: EventBus | None = None,
         delegation_events: bool = True,
     ) -> None:
         self.agent = agent
-        self.bus: GrpcEventBus | None = None
+        self.bus: EventBus | None = None
         self.delegation_events = delegation_events
         self.grace_seconds = grace_seconds
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
@@ -381,7 +381,7 @@ class AgentServer:
         for service in ("", AGENT_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
-    def attach_bus(self, bus: GrpcEventBus) -> None:
+    def attach_bus(self, bus: EventBus) -> None:
         """Give handlers ``ctx.bus`` and, unless turned off, announce delegations on it; closed with the server."""
         self.bus = self._servicer.bus = bus
         if self.delegation_events:

@@ -330,3 +330,32 @@ async def test_after_a_nats_server_restart_clients_reconnect_and_subscriptions_r
             assert [e.payload for e in await take(subscription, 1, seconds=10)] == [{"after": True}]
     finally:
         await server.stop()
+
+
+async def test_the_broker_bridges_grpc_clients_to_nats() -> None:
+    server = NatsServer()
+    await server.start()
+    broker = BrokerServer(address="127.0.0.1:0", nats_url=server.url)
+    await broker.start()
+    try:
+        async with (
+            NatsEventBus(server.url, source_agent="native") as native,
+            GrpcEventBus(broker.address, source_agent="grpc-only") as grpc_only,
+        ):
+            on_nats = await native.subscribe("kosmos.events.>")
+            via_broker = await grpc_only.subscribe("kosmos.events.>")
+            await grpc_only.publish(AUDIT_LOG, {"from": "grpc"}, acknowledge=True)
+            await native.publish(USER_ACTION, {"from": "nats"}, acknowledge=True)
+            assert [(e.subject, e.payload) for e in await take(on_nats, 2)] == [
+                (AUDIT_LOG, {"from": "grpc"}),
+                (USER_ACTION, {"from": "nats"}),
+            ]
+            seen = await take(via_broker, 2)
+            assert [(e.subject, e.payload) for e in seen] == [
+                (AUDIT_LOG, {"from": "grpc"}),
+                (USER_ACTION, {"from": "nats"}),
+            ]
+            assert seen[1].message.source_agent == "native"
+    finally:
+        await broker.stop(0)
+        await server.stop()

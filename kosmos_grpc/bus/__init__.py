@@ -5,6 +5,7 @@ from kosmos_grpc.bus.client import GrpcEventBus
 from kosmos_grpc.bus.event import Event
 from kosmos_grpc.bus.local import LocalBus
 from kosmos_grpc.bus.nats_backend import NatsEventBus
+from kosmos_grpc.bus.protocol import EventBus, open_bus
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 
 __all__ = [
@@ -12,9 +13,11 @@ __all__ = [
     "DEFAULT_CAPACITY",
     "BrokerServer",
     "Event",
+    "EventBus",
     "EventBusServicer",
     "GrpcEventBus",
     "LocalBus",
     "NatsEventBus",
     "Subscription",
+    "open_bus",
 ]

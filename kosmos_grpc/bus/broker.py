@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus.local import LocalBus
+from kosmos_grpc.bus.nats_backend import NatsEventBus
 from kosmos_grpc.client import channel_options
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate
 from kosmos_grpc.errors import KosmosError, to_status
@@ -48,11 +49,18 @@ def _frame(event: events_pb2.Event) -> bytes:
 
 
 class EventBusServicer:
-    """Publish and Subscribe over one LocalBus."""
+    """Publish and Subscribe over one LocalBus, or bridged to NATS when ``nats`` is set."""
 
-    def __init__(self, bus: LocalBus[Item] | None = None, payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> None:
+    def __init__(
+        self,
+        bus: LocalBus[Item] | None = None,
+        payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+        nats: NatsEventBus | None = None,
+    ) -> None:
         self.bus: LocalBus[Item] = bus if bus is not None else LocalBus(_expired)
         self.payload_limit = payload_limit
+        #: When set, events go through this NATS connection instead of the LocalBus.
+        self.nats = nats
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> NoReturn:
         status = to_status(error)
@@ -61,17 +69,28 @@ class EventBusServicer:
 
     def publish(self, event: events_pb2.Event) -> int:
         """Validate ``event`` (KosmosError naming the field) and hand it to every matching subscription."""
+        ttl_left = self._check(event)
+        return self.bus.publish(event.subject, (time.time_ns() + int(ttl_left * 1e9), _frame(event)))
+
+    def _check(self, event: events_pb2.Event) -> float:
         subject_tokens(event.subject)
         validate_headers(event.headers)
-        ttl_left = validate(event.message, payload_limit=self.payload_limit, require_action=False)
-        return self.bus.publish(event.subject, (time.time_ns() + int(ttl_left * 1e9), _frame(event)))
+        return validate(event.message, payload_limit=self.payload_limit, require_action=False)
+
+    async def _publish(self, event: events_pb2.Event) -> int:
+        """Publish on the LocalBus, or to NATS (where how many took it is not known: 0)."""
+        if self.nats is None:
+            return self.publish(event)
+        self._check(event)
+        await self.nats.publish_message(event.subject, event.message, dict(event.headers))
+        return 0
 
     async def Publish(
         self, request: events_pb2.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> events_pb2.PublishResponse:
         """Validate the event and hand it to every matching subscription."""
         try:
-            delivered = self.publish(request.event)
+            delivered = await self._publish(request.event)
         except KosmosError as exc:
             await self._abort(context, exc)
         return events_pb2.PublishResponse(message_id=request.event.message.message_id, deliveries=delivered)
@@ -84,7 +103,7 @@ class EventBusServicer:
         try:
             async for request in requests:
                 for event in request.events:
-                    self.publish(event)
+                    await self._publish(event)
                     accepted += 1
         except KosmosError as exc:
             exc.metadata["accepted"] = str(accepted)
@@ -95,6 +114,10 @@ class EventBusServicer:
         self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
         """Stream the events matching the pattern, from the moment the subscription is in place."""
+        if self.nats is not None:
+            async for frames in self._bridge(request, context):
+                yield frames
+            return
         try:
             subscription = self.bus.subscribe(request.pattern, request.queue or None)
         except KosmosError as exc:
@@ -108,6 +131,25 @@ class EventBusServicer:
                 yield frame + b"".join(f for _, f in waiting) if waiting else frame
         finally:
             self.bus.remove(subscription)
+
+    async def _bridge(
+        self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        """Subscribe's stream when bridged: the NATS subscription's events, framed as ours."""
+        assert self.nats is not None
+        try:
+            subscription = await self.nats.subscribe(request.pattern, queue=request.queue or None)
+        except KosmosError as exc:
+            await self._abort(context, exc)
+        try:
+            await context.send_initial_metadata(())
+            async for event in subscription:
+                batch = [event, *subscription.take_ready(MAX_BATCH - 1)]
+                yield b"".join(
+                    _frame(events_pb2.Event(subject=e.subject, headers=e.headers, message=e.message)) for e in batch
+                )
+        finally:
+            await subscription.unsubscribe()
 
 
 def add_bus_servicer(servicer: EventBusServicer, server: grpc.aio.Server) -> None:
@@ -134,9 +176,15 @@ class BrokerServer:
     """The embedded broker as a gRPC server with health and reflection."""
 
     def __init__(
-        self, *, address: str = "127.0.0.1:0", payload_limit: int = DEFAULT_PAYLOAD_LIMIT, grace_seconds: float = 5.0
+        self,
+        *,
+        address: str = "127.0.0.1:0",
+        payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+        grace_seconds: float = 5.0,
+        nats_url: str | None = None,
     ) -> None:
         self.servicer = EventBusServicer(payload_limit=payload_limit)
+        self.nats_url = nats_url
         self.health = health.aio.HealthServicer()
         self.grace_seconds = grace_seconds
         self._requested = address
@@ -160,6 +208,12 @@ class BrokerServer:
         if self.port == 0:
             await self._server.stop(0)
             raise OSError(f"cannot listen on {self._requested}: the address is in use or not available")
+        if self.nats_url is not None:
+            try:
+                self.servicer.nats = await NatsEventBus(self.nats_url, source_agent="broker").connect()
+            except BaseException:
+                await self._server.stop(0)
+                raise
         await self._server.start()
         for service in ("", BUS_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -168,3 +222,5 @@ class BrokerServer:
         """Report NOT_SERVING and stop; open subscriptions end."""
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.grace_seconds if grace is None else grace)
+        if self.servicer.nats is not None:
+            await self.servicer.nats.close()

@@ -119,15 +119,23 @@ class NatsEventBus:
             validate_headers(headers)
         message = new_message("", payload, source_agent=self.source_agent, correlation_id=correlation_id, ttl_ms=ttl_ms)
         validate(message, payload_limit=self.payload_limit, require_action=False)
-        nc = self.nc
+        await self.publish_message(subject, message, dict(headers) if headers else None)
+        if acknowledge:
+            try:
+                await self.nc.flush(timeout=max(1, round(timeout_ms / 1000)))
+            except (NatsError, TimeoutError) as exc:
+                raise AgentUnavailable(f"NATS at {self.url} did not confirm: {exc or type(exc).__name__}") from None
+        return message.message_id
+
+    async def publish_message(
+        self, subject: str, message: envelope_pb2.AgentMessage, headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish an envelope already built and validated (the broker's bridge does)."""
         try:
-            await nc.publish(subject, message.SerializeToString(), headers=dict(headers) if headers else None)
-            if acknowledge:
-                await nc.flush(timeout=max(1, round(timeout_ms / 1000)))
+            await self.nc.publish(subject, message.SerializeToString(), headers=headers or None)
         except (NatsError, TimeoutError) as exc:
             raise AgentUnavailable(f"cannot publish to NATS at {self.url}: {exc or type(exc).__name__}") from None
         PUBLISHED.labels(BACKEND, subject_label(subject)).inc()
-        return message.message_id
 
     async def flush(self) -> None:
         """Wait until the server has everything published so far."""
