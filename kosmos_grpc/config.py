@@ -14,6 +14,7 @@ import grpc
 
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT
 from kosmos_grpc.errors import KosmosError
+from kosmos_grpc.subjects import pattern_tokens
 
 if TYPE_CHECKING:
     from kosmos_grpc.agent import Agent
@@ -54,6 +55,10 @@ class MeshConfig:
     delegation_events: bool = True
     #: A NATS server's URL (``[bus] nats``): events go through NATS, the broker bridges to it.
     nats_url: str | None = None
+    #: Subjects kept by JetStream when on NATS (``[bus] durable``), and how often a durable
+    #: subscription's handler may fail on one event before it is dead-lettered.
+    durable: tuple[str, ...] = ("kosmos.events.audit.log",)
+    max_deliveries: int = 5
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -125,6 +130,15 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
         kwargs["bus_address"] = _typed(bus, "address", str, "bus")
     if "nats" in bus:
         kwargs["nats_url"] = _typed(bus, "nats", str, "bus")
+    if "durable" in bus:
+        durable = _typed(bus, "durable", list, "bus")
+        for subject in durable:
+            if not isinstance(subject, str):
+                raise ConfigError(f"{path}: bus.durable holds subjects (strings), not {subject!r}")
+            pattern_tokens(subject)
+        kwargs["durable"] = tuple(durable)
+    if "max_deliveries" in bus:
+        kwargs["max_deliveries"] = _typed(bus, "max_deliveries", int, "bus")
     if "delegation_events" in bus:
         kwargs["delegation_events"] = _typed(bus, "delegation_events", bool, "bus")
     return MeshConfig(agents=agents, path=path.resolve(), **kwargs)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,15 @@ async def run_tool(*args: str, limit: float = 20, stdin: str | None = None) -> t
 
 
 class NatsServer:
-    """A real nats-server on a free loopback port, stopped by its PID; restartable on the same port."""
+    """A real nats-server with JetStream on a free loopback port, stopped by its PID.
+
+    Restartable on the same port and the same store, which it removes when told to clean up.
+    """
 
     def __init__(self) -> None:
         self.process: asyncio.subprocess.Process | None = None
         self.port = -1  # nats-server picks a free port the first time
+        self.store = tempfile.mkdtemp(prefix="kosmos-nats-")
 
     @property
     def url(self) -> str:
@@ -146,6 +151,9 @@ class NatsServer:
             "127.0.0.1",
             "-p",
             str(self.port),
+            "-js",
+            "-sd",
+            self.store,
             stderr=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
         )
@@ -165,11 +173,14 @@ class NatsServer:
         while await stream.readline():
             pass
 
-    async def stop(self) -> None:
+    async def stop(self, *, clean: bool = True) -> None:
+        """Kill the server by its PID; ``clean`` also removes its JetStream store."""
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
             self._drain.cancel()
+        if clean:
+            shutil.rmtree(self.store, ignore_errors=True)
 
 
 @pytest.fixture

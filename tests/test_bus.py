@@ -319,8 +319,8 @@ async def test_after_a_nats_server_restart_clients_reconnect_and_subscriptions_r
             subscription = await bus.subscribe("kosmos.events.>")
             await bus.publish(USER_ACTION, {"before": True})
             assert [e.payload for e in await take(subscription, 1)] == [{"before": True}]
-            await server.stop()  # by its PID: killed, no goodbye
-            await server.start()  # the same port
+            await server.stop(clean=False)  # by its PID: killed, no goodbye
+            await server.start()  # the same port and store
             for _ in range(400):  # polling: nats-py says when it is connected, not a wake-up
                 if bus.nc.is_connected:
                     break

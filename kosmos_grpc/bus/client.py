@@ -104,6 +104,7 @@ class GrpcEventBus:
         headers: Mapping[str, str] | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
         correlation_id: str | None = None,
+        message_id: str | None = None,
         acknowledge: bool = False,
         timeout_ms: float = 5_000,
     ) -> str:
@@ -130,6 +131,7 @@ class GrpcEventBus:
             source_agent=self.source_agent,
             correlation_id=correlation_id,
             ttl_ms=ttl_ms,
+            message_id=message_id,
             into=event.message,
         )
         PUBLISHED.labels(BACKEND, subject_label(subject)).inc()

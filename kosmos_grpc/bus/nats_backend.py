@@ -2,12 +2,21 @@
 
 Subjects and patterns are NATS's own (``*`` and ``>`` mean the same), queue groups are NATS
 queue groups, headers are NATS headers, and the envelope travels as the serialized
-``AgentMessage``. Delivery is NATS core's: at most once. nats-py reconnects on its own and
-resubscribes; subscriptions go on after a server restart.
+``AgentMessage``. nats-py reconnects on its own and resubscribes; subscriptions go on after a
+server restart.
+
+Most subjects get NATS core's at-most-once delivery. Subjects named durable (by default the
+audit log) go through a JetStream stream: a publish waits for the stream's acknowledgement
+(retrying while the server is away, for as long as the event's TTL allows), the message_id
+is the ``Nats-Msg-Id`` so duplicates are dropped, and a durable subscription receives what it
+missed while it was gone, in order; its handler's failure means redelivery, at most
+``max_deliveries`` times, after which the event goes to ``kosmos.deadletter.<subject>``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Self
@@ -15,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Self
 import nats
 from google.protobuf.message import DecodeError
 from nats.errors import Error as NatsError
+from nats.js.api import ConsumerConfig, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
 
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
 from kosmos_grpc.bus.event import Event
@@ -22,7 +33,7 @@ from kosmos_grpc.bus.metrics import PUBLISHED, RECEIVED, subject_label
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS, new_message, validate
 from kosmos_grpc.errors import AgentUnavailable, KosmosError
-from kosmos_grpc.subjects import pattern_tokens, subject_tokens, validate_headers
+from kosmos_grpc.subjects import matches, pattern_tokens, subject_tokens, validate_headers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +41,7 @@ if TYPE_CHECKING:
 
     from nats.aio.client import Client
     from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
 
 __all__ = ["NatsEventBus"]
 
@@ -41,6 +53,19 @@ CONNECT_TIMEOUT = 5.0
 RECONNECT_WAIT = 0.25
 RECONNECT_ATTEMPTS = 240
 NATS_PENDING_MESSAGES = 65_536
+STREAM = "KOSMOS_DURABLE"
+DEAD_LETTER_PREFIX = "kosmos.deadletter."
+DEFAULT_DURABLE = ("kosmos.events.audit.log",)
+DEFAULT_MAX_DELIVERIES = 5
+# How long JetStream waits for a handler before redelivering.
+ACK_WAIT = 30.0
+
+
+def _headers(msg: Msg) -> dict[str, str]:
+    """A message's headers, less NATS's own (the dedupe id is the envelope's message_id anyway)."""
+    headers = dict(msg.headers or {})
+    headers.pop("Nats-Msg-Id", None)
+    return headers
 
 
 def _expired(event: Event) -> bool:
@@ -52,11 +77,23 @@ def _expired(event: Event) -> bool:
 class NatsEventBus:
     """Publish and subscribe through the NATS server at ``url``; ``await connect()`` first."""
 
-    def __init__(self, url: str, *, source_agent: str = "client", payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        source_agent: str = "client",
+        payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+        durable: tuple[str, ...] = DEFAULT_DURABLE,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    ) -> None:
         self.url = url
         self.source_agent = source_agent
         self.payload_limit = payload_limit
+        #: Subjects (or patterns) whose events go through JetStream.
+        self.durable = durable
+        self.max_deliveries = max_deliveries
         self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
         #: Events received that were not a kosmos envelope, and so were skipped.
         self.undecodable = 0
 
@@ -74,7 +111,27 @@ class NatsEventBus:
             )
         except (OSError, NatsError, TimeoutError) as exc:
             raise AgentUnavailable(f"cannot reach NATS at {self.url}: {exc or type(exc).__name__}") from None
+        if self.durable:
+            await self._ensure_stream()
         return self
+
+    async def _ensure_stream(self) -> None:
+        """The JetStream stream that keeps the durable subjects (made, or brought up to date)."""
+        self._js = self.nc.jetstream()
+        config = StreamConfig(name=STREAM, subjects=list(self.durable), storage=StorageType.FILE)
+        try:
+            try:
+                await self._js.add_stream(config)
+            except BadRequestError:  # it exists with other subjects: take ours too
+                info = await self._js.stream_info(STREAM)
+                config.subjects = sorted({*(info.config.subjects or []), *self.durable})
+                await self._js.update_stream(config)
+        except (NatsError, TimeoutError) as exc:
+            raise AgentUnavailable(f"NATS at {self.url} has no JetStream (run it with -js): {exc}") from None
+
+    def is_durable(self, subject: str) -> bool:
+        """Whether events on ``subject`` go through JetStream."""
+        return any(matches(pattern, subject) for pattern in self.durable)
 
     async def _on_error(self, error: Exception) -> None:
         log.warning("NATS connection to %s: %s", self.url, error)
@@ -110,6 +167,7 @@ class NatsEventBus:
         headers: Mapping[str, str] | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
         correlation_id: str | None = None,
+        message_id: str | None = None,
         acknowledge: bool = False,
         timeout_ms: float = 5_000,
     ) -> str:
@@ -117,8 +175,18 @@ class NatsEventBus:
         subject_tokens(subject)
         if headers:
             validate_headers(headers)
-        message = new_message("", payload, source_agent=self.source_agent, correlation_id=correlation_id, ttl_ms=ttl_ms)
+        message = new_message(
+            "",
+            payload,
+            source_agent=self.source_agent,
+            correlation_id=correlation_id,
+            ttl_ms=ttl_ms,
+            message_id=message_id,
+        )
         validate(message, payload_limit=self.payload_limit, require_action=False)
+        if self._js is not None and self.is_durable(subject):
+            await self._publish_durable(subject, message, dict(headers or {}))
+            return message.message_id
         await self.publish_message(subject, message, dict(headers) if headers else None)
         if acknowledge:
             try:
@@ -136,6 +204,76 @@ class NatsEventBus:
         except (NatsError, TimeoutError) as exc:
             raise AgentUnavailable(f"cannot publish to NATS at {self.url}: {exc or type(exc).__name__}") from None
         PUBLISHED.labels(BACKEND, subject_label(subject)).inc()
+
+    async def _publish_durable(self, subject: str, message: envelope_pb2.AgentMessage, headers: dict[str, str]) -> None:
+        """Publish to JetStream until it acknowledges, retrying while the server is away (within the TTL)."""
+        assert self._js is not None
+        headers["Nats-Msg-Id"] = message.message_id  # a retry of the same event is a duplicate
+        data = message.SerializeToString()
+        deadline = time.monotonic() + (message.ttl_ms or DEFAULT_TTL_MS) / 1000
+        wait = 0.05
+        while True:
+            try:
+                await self._js.publish(subject, data, headers=headers, timeout=2.0)
+                break
+            except (NatsError, TimeoutError) as exc:
+                if time.monotonic() + wait > deadline:
+                    raise AgentUnavailable(
+                        f"JetStream at {self.url} did not take the event in its TTL: {exc}"
+                    ) from None
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 1.0)
+        PUBLISHED.labels(BACKEND, subject_label(subject)).inc()
+
+    async def subscribe_durable(
+        self, pattern: str, name: str, handler: Callable[[Event], Awaitable[None]]
+    ) -> Subscription[Event]:
+        """A durable subscription called ``name``: what it missed while gone arrives when it comes back.
+
+        ``handler`` is called for each event in order; an exception means redelivery, at most
+        ``max_deliveries`` times, then the event goes to ``kosmos.deadletter.<subject>``.
+        """
+        pattern_tokens(pattern)
+        if self._js is None:
+            raise KosmosError(f"no durable subjects on this bus: {pattern!r} cannot have a durable subscription")
+        js, received = self._js, RECEIVED.labels(BACKEND, subject_label(pattern))
+        native: list[Any] = []
+
+        async def stop(_: Subscription[Event]) -> None:
+            if native and not self.nc.is_closed:
+                with contextlib.suppress(NatsError):
+                    await native[0].unsubscribe()  # the consumer stays, and keeps what comes next
+
+        subscription: Subscription[Event] = Subscription(pattern, on_unsubscribe=stop, backend=BACKEND)
+
+        async def deliver(msg: Msg) -> None:
+            received.inc()
+            try:
+                event = Event(msg.subject, _headers(msg), envelope_pb2.AgentMessage.FromString(msg.data))
+            except DecodeError:
+                self.undecodable += 1
+                await msg.term()
+                return
+            try:
+                await handler(event)
+            except Exception:
+                subscription.handler_errors += 1
+                if msg.metadata.num_delivered >= self.max_deliveries:
+                    log.exception("durable %s gave up on %s: dead-lettered", name, msg.subject)
+                    await self.nc.publish(DEAD_LETTER_PREFIX + msg.subject, msg.data, headers=msg.headers)
+                    await msg.term()
+                else:
+                    log.exception("durable %s: handler failed on %s; it will be redelivered", name, msg.subject)
+                    await msg.nak()
+                return
+            await msg.ack()
+
+        config = ConsumerConfig(max_deliver=self.max_deliveries, ack_wait=ACK_WAIT)
+        try:
+            native.append(await js.subscribe(pattern, durable=name, cb=deliver, manual_ack=True, config=config))
+        except (NatsError, TimeoutError) as exc:
+            raise AgentUnavailable(f"cannot subscribe durably on NATS at {self.url}: {exc}") from None
+        return subscription
 
     async def flush(self) -> None:
         """Wait until the server has everything published so far."""
@@ -174,7 +312,7 @@ class NatsEventBus:
             except DecodeError:
                 self.undecodable += 1
                 return
-            subscription.offer(Event(msg.subject, dict(msg.headers or {}), message))
+            subscription.offer(Event(msg.subject, _headers(msg), message))
 
         try:
             # Our buffer decides what is dropped (and counts it); nats-py's queue in front of our

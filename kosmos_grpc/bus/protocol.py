@@ -27,6 +27,7 @@ class EventBus(Protocol):
         headers: Mapping[str, str] | None = None,
         ttl_ms: int = ...,
         correlation_id: str | None = None,
+        message_id: str | None = None,
         acknowledge: bool = False,
         timeout_ms: float = ...,
     ) -> str:
