@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agents.athena import Athena
-from kosmos_grpc import ConfigError, load_agent, load_config
+from kosmos_grpc import ConfigError, InvalidEnvelope, load_agent, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,3 +60,21 @@ def test_config_path_comes_from_the_environment(tmp_path: Path, monkeypatch: pyt
     path.write_text("[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n")
     monkeypatch.setenv("KOSMOS_CONFIG", str(path))
     assert load_config().addresses() == {"a": "127.0.0.1:0"}
+
+
+def test_the_bus_section_names_the_broker_nats_and_the_durable_subjects(tmp_path: Path) -> None:
+    path = tmp_path / "kosmos.toml"
+    path.write_text(
+        "[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n"
+        "[bus]\naddress = '127.0.0.1:0'\nnats = 'nats://127.0.0.1:4222'\n"
+        "durable = ['kosmos.events.audit.log', 'kosmos.commands.>']\nmax_deliveries = 7\ndelegation_events = false\n"
+    )
+    config = load_config(path)
+    assert config.bus() == "127.0.0.1:0"
+    assert config.nats_url == "nats://127.0.0.1:4222"
+    assert config.durable == ("kosmos.events.audit.log", "kosmos.commands.>")
+    assert config.max_deliveries == 7
+    assert config.delegation_events is False
+    path.write_text("[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n[bus]\ndurable = ['a.>.b']\n")
+    with pytest.raises(InvalidEnvelope, match="before its last token"):
+        load_config(path)

@@ -63,7 +63,12 @@ async def open_bus(config: MeshConfig, source_agent: str, *, broker: str | None 
     from kosmos_grpc.bus.nats_backend import NatsEventBus
 
     if config.nats_url:
-        return await NatsEventBus(
-            config.nats_url, source_agent=source_agent, payload_limit=config.payload_limit
-        ).connect()
+        nats = NatsEventBus(
+            config.nats_url,
+            source_agent=source_agent,
+            payload_limit=config.payload_limit,
+            durable=config.durable,
+            max_deliveries=config.max_deliveries,
+        )
+        return await nats.connect()
     return GrpcEventBus(broker or config.bus(), source_agent=source_agent, payload_limit=config.payload_limit)
