@@ -29,6 +29,7 @@ __all__ = [
     "SubjectTrie",
     "agent_requests",
     "agent_responses",
+    "check_subject",
     "matches",
     "pattern_tokens",
     "subject_tokens",
@@ -81,6 +82,20 @@ def _tokens(text: str, field: str) -> list[str]:
     if len(tokens) > MAX_TOKENS:
         raise InvalidEnvelope(field, f"{field} {text!r} has {len(tokens)} tokens, over the limit of {MAX_TOKENS}")
     return tokens
+
+
+_CHECKED: set[str] = set()  # subjects already found valid: a publisher repeats a few subjects
+_CHECKED_MAX = 4096
+
+
+def check_subject(subject: str) -> None:
+    """Raise InvalidEnvelope (field ``subject``) unless ``subject`` can be published on; remembers good ones."""
+    if subject in _CHECKED:
+        return
+    subject_tokens(subject)
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED.add(subject)
 
 
 def subject_tokens(subject: str) -> list[str]:

@@ -22,7 +22,7 @@ from kosmos_grpc.bus.nats_backend import NatsEventBus
 from kosmos_grpc.client import channel_options
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate
 from kosmos_grpc.errors import KosmosError, to_status
-from kosmos_grpc.subjects import subject_tokens, validate_headers
+from kosmos_grpc.subjects import check_subject, validate_headers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -73,7 +73,7 @@ class EventBusServicer:
         return self.bus.publish(event.subject, (time.time_ns() + int(ttl_left * 1e9), _frame(event)))
 
     def _check(self, event: events_pb2.Event) -> float:
-        subject_tokens(event.subject)
+        check_subject(event.subject)
         validate_headers(event.headers)
         return validate(event.message, payload_limit=self.payload_limit, require_action=False)
 

@@ -13,12 +13,12 @@ import grpc
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus.broker import BUS_SERVICE
 from kosmos_grpc.bus.event import Event
-from kosmos_grpc.bus.metrics import PUBLISHED, RECEIVED, subject_label
+from kosmos_grpc.bus.metrics import RECEIVED, published, subject_label
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 from kosmos_grpc.client import channel_options
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS, new_message
 from kosmos_grpc.errors import KosmosError, from_rpc_error
-from kosmos_grpc.subjects import subject_tokens, validate_headers
+from kosmos_grpc.subjects import check_subject, validate_headers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -118,7 +118,7 @@ class GrpcEventBus:
             InvalidEnvelope: the subject, headers or payload break a rule (the field is named).
             KosmosError: with ``acknowledge``, the broker refused it or could not be reached.
         """
-        subject_tokens(subject)
+        check_subject(subject)
         request = events_pb2.PublishRequest()
         event = request.event
         event.subject = subject
@@ -134,7 +134,7 @@ class GrpcEventBus:
             message_id=message_id,
             into=event.message,
         )
-        PUBLISHED.labels(BACKEND, subject_label(subject)).inc()
+        published(BACKEND, subject).inc()
         if not acknowledge:
             if self._writer is None:
                 self._writer = asyncio.create_task(self._write(), name="kosmos-bus-writer")

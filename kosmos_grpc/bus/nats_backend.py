@@ -29,11 +29,11 @@ from nats.js.errors import BadRequestError
 
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
 from kosmos_grpc.bus.event import Event
-from kosmos_grpc.bus.metrics import PUBLISHED, RECEIVED, subject_label
+from kosmos_grpc.bus.metrics import RECEIVED, published, subject_label
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
-from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS, new_message, validate
-from kosmos_grpc.errors import AgentUnavailable, KosmosError
-from kosmos_grpc.subjects import matches, pattern_tokens, subject_tokens, validate_headers
+from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS, new_message
+from kosmos_grpc.errors import AgentUnavailable, KosmosError, PayloadTooLarge
+from kosmos_grpc.subjects import check_subject, matches, pattern_tokens, validate_headers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -172,7 +172,7 @@ class NatsEventBus:
         timeout_ms: float = 5_000,
     ) -> str:
         """Publish an event and return its message_id; with ``acknowledge``, wait until the server has it."""
-        subject_tokens(subject)
+        check_subject(subject)
         if headers:
             validate_headers(headers)
         message = new_message(
@@ -183,7 +183,11 @@ class NatsEventBus:
             ttl_ms=ttl_ms,
             message_id=message_id,
         )
-        validate(message, payload_limit=self.payload_limit, require_action=False)
+        size = message.payload.ByteSize()
+        if size > self.payload_limit:
+            raise PayloadTooLarge(
+                f"payload is {size} bytes, over the limit of {self.payload_limit} bytes", metadata={"field": "payload"}
+            )
         if self._js is not None and self.is_durable(subject):
             await self._publish_durable(subject, message, dict(headers or {}))
             return message.message_id
@@ -203,7 +207,7 @@ class NatsEventBus:
             await self.nc.publish(subject, message.SerializeToString(), headers=headers or None)
         except (NatsError, TimeoutError) as exc:
             raise AgentUnavailable(f"cannot publish to NATS at {self.url}: {exc or type(exc).__name__}") from None
-        PUBLISHED.labels(BACKEND, subject_label(subject)).inc()
+        published(BACKEND, subject).inc()
 
     async def _publish_durable(self, subject: str, message: envelope_pb2.AgentMessage, headers: dict[str, str]) -> None:
         """Publish to JetStream until it acknowledges, retrying while the server is away (within the TTL)."""
@@ -223,7 +227,7 @@ class NatsEventBus:
                     ) from None
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 1.0)
-        PUBLISHED.labels(BACKEND, subject_label(subject)).inc()
+        published(BACKEND, subject).inc()
 
     async def subscribe_durable(
         self, pattern: str, name: str, handler: Callable[[Event], Awaitable[None]]
