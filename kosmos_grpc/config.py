@@ -126,6 +126,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
         if key in mesh:
             kwargs[attr] = _typed(mesh, key, kind, "mesh")
     bus = data.get("bus", {})
+    if isinstance(bus, str):  # the short form: bus = "nats://host:port"
+        if not bus.startswith(("nats://", "tls://")):
+            raise ConfigError(f"{path}: bus = {bus!r} should be a nats:// URL, or a [bus] table")
+        bus = {"nats": bus}
     if "address" in bus:
         kwargs["bus_address"] = _typed(bus, "address", str, "bus")
     if "nats" in bus:

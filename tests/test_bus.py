@@ -18,7 +18,7 @@ from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus import BrokerServer, Event, GrpcEventBus, NatsEventBus
 from kosmos_grpc.subjects import AUDIT_LOG, USER_ACTION
 
-from .conftest import ROOT, NatsServer, run_tool, tool
+from .conftest import ROOT, Mesh, NatsServer, run_tool, tool
 
 
 @pytest.fixture
@@ -359,3 +359,17 @@ async def test_the_broker_bridges_grpc_clients_to_nats() -> None:
     finally:
         await broker.stop(0)
         await server.stop()
+
+
+async def test_a_handler_publishes_through_ctx_bus(bus: Bus, mesh: Mesh) -> None:
+    from .helpers.agents import Announcer
+
+    server = await mesh.serve(Announcer())
+    server.attach_bus(bus)
+    heard = await bus.subscribe("kosmos.events.>")
+    async with mesh.client() as client:
+        response = await client.delegate("announcer", "announce", {"subject": USER_ACTION, "data": {"hello": "world"}})
+    (event,) = await take(heard, 1)
+    assert event.payload == {"hello": "world"}
+    assert event.message_id == response.result["message_id"]
+    assert event.message.source_agent == "test"

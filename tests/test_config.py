@@ -78,3 +78,14 @@ def test_the_bus_section_names_the_broker_nats_and_the_durable_subjects(tmp_path
     path.write_text("[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n[bus]\ndurable = ['a.>.b']\n")
     with pytest.raises(InvalidEnvelope, match="before its last token"):
         load_config(path)
+
+
+def test_bus_may_be_just_a_nats_url(tmp_path: Path) -> None:
+    path = tmp_path / "kosmos.toml"
+    path.write_text("bus = 'nats://127.0.0.1:4222'\n[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n")
+    config = load_config(path)
+    assert config.nats_url == "nats://127.0.0.1:4222"
+    assert config.has_bus
+    path.write_text("bus = 'http://nope'\n[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n")
+    with pytest.raises(ConfigError, match="should be a nats:// URL"):
+        load_config(path)

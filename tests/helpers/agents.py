@@ -147,3 +147,15 @@ class Chatty(Agent):
         for i in range(3000):
             print(f"chatty line {i:05d} " + "x" * 90)
         return {"printed": 3000}
+
+
+class Announcer(Agent):
+    """Publishes what it is told to through ctx.bus."""
+
+    name = "announcer"
+
+    @action
+    async def announce(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Publish payload.data on payload.subject, acknowledged."""
+        message_id = await ctx.bus.publish(payload["subject"], payload["data"], acknowledge=True)
+        return {"message_id": message_id}
