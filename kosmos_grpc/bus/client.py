@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
@@ -32,12 +31,6 @@ OUTBOX_CAPACITY = 8192
 MAX_BATCH = 256
 
 log = logging.getLogger(__name__)
-
-
-def _expired(event: Event) -> bool:
-    stamp = event.message.timestamp
-    age_ms = (time.time_ns() - stamp.seconds * 1_000_000_000 - stamp.nanos) / 1_000_000
-    return age_ms >= (event.message.ttl_ms or DEFAULT_TTL_MS)
 
 
 class GrpcEventBus:
@@ -205,7 +198,7 @@ class GrpcEventBus:
             call.cancel()
 
         subscription: Subscription[Event] = Subscription(
-            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=_expired
+            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=Event.expired
         )
 
         received = RECEIVED.labels(BACKEND, subject_label(pattern))

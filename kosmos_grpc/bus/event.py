@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
-from kosmos_grpc.envelope import struct_to_dict
+from kosmos_grpc.envelope import DEFAULT_TTL_MS, struct_to_dict
 
 if TYPE_CHECKING:
     from kosmos_grpc._proto.kosmos.v1 import envelope_pb2, events_pb2
@@ -34,6 +35,12 @@ class Event:
         if self._payload is None:
             self._payload = struct_to_dict(self.message.payload)
         return self._payload
+
+    def expired(self) -> bool:
+        """Whether the envelope's TTL (from its timestamp) has run out: such an event is not delivered."""
+        stamp = self.message.timestamp
+        age_ms = (time.time_ns() - stamp.seconds * 1_000_000_000 - stamp.nanos) / 1_000_000
+        return age_ms >= (self.message.ttl_ms or DEFAULT_TTL_MS)
 
     @property
     def message_id(self) -> str:

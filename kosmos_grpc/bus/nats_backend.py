@@ -68,12 +68,6 @@ def _headers(msg: Msg) -> dict[str, str]:
     return headers
 
 
-def _expired(event: Event) -> bool:
-    stamp = event.message.timestamp
-    age_ms = (time.time_ns() - stamp.seconds * 1_000_000_000 - stamp.nanos) / 1_000_000
-    return age_ms >= (event.message.ttl_ms or DEFAULT_TTL_MS)
-
-
 class NatsEventBus:
     """Publish and subscribe through the NATS server at ``url``; ``await connect()`` first."""
 
@@ -305,7 +299,7 @@ class NatsEventBus:
                     log.debug("unsubscribe from %s: %s", pattern, exc)
 
         subscription: Subscription[Event] = Subscription(
-            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=_expired, backend=BACKEND
+            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=Event.expired, backend=BACKEND
         )
 
         async def deliver(msg: Msg) -> None:
