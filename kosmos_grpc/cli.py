@@ -126,10 +126,14 @@ async def _subscribe(config: MeshConfig, args: argparse.Namespace) -> int:
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
+        ended = subscription.error
         await subscription.unsubscribe()
         await reading
     finally:
         await bus.close()
+    if ended is not None:
+        print(f"kosmos: {ended}", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from kosmos_grpc.registry import Registry
 from kosmos_grpc.subjects import agent_requests, agent_responses
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
     from types import TracebackType
 
     from google.protobuf import struct_pb2
@@ -48,6 +49,8 @@ __all__ = [
     "Response",
     "channel_options",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_MS = 30_000
 # Headroom over the payload limit for the rest of the envelope, so the limit is ours to report.
@@ -435,27 +438,35 @@ class EventPublisher(Protocol):
 
 async def _announce(events: EventPublisher, agent: str, action: str, message: envelope_pb2.AgentMessage) -> None:
     """Publish a delegation on ``kosmos.agents.<agent>.requests`` (not its payload: only what it is)."""
-    await events.publish(
-        agent_requests(agent),
-        {
-            "action": action,
-            "message_id": message.message_id,
-            "source_agent": message.source_agent,
-            "target_agent": agent,
-        },
-        correlation_id=message.correlation_id,
-    )
+    payload = {
+        "action": action,
+        "message_id": message.message_id,
+        "source_agent": message.source_agent,
+        "target_agent": agent,
+    }
+    await _tell(events, agent_requests, agent, payload, message.correlation_id)
 
 
 async def _outcome(
     events: EventPublisher, agent: str, action: str, message: envelope_pb2.AgentMessage, status: str, answered: str
 ) -> None:
     """Publish how a delegation ended on ``kosmos.agents.<agent>.responses``."""
-    await events.publish(
-        agent_responses(agent),
-        {"action": action, "message_id": message.message_id, "status": status, "answered_by": answered},
-        correlation_id=message.correlation_id,
-    )
+    payload = {"action": action, "message_id": message.message_id, "status": status, "answered_by": answered}
+    await _tell(events, agent_responses, agent, payload, message.correlation_id)
+
+
+async def _tell(
+    events: EventPublisher,
+    subject: Callable[[str], str],
+    agent: str,
+    payload: dict[str, Any],
+    correlation_id: str,
+) -> None:
+    # Announcing never changes a delegation's own outcome: a failure here is logged, no more.
+    try:
+        await events.publish(subject(agent), payload, correlation_id=correlation_id)
+    except Exception as exc:
+        log.warning("could not announce a delegation to %s on the event bus: %s", agent, exc)
 
 
 def _explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float) -> KosmosError:

@@ -93,7 +93,12 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
 async def serve_broker(config: MeshConfig, *, handshake: bool = False) -> None:
     """Run the embedded event broker at the config's ``[bus] address`` until SIGTERM/SIGINT (or stdin closes)."""
     broker = BrokerServer(
-        address=config.bus(), payload_limit=config.payload_limit, grace_seconds=1.0, nats_url=config.nats_url
+        address=config.bus(),
+        payload_limit=config.payload_limit,
+        grace_seconds=1.0,
+        nats_url=config.nats_url,
+        durable=config.durable,
+        max_deliveries=config.max_deliveries,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

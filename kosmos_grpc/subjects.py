@@ -125,8 +125,11 @@ def validate_headers(headers: Mapping[str, str]) -> None:
         raise InvalidEnvelope("headers", f"{len(headers)} headers, over the limit of {MAX_HEADERS}")
     size = 0
     for name, value in headers.items():
-        if not name or not _WHITESPACE.isdisjoint(name):
-            raise InvalidEnvelope("headers", f"header name {name!r} is empty or contains whitespace")
+        # What NATS carries unchanged: visible ASCII names without ':', values on one line.
+        if not name or not name.isascii() or not name.isprintable() or ":" in name or " " in name:
+            raise InvalidEnvelope("headers", f"header name {name!r} must be visible ASCII without ':' or spaces")
+        if "\r" in value or "\n" in value:
+            raise InvalidEnvelope("headers", f"header {name!r} has a line break in its value")
         size += len(name.encode()) + len(value.encode())
     if size > MAX_HEADER_BYTES:
         raise InvalidEnvelope("headers", f"headers take {size} bytes, over the limit of {MAX_HEADER_BYTES}")

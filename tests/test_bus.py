@@ -373,3 +373,89 @@ async def test_a_handler_publishes_through_ctx_bus(bus: Bus, mesh: Mesh) -> None
     assert event.payload == {"hello": "world"}
     assert event.message_id == response.result["message_id"]
     assert event.message.source_agent == "test"
+
+
+async def test_large_events_arrive_whole_in_batches_under_the_size_limit(bus: Bus) -> None:
+    subscription = await bus.subscribe(USER_ACTION, capacity=100)
+    blob = "x" * 200_000
+    for i in range(30):  # 6 MB in all: more than one message may carry
+        await bus.publish(USER_ACTION, {"i": i, "blob": blob})
+    await bus.flush()
+    events = await take(subscription, 30, seconds=20)
+    assert [e.payload["i"] for e in events] == list(range(30))
+    assert all(len(e.payload["blob"]) == 200_000 for e in events)
+
+
+async def test_closing_a_bus_ends_its_subscriptions(bus: Bus) -> None:
+    subscription = await bus.subscribe(USER_ACTION)
+    await bus.close()
+    async with asyncio.timeout(5):
+        assert [e async for e in subscription] == []
+
+
+async def test_a_bad_event_in_a_publish_stream_is_skipped_and_the_rest_go_on(broker: BrokerServer) -> None:
+    async with GrpcEventBus(broker.address) as bus:
+        subscription = await bus.subscribe(USER_ACTION)
+        batch = events_pb2.PublishStreamRequest()
+        for n, ttl_ms in ((1, 60_000), (2, 10), (3, 60_000)):
+            event = batch.events.add(subject=USER_ACTION)
+            new_message("", {"n": n}, ttl_ms=ttl_ms, into=event.message)
+        batch.events[1].message.timestamp.seconds -= 1  # long expired
+        async with grpc.aio.insecure_channel(broker.address) as channel:
+            stream = channel.stream_unary(
+                "/kosmos.v1.EventBusService/PublishStream",
+                request_serializer=events_pb2.PublishStreamRequest.SerializeToString,
+                response_deserializer=events_pb2.PublishStreamResponse.FromString,
+            )
+            reply = await stream(iter([batch]), timeout=5)
+        assert reply.accepted == 2
+        assert [e.payload for e in await take(subscription, 2)] == [{"n": 1}, {"n": 3}]
+        assert broker.servicer.refused == 1
+
+
+async def test_publishing_goes_on_after_the_broker_restarts() -> None:
+    first = BrokerServer(address="127.0.0.1:0")
+    await first.start()
+    address = first.address
+    second: BrokerServer | None = None
+    try:
+        async with GrpcEventBus(address) as publisher, GrpcEventBus(address) as receiver:
+            before = await receiver.subscribe(USER_ACTION)
+            await publisher.publish(USER_ACTION, {"n": 0})
+            assert [e.payload for e in await take(before, 1)] == [{"n": 0}]
+            await first.stop(0)
+            second = BrokerServer(address=address)
+            await second.start()
+            async with asyncio.timeout(5):
+                async for _ in before:  # the old subscription ends, saying why
+                    pass
+            assert before.error is not None
+            after = await receiver.subscribe(USER_ACTION)
+            got: list[Event] = []
+            for n in range(1, 200):  # events sent while the stream reopens may be lost (at most once)
+                await publisher.publish(USER_ACTION, {"n": n})
+                got += after.take_ready(10)
+                if got:
+                    break
+                await asyncio.sleep(0.05)
+            assert got, "no event got through after the restart"
+    finally:
+        await first.stop(0)
+        if second is not None:
+            await second.stop(0)
+
+
+async def test_delegation_events_can_be_turned_off(broker: BrokerServer, mesh: Mesh) -> None:
+    from agents.zeus import Zeus
+
+    from .helpers.agents import Echo
+
+    async with GrpcEventBus(broker.address) as watcher:
+        heard = await watcher.subscribe("kosmos.agents.>")
+        await mesh.serve(Echo())
+        quiet = await mesh.serve(Zeus(), delegation_events=False)
+        quiet.attach_bus(GrpcEventBus(broker.address, source_agent="zeus"))
+        async with mesh.client() as client:
+            await client.delegate("zeus", "delegate", {"agent": "echo", "action": "echo", "payload": {"a": 1}})
+        await asyncio.sleep(0.3)
+        assert heard.take_ready(10) == [], "no delegation was announced"

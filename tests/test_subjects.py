@@ -101,8 +101,12 @@ def test_headers_are_bounded() -> None:
         validate_headers({f"h{i}": "v" for i in range(MAX_HEADERS + 1)})
     with pytest.raises(InvalidEnvelope, match="bytes, over the limit"):
         validate_headers({"big": "x" * 5000})
-    with pytest.raises(InvalidEnvelope, match="empty or contains whitespace"):
+    with pytest.raises(InvalidEnvelope, match="visible ASCII without"):
         validate_headers({"a b": "v"})
+    with pytest.raises(InvalidEnvelope, match="visible ASCII without"):
+        validate_headers({"a:b": "v"})
+    with pytest.raises(InvalidEnvelope, match="line break"):
+        validate_headers({"a": "one\ntwo"})
 
 
 def test_the_trie_agrees_with_the_reference_on_random_patterns_and_subjects() -> None:

@@ -9,6 +9,7 @@ a busy subscriber gets its events in batches rather than a message each.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -18,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus.local import LocalBus
-from kosmos_grpc.bus.nats_backend import NatsEventBus
+from kosmos_grpc.bus.nats_backend import DEFAULT_DURABLE, DEFAULT_MAX_DELIVERIES, NatsEventBus
 from kosmos_grpc.client import channel_options
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate
 from kosmos_grpc.errors import KosmosError, to_status
@@ -27,14 +28,19 @@ from kosmos_grpc.subjects import check_subject, validate_headers
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from kosmos_grpc.bus.subscription import Subscription
+
 __all__ = ["BUS_SERVICE", "BrokerServer", "EventBusServicer"]
 
 BUS_SERVICE: str = events_pb2.DESCRIPTOR.services_by_name["EventBusService"].full_name
 
 # What a subscription buffers: when the event expires (time.time_ns) and its framed bytes.
 Item = tuple[int, bytes]
-# The most events one SubscribeResponse carries.
+# The most events, and about the most bytes, one SubscribeResponse carries.
 MAX_BATCH = 256
+MAX_BATCH_BYTES = 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 
 def _expired(item: Item) -> bool:
@@ -61,6 +67,8 @@ class EventBusServicer:
         self.payload_limit = payload_limit
         #: When set, events go through this NATS connection instead of the LocalBus.
         self.nats = nats
+        #: Events a publish stream carried that broke a rule, skipped.
+        self.refused = 0
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> NoReturn:
         status = to_status(error)
@@ -78,17 +86,23 @@ class EventBusServicer:
         return validate(event.message, payload_limit=self.payload_limit, require_action=False)
 
     async def _publish(self, event: events_pb2.Event) -> int:
-        """Publish on the LocalBus, or to NATS (where how many took it is not known: 0)."""
+        """Publish on the LocalBus, or to NATS (where how many took it is not known: 0).
+
+        Bridged, a durable subject goes through JetStream as it would from a NATS client.
+        """
         if self.nats is None:
             return self.publish(event)
         self._check(event)
-        await self.nats.publish_message(event.subject, event.message, dict(event.headers))
+        if self.nats.is_durable(event.subject):
+            await self.nats.publish_durable(event.subject, event.message, dict(event.headers))
+        else:
+            await self.nats.publish_message(event.subject, event.message, dict(event.headers))
         return 0
 
     async def Publish(
         self, request: events_pb2.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> events_pb2.PublishResponse:
-        """Validate the event and hand it to every matching subscription."""
+        """Validate the event and hand it to every matching subscription (deliveries 0 when bridged to NATS)."""
         try:
             delivered = await self._publish(request.event)
         except KosmosError as exc:
@@ -98,16 +112,18 @@ class EventBusServicer:
     async def PublishStream(
         self, requests: AsyncIterator[events_pb2.PublishStreamRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> events_pb2.PublishStreamResponse:
-        """Publish batches of events in order; the first bad one ends the stream, naming it."""
+        """Publish batches of events in order. A bad event is skipped, counted and logged: the
+        stream and the events after it go on (the Python client checks events before it sends)."""
         accepted = 0
-        try:
-            async for request in requests:
-                for event in request.events:
+        async for request in requests:
+            for event in request.events:
+                try:
                     await self._publish(event)
-                    accepted += 1
-        except KosmosError as exc:
-            exc.metadata["accepted"] = str(accepted)
-            await self._abort(context, exc)
+                except KosmosError as exc:
+                    self.refused += 1
+                    log.warning("refused an event on %r from a publish stream: %s", event.subject, exc)
+                    continue
+                accepted += 1
         return events_pb2.PublishStreamResponse(accepted=accepted)
 
     async def Subscribe(
@@ -127,8 +143,7 @@ class EventBusServicer:
             # them knows every event published afterwards reaches it.
             await context.send_initial_metadata(())
             async for _, frame in subscription:
-                waiting = subscription.take_ready(MAX_BATCH - 1)
-                yield frame + b"".join(f for _, f in waiting) if waiting else frame
+                yield _batch(frame, subscription)
         finally:
             self.bus.remove(subscription)
 
@@ -144,12 +159,21 @@ class EventBusServicer:
         try:
             await context.send_initial_metadata(())
             async for event in subscription:
-                batch = [event, *subscription.take_ready(MAX_BATCH - 1)]
-                yield b"".join(
-                    _frame(events_pb2.Event(subject=e.subject, headers=e.headers, message=e.message)) for e in batch
-                )
+                yield _frame(events_pb2.Event(subject=event.subject, headers=event.headers, message=event.message))
         finally:
             await subscription.unsubscribe()
+
+
+def _batch(first: bytes, subscription: Subscription[Item]) -> bytes:
+    """``first`` and what else is waiting, as one SubscribeResponse well inside the size limit."""
+    frames, size = [first], len(first)
+    while size < MAX_BATCH_BYTES and len(frames) < MAX_BATCH:
+        more = subscription.take_ready(1)
+        if not more:
+            break
+        frames.append(more[0][1])
+        size += len(more[0][1])
+    return b"".join(frames) if len(frames) > 1 else first
 
 
 def add_bus_servicer(servicer: EventBusServicer, server: grpc.aio.Server) -> None:
@@ -182,9 +206,14 @@ class BrokerServer:
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
         grace_seconds: float = 5.0,
         nats_url: str | None = None,
+        durable: tuple[str, ...] = DEFAULT_DURABLE,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     ) -> None:
         self.servicer = EventBusServicer(payload_limit=payload_limit)
         self.nats_url = nats_url
+        self.payload_limit = payload_limit
+        self.durable = durable
+        self.max_deliveries = max_deliveries
         self.health = health.aio.HealthServicer()
         self.grace_seconds = grace_seconds
         self._requested = address
@@ -210,7 +239,14 @@ class BrokerServer:
             raise OSError(f"cannot listen on {self._requested}: the address is in use or not available")
         if self.nats_url is not None:
             try:
-                self.servicer.nats = await NatsEventBus(self.nats_url, source_agent="broker").connect()
+                nats = NatsEventBus(
+                    self.nats_url,
+                    source_agent="broker",
+                    payload_limit=self.payload_limit,
+                    durable=self.durable,
+                    max_deliveries=self.max_deliveries,
+                )
+                self.servicer.nats = await nats.connect()
             except BaseException:
                 await self._server.stop(0)
                 raise

@@ -12,10 +12,10 @@ import grpc
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus.broker import BUS_SERVICE
 from kosmos_grpc.bus.event import Event
-from kosmos_grpc.bus.metrics import RECEIVED, published, subject_label
+from kosmos_grpc.bus.metrics import published, received
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 from kosmos_grpc.client import channel_options
-from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS, new_message
+from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS, new_message, validate
 from kosmos_grpc.errors import KosmosError, from_rpc_error
 from kosmos_grpc.subjects import check_subject, validate_headers
 
@@ -29,6 +29,7 @@ BACKEND = "embedded"
 SUBSCRIBE_TIMEOUT = 10.0
 OUTBOX_CAPACITY = 8192
 MAX_BATCH = 256
+MAX_BATCH_BYTES = 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class GrpcEventBus:
     ) -> None:
         self.address = address
         self.source_agent = source_agent
+        self.payload_limit = payload_limit
         self._channel = grpc.aio.insecure_channel(address, options=channel_options(payload_limit))
         self._publish = self._channel.unary_unary(
             f"/{BUS_SERVICE}/Publish",
@@ -58,6 +60,7 @@ class GrpcEventBus:
             response_deserializer=events_pb2.PublishStreamResponse.FromString,
         )
         self._readers: set[asyncio.Task[None]] = set()
+        self._subscriptions: set[Subscription[Event]] = set()
         # Events published without acknowledgement wait here for the writer task, which sends
         # whatever has gathered as one batch; when the broker cannot keep up, publish waits.
         self._outbox: asyncio.Queue[events_pb2.Event] = asyncio.Queue(OUTBOX_CAPACITY)
@@ -81,6 +84,8 @@ class GrpcEventBus:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        for subscription in list(self._subscriptions):
+            await subscription.unsubscribe()
         readers = list(self._readers)
         for task in readers:
             task.cancel()
@@ -127,6 +132,7 @@ class GrpcEventBus:
             message_id=message_id,
             into=event.message,
         )
+        validate(event.message, payload_limit=self.payload_limit, require_action=False)
         published(BACKEND, subject).inc()
         if not acknowledge:
             if self._writer is None:
@@ -144,27 +150,40 @@ class GrpcEventBus:
         await self._outbox.join()
 
     async def _write(self) -> None:
-        """Send the outbox as batches over one PublishStream, reopening it if it breaks."""
+        """Send the outbox as batches over one PublishStream, reopening it whenever it breaks."""
         outbox = self._outbox
         while True:
             call = self._publish_stream()
             batch = events_pb2.PublishStreamRequest()
             try:
                 while True:
-                    batch.events.append(await outbox.get())
-                    while len(batch.events) < MAX_BATCH and not outbox.empty():
-                        batch.events.append(outbox.get_nowait())
+                    first = await outbox.get()
+                    batch.events.append(first)
+                    size = first.ByteSize()
+                    # A batch stays well inside the message size limit, however large its events.
+                    while len(batch.events) < MAX_BATCH and size < MAX_BATCH_BYTES and not outbox.empty():
+                        event = outbox.get_nowait()
+                        batch.events.append(event)
+                        size += event.ByteSize()
                     count = len(batch.events)
                     await call.write(batch)
                     batch = events_pb2.PublishStreamRequest()
                     for _ in range(count):
                         outbox.task_done()
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            except Exception as exc:  # the call ended (a broker restart, say): reopen it, count the loss
                 lost = len(batch.events)
                 self.lost += lost
                 for _ in range(lost):
                     outbox.task_done()
-                log.warning("publish stream to %s broke (%s); %d events lost, reopening", self.address, exc, lost)
+                log.warning(
+                    "publish stream to %s broke (%s); %d events lost, reopening",
+                    self.address,
+                    type(exc).__name__,
+                    lost,
+                )
                 call.cancel()
                 await asyncio.sleep(0.1)
 
@@ -194,23 +213,25 @@ class GrpcEventBus:
             call.cancel()
             raise KosmosError(f"the broker at {self.address} did not take the subscription in time") from None
 
-        async def stop(_: Subscription[Event]) -> None:
+        async def stop(ended: Subscription[Event]) -> None:
+            self._subscriptions.discard(ended)
             call.cancel()
 
         subscription: Subscription[Event] = Subscription(
             pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=Event.expired
         )
-
-        received = RECEIVED.labels(BACKEND, subject_label(pattern))
+        self._subscriptions.add(subscription)
 
         async def read() -> None:
             try:
                 async for reply in call:
                     for event in reply.events:
-                        received.inc()
+                        received(BACKEND, event.subject).inc()
                         subscription.offer(Event.from_proto(event))
-            except grpc.aio.AioRpcError:
-                pass  # the broker went away or the call was cancelled: the subscription ends
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.CANCELLED:  # not our own unsubscribe
+                    subscription.error = f"the broker at {self.address} ended the subscription: {exc.code().name}"
+                    log.warning("%s", subscription.error)
             finally:
                 subscription.close()
 

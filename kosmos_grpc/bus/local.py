@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
-from kosmos_grpc.subjects import SubjectTrie
+from kosmos_grpc.subjects import SubjectTrie, pattern_tokens
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,12 +31,14 @@ class _Group(Generic[T]):
     def offer(self, event: T) -> bool:
         """Hand the event to the next member in turn, or the one after it if that one is full."""
         count = len(self.members)
-        for step in range(count):
-            member = self.members[(self.turn + step) % count]
-            if member.offer(event):
-                self.turn = (self.turn + step + 1) % count
+        for step in range(count):  # the next member in turn that has room
+            index = (self.turn + step) % count
+            if not self.members[index].full and self.members[index].offer(event):
+                self.turn = (index + 1) % count
                 return True
-        return False
+        member = self.members[self.turn]  # all full: the one in turn drops it, and counts it
+        self.turn = (self.turn + 1) % count
+        return member.offer(event)
 
 
 class LocalBus(Generic[T]):
@@ -52,6 +54,7 @@ class LocalBus(Generic[T]):
 
     def subscribe(self, pattern: str, queue: str | None = None, *, capacity: int = DEFAULT_CAPACITY) -> Subscription[T]:
         """A new subscription to ``pattern`` (InvalidEnvelope naming ``pattern`` when it is not one)."""
+        pattern_tokens(pattern)  # before anything is made or stored
         subscription: Subscription[T] = Subscription(
             pattern, queue or None, capacity=capacity, on_unsubscribe=self._forget, expired=self._expired
         )

@@ -6,11 +6,14 @@ of series stays bounded however many subjects are used.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
-__all__ = ["DROPPED", "PUBLISHED", "RECEIVED", "published", "subject_label"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["DROPPED", "PUBLISHED", "RECEIVED", "published", "received", "subject_label"]
 
 PUBLISHED = Counter(
     "nats_messages_published_total", "Events published, by backend and subject prefix.", ("backend", "subject")
@@ -30,15 +33,20 @@ def subject_label(subject: str) -> str:
     return ".".join(subject.split(".", 3)[:3])
 
 
-_published: dict[tuple[str, str], Any] = {}
+def _cached(counter: Counter) -> Callable[[str, str], Any]:
+    """``counter``'s child for (backend, subject), looked up once per subject rather than per event."""
+    children: dict[tuple[str, str], Any] = {}
 
+    def child(backend: str, subject: str) -> Any:
+        found = children.get((backend, subject))
+        if found is None:
+            if len(children) >= 4096:
+                children.clear()
+            found = children[(backend, subject)] = counter.labels(backend, subject_label(subject))
+        return found
 
-def published(backend: str, subject: str) -> Any:
-    """The published counter for a subject (its child looked up once per subject, not per event)."""
-    key = (backend, subject)
-    child = _published.get(key)
-    if child is None:
-        if len(_published) >= 4096:
-            _published.clear()
-        child = _published[key] = PUBLISHED.labels(backend, subject_label(subject))
     return child
+
+
+published = _cached(PUBLISHED)
+received = _cached(RECEIVED)

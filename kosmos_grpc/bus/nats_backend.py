@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any, Self
 
@@ -29,7 +30,7 @@ from nats.js.errors import BadRequestError
 
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
 from kosmos_grpc.bus.event import Event
-from kosmos_grpc.bus.metrics import RECEIVED, published, subject_label
+from kosmos_grpc.bus.metrics import published, received
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS, new_message
 from kosmos_grpc.errors import AgentUnavailable, KosmosError, PayloadTooLarge
@@ -88,6 +89,7 @@ class NatsEventBus:
         self.max_deliveries = max_deliveries
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._subscriptions: set[Subscription[Event]] = set()
         #: Events received that were not a kosmos envelope, and so were skipped.
         self.undecodable = 0
 
@@ -106,26 +108,31 @@ class NatsEventBus:
         except (OSError, NatsError, TimeoutError) as exc:
             raise AgentUnavailable(f"cannot reach NATS at {self.url}: {exc or type(exc).__name__}") from None
         if self.durable:
-            await self._ensure_stream()
+            try:
+                await self._ensure_stream()
+            except BaseException:
+                await self._nc.close()
+                raise
         return self
 
     async def _ensure_stream(self) -> None:
         """The JetStream stream that keeps the durable subjects (made, or brought up to date)."""
         self._js = self.nc.jetstream()
-        config = StreamConfig(name=STREAM, subjects=list(self.durable), storage=StorageType.FILE)
+        subjects = [*self.durable, DEAD_LETTER_PREFIX + ">"]
+        config = StreamConfig(name=STREAM, subjects=subjects, storage=StorageType.FILE)
         try:
             try:
                 await self._js.add_stream(config)
             except BadRequestError:  # it exists with other subjects: take ours too
                 info = await self._js.stream_info(STREAM)
-                config.subjects = sorted({*(info.config.subjects or []), *self.durable})
+                config.subjects = sorted({*(info.config.subjects or []), *subjects})
                 await self._js.update_stream(config)
         except (NatsError, TimeoutError) as exc:
             raise AgentUnavailable(f"NATS at {self.url} has no JetStream (run it with -js): {exc}") from None
 
     def is_durable(self, subject: str) -> bool:
         """Whether events on ``subject`` go through JetStream."""
-        return any(matches(pattern, subject) for pattern in self.durable)
+        return self._js is not None and any(matches(pattern, subject) for pattern in self.durable)
 
     async def _on_error(self, error: Exception) -> None:
         log.warning("NATS connection to %s: %s", self.url, error)
@@ -138,7 +145,7 @@ class NatsEventBus:
         return self._nc
 
     async def __aenter__(self) -> Self:
-        return await self.connect()
+        return self if self._nc is not None else await self.connect()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -146,7 +153,9 @@ class NatsEventBus:
         await self.close()
 
     async def close(self) -> None:
-        """Send what is buffered, then close the connection."""
+        """Send what is buffered, end every subscription, then close the connection."""
+        for subscription in list(self._subscriptions):
+            await subscription.unsubscribe()
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await self._nc.drain()
@@ -182,13 +191,13 @@ class NatsEventBus:
             raise PayloadTooLarge(
                 f"payload is {size} bytes, over the limit of {self.payload_limit} bytes", metadata={"field": "payload"}
             )
-        if self._js is not None and self.is_durable(subject):
-            await self._publish_durable(subject, message, dict(headers or {}))
+        if self.is_durable(subject):
+            await self.publish_durable(subject, message, dict(headers or {}), timeout_ms if acknowledge else None)
             return message.message_id
         await self.publish_message(subject, message, dict(headers) if headers else None)
         if acknowledge:
             try:
-                await self.nc.flush(timeout=max(1, round(timeout_ms / 1000)))
+                await self.nc.flush(timeout=max(1, math.ceil(timeout_ms / 1000)))  # nats-py counts whole seconds
             except (NatsError, TimeoutError) as exc:
                 raise AgentUnavailable(f"NATS at {self.url} did not confirm: {exc or type(exc).__name__}") from None
         return message.message_id
@@ -203,12 +212,24 @@ class NatsEventBus:
             raise AgentUnavailable(f"cannot publish to NATS at {self.url}: {exc or type(exc).__name__}") from None
         published(BACKEND, subject).inc()
 
-    async def _publish_durable(self, subject: str, message: envelope_pb2.AgentMessage, headers: dict[str, str]) -> None:
-        """Publish to JetStream until it acknowledges, retrying while the server is away (within the TTL)."""
+    async def publish_durable(
+        self,
+        subject: str,
+        message: envelope_pb2.AgentMessage,
+        headers: dict[str, str],
+        timeout_ms: float | None = None,
+    ) -> None:
+        """Publish to JetStream until it acknowledges, retrying while the server is away.
+
+        The retries last as long as the event's TTL, or ``timeout_ms`` when that is shorter.
+        """
         assert self._js is not None
         headers["Nats-Msg-Id"] = message.message_id  # a retry of the same event is a duplicate
         data = message.SerializeToString()
-        deadline = time.monotonic() + (message.ttl_ms or DEFAULT_TTL_MS) / 1000
+        patience = (message.ttl_ms or DEFAULT_TTL_MS) / 1000
+        if timeout_ms is not None:
+            patience = min(patience, timeout_ms / 1000)
+        deadline = time.monotonic() + patience
         wait = 0.05
         while True:
             try:
@@ -234,23 +255,29 @@ class NatsEventBus:
         pattern_tokens(pattern)
         if self._js is None:
             raise KosmosError(f"no durable subjects on this bus: {pattern!r} cannot have a durable subscription")
-        js, received = self._js, RECEIVED.labels(BACKEND, subject_label(pattern))
+        js = self._js
         native: list[Any] = []
 
-        async def stop(_: Subscription[Event]) -> None:
+        async def stop(ended: Subscription[Event]) -> None:
+            self._subscriptions.discard(ended)
             if native and not self.nc.is_closed:
                 with contextlib.suppress(NatsError):
                     await native[0].unsubscribe()  # the consumer stays, and keeps what comes next
 
         subscription: Subscription[Event] = Subscription(pattern, on_unsubscribe=stop, backend=BACKEND)
+        subscription.close()  # its events go to the handler, never to iteration
+        self._subscriptions.add(subscription)
 
         async def deliver(msg: Msg) -> None:
-            received.inc()
+            received(BACKEND, msg.subject).inc()
             try:
                 event = Event(msg.subject, _headers(msg), envelope_pb2.AgentMessage.FromString(msg.data))
             except DecodeError:
                 self.undecodable += 1
                 await msg.term()
+                return
+            if event.expired():  # its TTL ran out while it waited: never delivered
+                await msg.ack()
                 return
             try:
                 await handler(event)
@@ -258,7 +285,7 @@ class NatsEventBus:
                 subscription.handler_errors += 1
                 if msg.metadata.num_delivered >= self.max_deliveries:
                     log.exception("durable %s gave up on %s: dead-lettered", name, msg.subject)
-                    await self.nc.publish(DEAD_LETTER_PREFIX + msg.subject, msg.data, headers=msg.headers)
+                    await self._dead_letter(msg)
                     await msg.term()
                 else:
                     log.exception("durable %s: handler failed on %s; it will be redelivered", name, msg.subject)
@@ -272,6 +299,14 @@ class NatsEventBus:
         except (NatsError, TimeoutError) as exc:
             raise AgentUnavailable(f"cannot subscribe durably on NATS at {self.url}: {exc}") from None
         return subscription
+
+    async def _dead_letter(self, msg: Msg) -> None:
+        """Keep an event its handler gave up on, on ``kosmos.deadletter.<subject>`` (in JetStream too)."""
+        assert self._js is not None
+        try:
+            await self._js.publish(DEAD_LETTER_PREFIX + msg.subject, msg.data, headers=msg.headers, timeout=2.0)
+        except (NatsError, TimeoutError) as exc:
+            log.error("could not dead-letter an event from %s: %s", msg.subject, exc)
 
     async def flush(self) -> None:
         """Wait until the server has everything published so far."""
@@ -288,10 +323,10 @@ class NatsEventBus:
         """Subscribe to ``pattern``; every event published after this returns reaches the subscription."""
         pattern_tokens(pattern)
         nc = self.nc
-        received = RECEIVED.labels(BACKEND, subject_label(pattern))
         native: list[Any] = []  # the nats-py subscription, once made
 
-        async def stop(_: Subscription[Event]) -> None:
+        async def stop(ended: Subscription[Event]) -> None:
+            self._subscriptions.discard(ended)
             if native and not nc.is_closed:
                 try:
                     await native[0].unsubscribe()
@@ -301,10 +336,11 @@ class NatsEventBus:
         subscription: Subscription[Event] = Subscription(
             pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=Event.expired, backend=BACKEND
         )
+        self._subscriptions.add(subscription)
 
         async def deliver(msg: Msg) -> None:
             # nats-py calls this in order, one message at a time: it only buffers, never waits.
-            received.inc()
+            received(BACKEND, msg.subject).inc()
             try:
                 message = envelope_pb2.AgentMessage.FromString(msg.data)
             except DecodeError:

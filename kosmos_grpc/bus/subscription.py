@@ -46,6 +46,8 @@ class Subscription(Generic[T]):
         self.dropped = 0
         #: Handler calls that raised.
         self.handler_errors = 0
+        #: Why the subscription ended, when it was not unsubscribed (the broker went away, say).
+        self.error: str | None = None
         self._buffer: asyncio.Queue[T | object] = asyncio.Queue(capacity)
         self._closed = False
         self._on_unsubscribe = on_unsubscribe
@@ -57,6 +59,11 @@ class Subscription(Generic[T]):
     def closed(self) -> bool:
         """Whether the subscription has ended."""
         return self._closed
+
+    @property
+    def full(self) -> bool:
+        """Whether the buffer has no room left."""
+        return self._buffer.full()
 
     def offer(self, event: T) -> bool:
         """Buffer ``event`` without waiting; False (and counted) when it had to be dropped."""
