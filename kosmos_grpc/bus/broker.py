@@ -76,7 +76,8 @@ class EventBusServicer:
         raise AssertionError("abort returned")  # pragma: no cover - abort always raises
 
     def publish(self, event: events_pb2.Event) -> int:
-        """Validate ``event`` (KosmosError naming the field) and hand it to every matching subscription."""
+        """Validate ``event`` (KosmosError naming the field) and hand it to every matching subscription
+        on the LocalBus (Publish and PublishStream go through ``_publish``, which also bridges)."""
         ttl_left = self._check(event)
         return self.bus.publish(event.subject, (time.time_ns() + int(ttl_left * 1e9), _frame(event)))
 
@@ -164,16 +165,14 @@ class EventBusServicer:
             await subscription.unsubscribe()
 
 
+def _weigh(item: Item) -> int:
+    return len(item[1])
+
+
 def _batch(first: bytes, subscription: Subscription[Item]) -> bytes:
     """``first`` and what else is waiting, as one SubscribeResponse well inside the size limit."""
-    frames, size = [first], len(first)
-    while size < MAX_BATCH_BYTES and len(frames) < MAX_BATCH:
-        more = subscription.take_ready(1)
-        if not more:
-            break
-        frames.append(more[0][1])
-        size += len(more[0][1])
-    return b"".join(frames) if len(frames) > 1 else first
+    more = subscription.take_ready(MAX_BATCH - 1, MAX_BATCH_BYTES - len(first), _weigh)
+    return first + b"".join(frame for _, frame in more) if more else first
 
 
 def add_bus_servicer(servicer: EventBusServicer, server: grpc.aio.Server) -> None:

@@ -2,8 +2,9 @@
 
 Subjects and patterns are NATS's own (``*`` and ``>`` mean the same), queue groups are NATS
 queue groups, headers are NATS headers, and the envelope travels as the serialized
-``AgentMessage``. nats-py reconnects on its own and resubscribes; subscriptions go on after a
-server restart.
+``AgentMessage``. nats-py reconnects on its own and resubscribes, so subscriptions go on after
+a server restart (it keeps trying for about a minute; then the connection closes and so do the
+subscriptions).
 
 Most subjects get NATS core's at-most-once delivery. Subjects named durable (by default the
 audit log) go through a JetStream stream: a publish waits for the stream's acknowledgement

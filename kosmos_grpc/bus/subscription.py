@@ -117,11 +117,15 @@ class Subscription(Generic[T]):
                 continue  # its TTL ran out while it waited here: never delivered
             return event  # type: ignore[return-value]
 
-    def take_ready(self, limit: int) -> list[T]:
-        """Up to ``limit`` more events already buffered, without waiting (expired ones skipped)."""
+    def take_ready(self, limit: int, budget: int = 0, weigh: Callable[[T], int] | None = None) -> list[T]:
+        """Up to ``limit`` more events already buffered, without waiting (expired ones skipped).
+
+        With ``weigh``, taking stops once the events taken weigh ``budget`` or more.
+        """
         taken: list[T] = []
         buffer = self._buffer
-        while len(taken) < limit and not buffer.empty():
+        weight = 0
+        while len(taken) < limit and not buffer.empty() and (weigh is None or weight < budget):
             event = buffer.get_nowait()
             if event is _CLOSED:
                 with contextlib.suppress(asyncio.QueueFull):
@@ -129,6 +133,8 @@ class Subscription(Generic[T]):
                 break
             if self._expired is None or not self._expired(event):  # type: ignore[arg-type]
                 taken.append(event)  # type: ignore[arg-type]
+                if weigh is not None:
+                    weight += weigh(event)  # type: ignore[arg-type]
         return taken
 
     def start_handler(self, handler: Callable[[T], Awaitable[None]]) -> None:
