@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= kosmos.toml
 
-.PHONY: help install run test lint format typecheck buf-lint proto proto-check pytest bench clean
+.PHONY: help install run test lint format typecheck buf-lint proto proto-check pytest bench bench-instructions clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ pytest: install ## the tests
 bench: install ## the benchmarks against bare grpcio (not part of make test)
 	$(BIN)/python -m benchmarks.core
 	$(BIN)/python -m benchmarks.events
+
+bench-instructions: install ## CPU instructions per call and per chunk, counted by valgrind (a few minutes)
+	$(BIN)/python -m benchmarks.instructions
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
