@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from google.protobuf import struct_pb2
 
     from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
+    from kosmos_grpc.bus.protocol import EventBus
 
 __all__ = [
     "DEFAULT_TIMEOUT_MS",
@@ -45,7 +46,6 @@ __all__ = [
     "CallScope",
     "Chunk",
     "Coordinator",
-    "EventPublisher",
     "Response",
     "channel_options",
 ]
@@ -165,7 +165,7 @@ class Coordinator:
         *,
         source_agent: str = "client",
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
-        events: EventPublisher | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.source_agent = source_agent
@@ -426,17 +426,7 @@ class _AgentStub:
         )
 
 
-class EventPublisher(Protocol):
-    """What the coordinator announces delegations through: an event bus."""
-
-    async def publish(
-        self, subject: str, payload: Mapping[str, Any] | None = None, *, correlation_id: str | None = None
-    ) -> str:
-        """Publish an event without waiting for its subscribers; its message_id."""
-        ...
-
-
-async def _announce(events: EventPublisher, agent: str, action: str, message: envelope_pb2.AgentMessage) -> None:
+async def _announce(events: EventBus, agent: str, action: str, message: envelope_pb2.AgentMessage) -> None:
     """Publish a delegation on ``kosmos.agents.<agent>.requests`` (not its payload: only what it is)."""
     payload = {
         "action": action,
@@ -448,7 +438,7 @@ async def _announce(events: EventPublisher, agent: str, action: str, message: en
 
 
 async def _outcome(
-    events: EventPublisher, agent: str, action: str, message: envelope_pb2.AgentMessage, status: str, answered: str
+    events: EventBus, agent: str, action: str, message: envelope_pb2.AgentMessage, status: str, answered: str
 ) -> None:
     """Publish how a delegation ended on ``kosmos.agents.<agent>.responses``."""
     payload = {"action": action, "message_id": message.message_id, "status": status, "answered_by": answered}
@@ -456,7 +446,7 @@ async def _outcome(
 
 
 async def _tell(
-    events: EventPublisher,
+    events: EventBus,
     subject: Callable[[str], str],
     agent: str,
     payload: dict[str, Any],

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Self
 import grpc
 
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
-from kosmos_grpc.bus.broker import BUS_SERVICE
+from kosmos_grpc.bus.broker import BUS_SERVICE, MAX_BATCH, MAX_BATCH_BYTES
 from kosmos_grpc.bus.event import Event
 from kosmos_grpc.bus.metrics import published, received
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
@@ -28,8 +28,6 @@ __all__ = ["GrpcEventBus"]
 BACKEND = "embedded"
 SUBSCRIBE_TIMEOUT = 10.0
 OUTBOX_CAPACITY = 8192
-MAX_BATCH = 256
-MAX_BATCH_BYTES = 1024 * 1024
 
 log = logging.getLogger(__name__)
 
