@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_TTL_MS",
     "AgentMessage",
     "Priority",
+    "check_payload_size",
     "dict_to_struct",
     "new_message",
     "new_message_id",
@@ -242,10 +243,15 @@ def validate(
             f"ttl_ms expired: the message is {ttl_ms - remaining * 1000:.0f} ms old and its ttl_ms is {ttl_ms}",
             metadata={"field": "ttl_ms"},
         )
+    check_payload_size(message, payload_limit)
+    return remaining
+
+
+def check_payload_size(message: envelope_pb2.AgentMessage, payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> None:
+    """PayloadTooLarge (naming ``payload``) when the payload is over ``payload_limit`` bytes."""
     size = message.payload.ByteSize()
     if size > payload_limit:
         raise PayloadTooLarge(
             f"payload is {size} bytes, over the limit of {payload_limit} bytes",
             metadata={"field": "payload", "limit": str(payload_limit)},
         )
-    return remaining

@@ -8,6 +8,7 @@ could match it, not on how many subscriptions exist.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from kosmos_grpc.errors import InvalidEnvelope
@@ -53,11 +54,13 @@ _REST = ">"
 _WHITESPACE = frozenset(" \t\r\n\f\v")
 
 
+@functools.lru_cache(maxsize=1024)  # announced on every delegation: built once per agent
 def agent_requests(agent: str) -> str:
     """``kosmos.agents.<agent>.requests``: where delegations to ``agent`` are announced."""
     return f"kosmos.agents.{_token(agent, 'agent')}.requests"
 
 
+@functools.lru_cache(maxsize=1024)
 def agent_responses(agent: str) -> str:
     """``kosmos.agents.<agent>.responses``: where the outcomes of delegations to ``agent`` go."""
     return f"kosmos.agents.{_token(agent, 'agent')}.responses"

@@ -459,3 +459,22 @@ async def test_delegation_events_can_be_turned_off(broker: BrokerServer, mesh: M
             await client.delegate("zeus", "delegate", {"agent": "echo", "action": "echo", "payload": {"a": 1}})
         await asyncio.sleep(0.3)
         assert heard.take_ready(10) == [], "no delegation was announced"
+
+
+async def test_a_subscriber_that_stopped_reading_never_holds_up_publishers(broker: BrokerServer) -> None:
+    async with grpc.aio.insecure_channel(broker.address) as channel, GrpcEventBus(broker.address) as bus:
+        stuck = channel.unary_stream(
+            "/kosmos.v1.EventBusService/Subscribe",
+            request_serializer=events_pb2.SubscribeRequest.SerializeToString,
+            response_deserializer=events_pb2.SubscribeResponse.FromString,
+        )(events_pb2.SubscribeRequest(pattern=USER_ACTION))
+        await stuck.initial_metadata()  # subscribed, and never read from again
+        reader = await bus.subscribe(USER_ACTION, capacity=2000)
+        blob = "x" * 16_384
+        async with asyncio.timeout(60):  # 24 MB: far past what the stuck stream's window and buffer hold
+            for i in range(1500):
+                await bus.publish(USER_ACTION, {"i": i, "blob": blob}, acknowledge=True)
+        assert [e.payload["i"] for e in await take(reader, 1500, seconds=20)] == list(range(1500))
+        at_broker = broker.servicer.bus._trie.match(USER_ACTION)
+        assert any(s.dropped > 0 for s in at_broker), "the stuck subscriber's buffer at the broker overflowed"
+        stuck.cancel()

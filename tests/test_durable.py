@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-
-import pytest
 
 from kosmos_grpc.bus import Event, NatsEventBus
 from kosmos_grpc.envelope import new_message_id
 from kosmos_grpc.subjects import AUDIT_LOG
 
 from .conftest import NatsServer
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[NatsServer]:
-    nats = NatsServer()
-    await nats.start()
-    try:
-        yield nats
-    finally:
-        await nats.stop()
 
 
 class Recorder:
@@ -54,8 +41,8 @@ class Recorder:
                 await self.changed.wait()
 
 
-async def test_a_durable_subscriber_that_was_down_receives_what_it_missed_in_order(server: NatsServer) -> None:
-    async with NatsEventBus(server.url, source_agent="test") as bus:
+async def test_a_durable_subscriber_that_was_down_receives_what_it_missed_in_order(nats_server: NatsServer) -> None:
+    async with NatsEventBus(nats_server.url, source_agent="test") as bus:
         first = Recorder()
         subscription = await bus.subscribe_durable(AUDIT_LOG, "auditor", first)
         await bus.publish(AUDIT_LOG, {"n": 0})
@@ -69,8 +56,8 @@ async def test_a_durable_subscriber_that_was_down_receives_what_it_missed_in_ord
         assert second.seen == [{"n": n} for n in range(1, 6)]
 
 
-async def test_a_failing_handler_gets_the_event_again_then_succeeds(server: NatsServer) -> None:
-    async with NatsEventBus(server.url, source_agent="test", max_deliveries=5) as bus:
+async def test_a_failing_handler_gets_the_event_again_then_succeeds(nats_server: NatsServer) -> None:
+    async with NatsEventBus(nats_server.url, source_agent="test", max_deliveries=5) as bus:
         flaky = Recorder(fail_times=2)
         subscription = await bus.subscribe_durable(AUDIT_LOG, "flaky", flaky)
         message_id = await bus.publish(AUDIT_LOG, {"n": 1})
@@ -79,8 +66,8 @@ async def test_a_failing_handler_gets_the_event_again_then_succeeds(server: Nats
         assert subscription.handler_errors == 2
 
 
-async def test_an_event_that_keeps_failing_goes_to_the_dead_letter_subject(server: NatsServer) -> None:
-    async with NatsEventBus(server.url, source_agent="test", max_deliveries=3) as bus:
+async def test_an_event_that_keeps_failing_goes_to_the_dead_letter_subject(nats_server: NatsServer) -> None:
+    async with NatsEventBus(nats_server.url, source_agent="test", max_deliveries=3) as bus:
         dead = await bus.subscribe("kosmos.deadletter.>")
         hopeless = Recorder(fail_times=100)
         await bus.subscribe_durable(AUDIT_LOG, "hopeless", hopeless)
@@ -93,8 +80,8 @@ async def test_an_event_that_keeps_failing_goes_to_the_dead_letter_subject(serve
         assert hopeless.attempts[message_id] == 3, "delivered at most max_deliveries times"
 
 
-async def test_a_duplicate_message_id_is_delivered_once(server: NatsServer) -> None:
-    async with NatsEventBus(server.url, source_agent="test") as bus:
+async def test_a_duplicate_message_id_is_delivered_once(nats_server: NatsServer) -> None:
+    async with NatsEventBus(nats_server.url, source_agent="test") as bus:
         recorder = Recorder()
         await bus.subscribe_durable(AUDIT_LOG, "dedupe", recorder)
         message_id = new_message_id()
@@ -105,19 +92,19 @@ async def test_a_duplicate_message_id_is_delivered_once(server: NatsServer) -> N
         assert recorder.seen == [{"copy": 1}, {"after": True}]
 
 
-async def test_durable_events_published_while_the_server_was_down_are_not_lost(server: NatsServer) -> None:
-    async with NatsEventBus(server.url, source_agent="test") as bus:
+async def test_durable_events_published_while_the_server_was_down_are_not_lost(nats_server: NatsServer) -> None:
+    async with NatsEventBus(nats_server.url, source_agent="test") as bus:
         recorder = Recorder()
         await bus.subscribe_durable(AUDIT_LOG, "survivor", recorder)
         await bus.publish(AUDIT_LOG, {"n": 0})
         await recorder.wait_for(1)
-        await server.stop(clean=False)
+        await nats_server.stop(clean=False)
         publishing = asyncio.create_task(bus.publish(AUDIT_LOG, {"n": 1}))  # retried until the stream takes it
         await asyncio.sleep(0.5)
         assert not publishing.done(), "the publish waits for JetStream rather than dropping the event"
-        await server.start()  # the same port and store
+        await nats_server.start()  # the same port and store
         await asyncio.wait_for(publishing, 30)
         await recorder.wait_for(2, seconds=30)
-        # Nothing lost, in order. A server killed before it stored the first ack may hand that
+        # Nothing lost, in order. A nats_server killed before it stored the first ack may hand that
         # event over again: durable delivery is at least once, and the message_id tells them apart.
         assert recorder.distinct_payloads() == [{"n": 0}, {"n": 1}]

@@ -11,13 +11,12 @@ import grpc
 
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus.broker import BUS_SERVICE, MAX_BATCH, MAX_BATCH_BYTES
-from kosmos_grpc.bus.event import Event
+from kosmos_grpc.bus.event import Event, event_message
 from kosmos_grpc.bus.metrics import published, received
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 from kosmos_grpc.client import channel_options
-from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS, new_message, validate
+from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS
 from kosmos_grpc.errors import KosmosError, from_rpc_error
-from kosmos_grpc.subjects import check_subject, validate_headers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -114,23 +113,22 @@ class GrpcEventBus:
             InvalidEnvelope: the subject, headers or payload break a rule (the field is named).
             KosmosError: with ``acknowledge``, the broker refused it or could not be reached.
         """
-        check_subject(subject)
         request = events_pb2.PublishRequest()
         event = request.event
-        event.subject = subject
-        if headers:
-            validate_headers(headers)
-            event.headers.update(headers)
-        new_message(
-            "",
+        event_message(
+            subject,
             payload,
+            headers,
             source_agent=self.source_agent,
             correlation_id=correlation_id,
             ttl_ms=ttl_ms,
             message_id=message_id,
+            payload_limit=self.payload_limit,
             into=event.message,
         )
-        validate(event.message, payload_limit=self.payload_limit, require_action=False)
+        event.subject = subject
+        if headers:
+            event.headers.update(headers)
         published(BACKEND, subject).inc()
         if not acknowledge:
             if self._writer is None:

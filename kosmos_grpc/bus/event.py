@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from kosmos_grpc.envelope import DEFAULT_TTL_MS, struct_to_dict
+from kosmos_grpc.envelope import DEFAULT_TTL_MS, check_payload_size, new_message, struct_to_dict
+from kosmos_grpc.subjects import check_subject, validate_headers
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from kosmos_grpc._proto.kosmos.v1 import envelope_pb2, events_pb2
 
-__all__ = ["Event"]
+__all__ = ["Event", "event_message"]
 
 
 class Event:
@@ -49,3 +52,36 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event(subject={self.subject!r}, message_id={self.message_id!r}, payload={self.payload!r})"
+
+
+def event_message(
+    subject: str,
+    payload: Mapping[str, Any] | None,
+    headers: Mapping[str, str] | None,
+    *,
+    source_agent: str,
+    correlation_id: str | None,
+    ttl_ms: int,
+    message_id: str | None,
+    payload_limit: int,
+    into: envelope_pb2.AgentMessage | None = None,
+) -> envelope_pb2.AgentMessage:
+    """The envelope of an event to publish on ``subject``, after every check a publisher makes.
+
+    Raises InvalidEnvelope naming the subject, headers or payload, or PayloadTooLarge. The
+    envelope is new, so its id, timestamp and TTL need no further checking.
+    """
+    check_subject(subject)
+    if headers:
+        validate_headers(headers)
+    message = new_message(
+        "",
+        payload,
+        source_agent=source_agent,
+        correlation_id=correlation_id,
+        ttl_ms=ttl_ms,
+        message_id=message_id,
+        into=into,
+    )
+    check_payload_size(message, payload_limit)
+    return message

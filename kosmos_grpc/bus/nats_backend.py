@@ -30,12 +30,12 @@ from nats.js.api import ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
-from kosmos_grpc.bus.event import Event
+from kosmos_grpc.bus.event import Event, event_message
 from kosmos_grpc.bus.metrics import published, received
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
-from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS, new_message
-from kosmos_grpc.errors import AgentUnavailable, KosmosError, PayloadTooLarge
-from kosmos_grpc.subjects import check_subject, matches, pattern_tokens, validate_headers
+from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS
+from kosmos_grpc.errors import AgentUnavailable, KosmosError
+from kosmos_grpc.subjects import matches, pattern_tokens
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -176,22 +176,16 @@ class NatsEventBus:
         timeout_ms: float = 5_000,
     ) -> str:
         """Publish an event and return its message_id; with ``acknowledge``, wait until the server has it."""
-        check_subject(subject)
-        if headers:
-            validate_headers(headers)
-        message = new_message(
-            "",
+        message = event_message(
+            subject,
             payload,
+            headers,
             source_agent=self.source_agent,
             correlation_id=correlation_id,
             ttl_ms=ttl_ms,
             message_id=message_id,
+            payload_limit=self.payload_limit,
         )
-        size = message.payload.ByteSize()
-        if size > self.payload_limit:
-            raise PayloadTooLarge(
-                f"payload is {size} bytes, over the limit of {self.payload_limit} bytes", metadata={"field": "payload"}
-            )
         if self.is_durable(subject):
             await self.publish_durable(subject, message, dict(headers or {}), timeout_ms if acknowledge else None)
             return message.message_id
