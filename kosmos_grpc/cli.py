@@ -46,7 +46,9 @@ def _payload(text: str | None) -> dict[str, Any]:
 
 
 def _client(config: MeshConfig) -> Coordinator:
-    return Coordinator(config.addresses(), source_agent="cli", payload_limit=config.payload_limit)
+    return Coordinator(
+        config.addresses(), source_agent="cli", payload_limit=config.payload_limit, resilience=config.resilience
+    )
 
 
 async def _call(config: MeshConfig, args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from kosmos_grpc.errors import (
     from_rpc_error,
 )
 from kosmos_grpc.registry import Registry
+from kosmos_grpc.resilience import Resilience, ResiliencePolicy
 from kosmos_grpc.subjects import agent_requests, agent_responses
 
 if TYPE_CHECKING:
@@ -73,12 +75,16 @@ def channel_options(payload_limit: int = DEFAULT_PAYLOAD_LIMIT, *, server: bool 
 # one's __init__ costs several times more.
 @dataclass(slots=True)
 class Response:
-    """An agent's answer: which agent answered, to which message, and the result."""
+    """An agent's answer: which agent answered, to which message, and the result.
+
+    ``fallback_for`` names the agent asked for when another answered in its place.
+    """
 
     agent: str
     request_message_id: str
     correlation_id: str
     result: dict[str, Any]
+    fallback_for: str | None = None
 
 
 class Chunk:
@@ -166,9 +172,14 @@ class Coordinator:
         source_agent: str = "client",
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
         events: EventBus | None = None,
+        resilience: Resilience | ResiliencePolicy | None = None,
     ) -> None:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.source_agent = source_agent
+        #: Retries, a circuit breaker per target and fallbacks, applied to every delegate and stream.
+        self.resilience = (
+            resilience if isinstance(resilience, Resilience) else Resilience(resilience, source=source_agent)
+        )
         #: Where each delegation announces itself on ``kosmos.agents.<target>.requests`` and its
         #: outcome on ``.responses``; None turns that off.
         self.events = events
@@ -281,29 +292,41 @@ class Coordinator:
             KosmosError: the subclass for the gRPC status the call ended with, for instance
                 AgentNotFound, ActionNotFound, InvalidEnvelope or DeadlineExceeded.
         """
-        stub = self._stub(agent)
         request = agent_pb2.ExecuteRequest()
+        message = request.message
         timeout = self._prepare(
-            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, request.message
+            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, message
         )
+        deadline = time.monotonic() + timeout
         events = self.events
         if events is not None:
-            await _announce(events, agent, action, request.message)
+            await _announce(events, agent, action, message)
+
+        async def attempt(target: str) -> agent_pb2.ExecuteResponse:
+            message.target_agent = target
+            try:
+                reply: agent_pb2.ExecuteResponse = await self._stub(target).Execute(
+                    request, timeout=_left(deadline, target, action)
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise _explain(exc, target, action, timeout) from None
+            return reply
+
         try:
-            reply = await stub.Execute(request, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            error = _explain(exc, agent, action, timeout)
+            reply = await self.resilience.call(agent, attempt, deadline)
+        except KosmosError as error:
             if events is not None:
-                await _outcome(events, agent, action, request.message, error.code.name, "")
-            raise error from None
+                await _outcome(events, agent, action, message, error.code.name, "")
+            raise
         response = reply.response
         if events is not None:
-            await _outcome(events, agent, action, request.message, "OK", response.agent)
+            await _outcome(events, agent, action, message, "OK", response.agent)
         return Response(
             agent=response.agent,
             request_message_id=response.request_message_id,
             correlation_id=response.correlation_id,
             result=struct_to_dict(response.result),
+            fallback_for=agent if response.agent != agent else None,
         )
 
     async def stream(
@@ -328,33 +351,54 @@ class Coordinator:
             KosmosError: as :meth:`delegate` does, at the point the stream fails;
                 StreamBroken when it ends without its final marker.
         """
-        stub = self._stub(agent)
         request = agent_pb2.StreamRequest()
+        message = request.message
         timeout = self._prepare(
-            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, request.message
+            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, message
         )
+        deadline = time.monotonic() + timeout
         events = self.events
         if events is not None:
-            await _announce(events, agent, action, request.message)
-        call = stub.Stream(request, timeout=timeout)
+            await _announce(events, agent, action, message)
         outcome, answered = "CANCELLED", ""  # unless the stream ends one way or the other
+        target = agent
+
+        async def start(to: str) -> tuple[_StreamCall, object]:
+            # Resilience covers a stream until its first reply: after that, chunks have been seen.
+            nonlocal target
+            message.target_agent = target = to
+            call = self._stub(to).Stream(request, timeout=_left(deadline, to, action))
+            try:
+                return call, await call.read()
+            except grpc.aio.AioRpcError as exc:
+                raise _explain(exc, to, action, timeout) from None
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+
+        call: _StreamCall | None = None
         try:
-            async for reply in call:
-                chunk = reply.chunk
+            call, reply = opened = await self.resilience.call(agent, start, deadline)
+            while reply is not grpc.aio.EOF:
+                chunk = reply.chunk  # type: ignore[attr-defined]
                 if chunk.final:
                     outcome, answered = "OK", chunk.agent
                     return
                 yield Chunk(chunk.agent, chunk.sequence, wire=chunk.data)
+                try:
+                    reply = await opened[0].read()
+                except grpc.aio.AioRpcError as exc:
+                    raise _explain(exc, target, action, timeout) from None
             outcome = "DATA_LOSS"
-        except grpc.aio.AioRpcError as exc:
-            error = _explain(exc, agent, action, timeout)
+        except KosmosError as error:
             outcome = error.code.name
-            raise error from None
+            raise
         finally:
-            call.cancel()
+            if call is not None:
+                call.cancel()
             if events is not None:
-                await _outcome(events, agent, action, request.message, outcome, answered)
-        raise StreamBroken(f"the stream from {agent}.{action} ended without its final marker")
+                await _outcome(events, agent, action, message, outcome, answered)
+        raise StreamBroken(f"the stream from {target}.{action} ended without its final marker")
 
     async def describe(self, agent: str, *, timeout_ms: float = 5_000) -> AgentCard:
         """The agent's card: name, version and actions."""
@@ -388,6 +432,17 @@ class Coordinator:
             raise _explain(exc, agent, "health", timeout_ms / 1000) from None
         name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         return name
+
+
+_StreamCall = grpc.aio.UnaryStreamCall[agent_pb2.StreamRequest, agent_pb2.StreamResponse]
+
+
+def _left(deadline: float, agent: str, action: str) -> float:
+    """Seconds left before ``deadline``, or DeadlineExceeded when none are."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded(f"no time left to call {agent}.{action}: the deadline has passed")
+    return left
 
 
 _SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name

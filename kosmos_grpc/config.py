@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -14,6 +15,7 @@ import grpc
 
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT
 from kosmos_grpc.errors import KosmosError
+from kosmos_grpc.resilience import BreakerPolicy, ResiliencePolicy, RetryPolicy
 from kosmos_grpc.subjects import pattern_tokens
 
 if TYPE_CHECKING:
@@ -39,6 +41,11 @@ class AgentConfig:
     object: str
     address: str
     max_concurrent_rpcs: int | None = None
+    #: Handlers run at once; more calls wait in a priority queue of ``queue_limit`` (None: no limit).
+    max_concurrency: int | None = None
+    queue_limit: int = 100
+    #: The agent that answers in this one's place when it is unavailable or its circuit is open.
+    fallback: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,11 @@ class MeshConfig:
     #: subscription's handler may fail on one event before it is dead-lettered.
     durable: tuple[str, ...] = ("kosmos.events.audit.log",)
     max_deliveries: int = 5
+    #: Retry and breaker policies for calls to each agent, and the fallbacks.
+    resilience: ResiliencePolicy = field(default_factory=ResiliencePolicy)
+    #: How long, and for how many calls at most, a server remembers executed message_ids.
+    idempotency_seconds: float = 300.0
+    idempotency_entries: int = 10_000
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -92,6 +104,71 @@ def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where
     return value
 
 
+def _optional(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    return _typed(table, key, kind, where) if key in table else None
+
+
+def _retry(table: dict[str, Any], where: str, base: RetryPolicy) -> RetryPolicy:
+    values = {
+        attr: _typed(table, key, kind, where)
+        for key, attr, kind in (
+            ("attempts", "attempts", int),
+            ("initial_seconds", "initial", (int, float)),
+            ("max_seconds", "maximum", (int, float)),
+            ("jitter_seconds", "jitter", (int, float)),
+        )
+        if key in table
+    }
+    try:
+        return dataclasses.replace(base, **values)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _breaker(table: dict[str, Any], where: str, base: BreakerPolicy) -> BreakerPolicy:
+    values: dict[str, Any] = {
+        attr: _typed(table, key, kind, where)
+        for key, attr, kind in (
+            ("failure_threshold", "failure_threshold", int),
+            ("recovery_timeout_seconds", "recovery_timeout", (int, float)),
+            ("half_open_max_calls", "half_open_max_calls", int),
+        )
+        if key in table
+    }
+    if "statuses" in table:
+        codes = []
+        for name in _typed(table, "statuses", list, where):
+            code = grpc.StatusCode.__members__.get(str(name).upper())
+            if code is None:
+                raise ConfigError(f"{where}.statuses: {name!r} is not a gRPC status name")
+            codes.append(code)
+        values["counted"] = frozenset(codes)
+    try:
+        return dataclasses.replace(base, **values)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _resilience(data: dict[str, Any], agents: dict[str, AgentConfig], path: Path) -> ResiliencePolicy:
+    """``[retry]`` and ``[breaker]`` for every agent, ``[agents.<name>.retry|breaker]`` for one, and fallbacks."""
+    tables = {key: _typed(data, key, dict, "config") if key in data else {} for key in ("retry", "breaker")}
+    retry = _retry(tables["retry"], "retry", RetryPolicy())
+    breaker = _breaker(tables["breaker"], "breaker", BreakerPolicy())
+    retries, breakers, fallbacks = {}, {}, {}
+    for name, table in data.get("agents", {}).items():
+        where = f"agents.{name}"
+        if "retry" in table:
+            retries[name] = _retry(_typed(table, "retry", dict, where), f"{where}.retry", retry)
+        if "breaker" in table:
+            breakers[name] = _breaker(_typed(table, "breaker", dict, where), f"{where}.breaker", breaker)
+        fallback = agents[name].fallback
+        if fallback is not None:
+            if fallback not in agents or fallback == name:
+                raise ConfigError(f"{path}: agents.{name}.fallback {fallback!r} is not another agent of the mesh")
+            fallbacks[name] = fallback
+    return ResiliencePolicy(retry=retry, breaker=breaker, retries=retries, breakers=breakers, fallbacks=fallbacks)
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
     """Read a mesh config: ``path``, else ``$KOSMOS_CONFIG``, else ``./kosmos.toml``."""
     path = Path(path or os.environ.get("KOSMOS_CONFIG") or DEFAULT_CONFIG)
@@ -108,20 +185,24 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
         for key in ("object", "address"):
             if key not in table:
                 raise ConfigError(f"{path}: {where} needs {key!r}")
-        limit = table.get("max_concurrent_rpcs")
         agents[name] = AgentConfig(
             name=name,
             object=_typed(table, "object", str, where),
             address=_typed(table, "address", str, where),
-            max_concurrent_rpcs=None if limit is None else _typed(table, "max_concurrent_rpcs", int, where),
+            max_concurrent_rpcs=_optional(table, "max_concurrent_rpcs", int, where),
+            max_concurrency=_optional(table, "max_concurrency", int, where),
+            queue_limit=_typed(table, "queue_limit", int, where) if "queue_limit" in table else 100,
+            fallback=_optional(table, "fallback", str, where),
         )
     if not agents:
         raise ConfigError(f"{path}: no [agents.<name>] tables")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"resilience": _resilience(data, agents, path)}
     for key, attr, kind in (
         ("payload_limit_bytes", "payload_limit", int),
         ("grace_seconds", "grace_seconds", (int, float)),
         ("max_concurrent_rpcs", "max_concurrent_rpcs", int),
+        ("idempotency_seconds", "idempotency_seconds", (int, float)),
+        ("idempotency_entries", "idempotency_entries", int),
     ):
         if key in mesh:
             kwargs[attr] = _typed(mesh, key, kind, "mesh")

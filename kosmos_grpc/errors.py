@@ -12,6 +12,7 @@ the same class on the client::
     ├── WrongCallKind                FAILED_PRECONDITION
     ├── DeadlineExceeded             DEADLINE_EXCEEDED  (also a TimeoutError)
     ├── AgentUnavailable             UNAVAILABLE
+    │   └── CircuitOpen                (the caller's breaker refused the call without sending it)
     ├── ResourceExhausted            RESOURCE_EXHAUSTED
     │   └── PayloadTooLarge
     ├── Cancelled                    CANCELLED
@@ -35,6 +36,7 @@ __all__ = [
     "AgentNotFound",
     "AgentUnavailable",
     "Cancelled",
+    "CircuitOpen",
     "DeadlineExceeded",
     "InvalidEnvelope",
     "KosmosError",
@@ -128,6 +130,19 @@ class AgentUnavailable(KosmosError):
     reason = "AGENT_UNAVAILABLE"
 
 
+class CircuitOpen(AgentUnavailable):
+    """The circuit to the agent is open: the call failed at once, nothing was sent.
+
+    ``retry_after`` says when the breaker will let a probe through; retrying sooner cannot help.
+    """
+
+    reason = "CIRCUIT_OPEN"
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
 class ResourceExhausted(KosmosError):
     """The agent is overloaded or a limit was hit."""
 
@@ -171,6 +186,7 @@ _BY_REASON: dict[str, type[KosmosError]] = {
         WrongCallKind,
         DeadlineExceeded,
         AgentUnavailable,
+        CircuitOpen,
         ResourceExhausted,
         PayloadTooLarge,
         Cancelled,

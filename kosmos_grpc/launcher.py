@@ -63,6 +63,11 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
         grace_seconds=config.grace_seconds,
         max_concurrent_rpcs=spec.max_concurrent_rpcs or config.max_concurrent_rpcs,
         delegation_events=config.delegation_events,
+        max_concurrency=spec.max_concurrency,
+        queue_limit=spec.queue_limit,
+        idempotency_seconds=config.idempotency_seconds,
+        idempotency_entries=config.idempotency_entries,
+        resilience=config.resilience,
     )
 
     async def attach(broker: str | None) -> None:

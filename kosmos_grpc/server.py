@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2, agent_pb2_grpc, envelope_pb2
+from kosmos_grpc.admission import Admission
 from kosmos_grpc.agent import ActionSpec, Agent, Context
 from kosmos_grpc.client import Chunk, Coordinator, channel_options
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, dict_to_struct, validate
@@ -29,11 +30,14 @@ from kosmos_grpc.errors import (
     WrongCallKind,
     to_status,
 )
+from kosmos_grpc.idempotency import ExecutedCalls, Outcome
 from kosmos_grpc.registry import Registry
 from kosmos_grpc.runtime import until
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from kosmos_grpc.resilience import ResiliencePolicy
 
     from google.protobuf import struct_pb2
 
@@ -49,6 +53,9 @@ AGENT_SERVICE: str = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_
 # three significant digits (30 s arrives as up to 30.1 s), so "no later" allows for 1% more.
 _DEADLINE_ROUNDING = 0.01
 _DEADLINE_SLACK = 0.002
+# A duplicate waits for the first call with its message_id; should that one not finish, the
+# duplicate runs itself. Each try ends when a call ends, so a few are plenty.
+_DUPLICATE_TRIES = 3
 
 
 def _fill(struct: struct_pb2.Struct, result: Any, agent: str, action: str) -> None:
@@ -70,8 +77,20 @@ def _fill(struct: struct_pb2.Struct, result: Any, agent: str, action: str) -> No
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """AgentService for one agent: validates each envelope, routes by action, enforces the deadline."""
 
-    def __init__(self, agent: Agent, coordinator: Coordinator, payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        coordinator: Coordinator,
+        payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+        *,
+        admission: Admission | None = None,
+        executed: ExecutedCalls[agent_pb2.ExecuteResponse] | None = None,
+    ) -> None:
         self.agent = agent
+        #: How many handlers run at once and how the rest wait (None: no limit of ours).
+        self.admission = admission
+        #: The message_ids executed lately, so a retried Execute does not run twice (None: off).
+        self.executed = executed
         self.coordinator = coordinator
         #: The event bus handlers reach through ``ctx.bus``, once the server has one.
         self.bus: EventBus | None = None
@@ -144,23 +163,77 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     f"action {message.action!r} streams: call Stream instead of Execute",
                     metadata={"field": "action"},
                 )
-            handler = self._handlers[spec.name]
-            if timer is None:
-                result = await handler(ctx, ctx.payload)
-            else:
-                result = await _within(handler(ctx, ctx.payload), timer, self._name, spec.name)
-            response = agent_pb2.ExecuteResponse()
-            reply = response.response
-            reply.agent = self._name
-            reply.request_message_id = message.message_id
-            reply.correlation_id = message.correlation_id
-            _fill(reply.result, result, self._name, spec.name)
-            return response
+            executed = self.executed
+            if executed is None:
+                return await self._execute(spec, ctx, timer)
+            for _ in range(_DUPLICATE_TRIES):
+                first, outcome = executed.claim(message.message_id)
+                if first:
+                    return await self._execute_once(spec, ctx, timer, executed, outcome)
+                # A retry of a call seen before: its outcome, once the first call has one.
+                waited = asyncio.shield(outcome)
+                reply, failure = await (waited if timer is None else _within(waited, timer, self._name, spec.name))
+                if reply is not None:
+                    return reply
+                if failure is not None:
+                    raise failure
+            raise _past_deadline(self._name, spec.name)  # pragma: no cover - each try waits for a call to end
         except KosmosError as exc:
             error = exc
         except Exception as exc:
             error = self._unexpected(exc, message)
         await self._abort(context, error)
+
+    async def _execute_once(
+        self,
+        spec: ActionSpec,
+        ctx: Context,
+        timer: float | None,
+        executed: ExecutedCalls[agent_pb2.ExecuteResponse],
+        outcome: asyncio.Future[Outcome[agent_pb2.ExecuteResponse]],
+    ) -> agent_pb2.ExecuteResponse:
+        """Run a call claimed by its message_id and record its outcome for the duplicates."""
+        message_id = ctx.message.message_id
+        reply: agent_pb2.ExecuteResponse | None = None
+        failure: KosmosError | None = None
+        try:
+            reply = await self._execute(spec, ctx, timer)
+            return reply
+        except KosmosError as exc:
+            if exc.retryable or isinstance(exc, DeadlineExceeded):
+                raise  # not finished: forgotten, so that a retry runs
+            failure = exc
+            raise
+        except Exception as exc:
+            failure = self._unexpected(exc, ctx.message)
+            raise failure from None
+        finally:
+            executed.settle(message_id, outcome, reply, failure)
+
+    async def _execute(self, spec: ActionSpec, ctx: Context, timer: float | None) -> agent_pb2.ExecuteResponse:
+        """Run a unary action under admission control and its deadline; its reply."""
+        admission = self.admission
+        if admission is not None:
+            await admission.acquire(ctx.message.priority, ctx.time_remaining(), f"{self._name}.{spec.name}")
+            if timer is not None and ctx.deadline is not None:
+                timer = ctx.deadline - time.monotonic()  # what the wait in the queue left
+        try:
+            handler = self._handlers[spec.name]
+            if timer is None:
+                result = await handler(ctx, ctx.payload)
+            else:
+                result = await _within(handler(ctx, ctx.payload), timer, self._name, spec.name)
+        finally:
+            if admission is not None:
+                admission.release()
+        message = ctx.message
+        response = agent_pb2.ExecuteResponse()
+        reply = response.response
+        reply.agent = self._name
+        reply.request_message_id = message.message_id
+        reply.correlation_id = message.correlation_id
+        _fill(reply.result, result, self._name, spec.name)
+        return response
 
     async def Stream(
         self, request: agent_pb2.StreamRequest | None, context: grpc.aio.ServicerContext[Any, Any]
@@ -170,8 +243,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await self._abort(context, _unreadable("StreamRequest"))
         message = request.message
         error: KosmosError
+        admitted = False
         try:
             spec, ctx, timer = self._admit(message, context)
+            admission = self.admission
+            if admission is not None:
+                await admission.acquire(message.priority, ctx.time_remaining(), f"{self._name}.{spec.name}")
+                admitted = True
+                if timer is not None and ctx.deadline is not None:
+                    timer = ctx.deadline - time.monotonic()
             handler = self._handlers[spec.name]
             items = handler(ctx, ctx.payload) if spec.streaming else _one(handler(ctx, ctx.payload))
             if timer is not None:
@@ -196,6 +276,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             error = exc
         except Exception as exc:
             error = self._unexpected(exc, message)
+        finally:
+            if admitted:
+                self.admission.release()  # type: ignore[union-attr]
         await self._abort(context, error)
 
     async def Describe(
@@ -320,13 +403,26 @@ class AgentServer:
         max_concurrent_rpcs: int | None = None,
         bus: EventBus | None = None,
         delegation_events: bool = True,
+        max_concurrency: int | None = None,
+        queue_limit: int = 100,
+        idempotency_seconds: float | None = 300.0,
+        idempotency_entries: int = 10_000,
+        resilience: ResiliencePolicy | None = None,
     ) -> None:
+        """Serve ``agent``; see :class:`~kosmos_grpc.config.MeshConfig` for what each limit means.
+
+        ``max_concurrency`` turns on the priority queue; ``idempotency_seconds=None`` turns off
+        the memory of executed message_ids; ``resilience`` is the policy of this agent's own
+        delegations (default: :class:`ResiliencePolicy`'s defaults).
+        """
         self.agent = agent
         self.bus: EventBus | None = None
         self.delegation_events = delegation_events
         self.grace_seconds = grace_seconds
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
-        self.coordinator = Coordinator(self.registry, source_agent=agent.name, payload_limit=payload_limit)
+        self.coordinator = Coordinator(
+            self.registry, source_agent=agent.name, payload_limit=payload_limit, resilience=resilience
+        )
         self.health = health.aio.HealthServicer()
         self._requested = address
         self._server = grpc.aio.server(
@@ -334,7 +430,13 @@ class AgentServer:
             options=[*channel_options(payload_limit, server=True), ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
-        self._servicer = AgentServicer(agent, self.coordinator, payload_limit)
+        self._servicer = AgentServicer(
+            agent,
+            self.coordinator,
+            payload_limit,
+            admission=None if max_concurrency is None else Admission(max_concurrency, queue_limit),
+            executed=None if idempotency_seconds is None else ExecutedCalls(idempotency_seconds, idempotency_entries),
+        )
         _add_servicer(self._servicer, self._server)
         if bus is not None:
             self.attach_bus(bus)

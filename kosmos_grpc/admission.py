@@ -1,0 +1,103 @@
+"""A server's admission control: at most N handlers at once, the rest waiting by priority in a bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from dataclasses import dataclass, field
+
+from kosmos_grpc.envelope import Priority
+from kosmos_grpc.errors import DeadlineExceeded, ResourceExhausted
+
+__all__ = ["Admission"]
+
+
+@dataclass(order=True, slots=True)
+class _Waiter:
+    """A waiting call; ordered best first. A settled ``slot`` marks one that left the queue."""
+
+    neg_rank: int
+    arrival: int
+    slot: asyncio.Future[None] = field(compare=False)
+
+
+class Admission:
+    """Lets ``max_concurrency`` calls run; later ones wait, served by priority, then arrival.
+
+    At most ``queue_limit`` calls wait. When one more arrives, the lowest-priority waiting call
+    (the latest of those) is shed with RESOURCE_EXHAUSTED and a RetryInfo of ``retry_after``
+    seconds, or the newcomer is when nothing waiting ranks below it: CRITICAL is shed last. A
+    call whose deadline passes while it waits is answered DEADLINE_EXCEEDED and never run.
+    """
+
+    def __init__(self, max_concurrency: int, queue_limit: int = 100, *, retry_after: float = 0.25) -> None:
+        if max_concurrency < 1 or queue_limit < 0:
+            raise ValueError("max_concurrency must be at least 1 and queue_limit not negative")
+        self.max_concurrency = max_concurrency
+        self.queue_limit = queue_limit
+        self.retry_after = retry_after
+        self.running = 0
+        self.waiting = 0
+        self._heap: list[_Waiter] = []
+        self._arrivals = itertools.count()
+
+    async def acquire(self, priority: int, seconds_left: float | None, what: str) -> None:
+        """Wait up to ``seconds_left`` for a slot; :meth:`release` it when the call ends."""
+        if self.running < self.max_concurrency and not self.waiting:
+            self.running += 1
+            return
+        rank = priority or Priority.NORMAL
+        if self.waiting >= self.queue_limit:
+            self._shed(rank, what)
+        loop = asyncio.get_running_loop()
+        slot: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._heap, _Waiter(-rank, next(self._arrivals), slot))
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(seconds_left):
+                await slot
+        except BaseException as exc:
+            if slot.done() and not slot.cancelled() and slot.exception() is None:
+                self.release()  # the slot was granted just as the wait ended: hand it on
+            elif not slot.done():
+                slot.cancel()
+                self.waiting -= 1
+                self._compact()
+            if isinstance(exc, TimeoutError):
+                raise DeadlineExceeded(
+                    f"{what} waited in the queue past its deadline and was never run", metadata={"field": "ttl_ms"}
+                ) from None
+            raise
+
+    def release(self) -> None:
+        """End a call: its slot goes to the best waiting call, if any."""
+        heap = self._heap
+        while heap:
+            slot = heapq.heappop(heap).slot
+            if not slot.done():
+                self.waiting -= 1
+                slot.set_result(None)
+                return
+        self.running -= 1
+
+    def _shed(self, rank: int, what: str) -> None:
+        """Make room for a call of ``rank``: shed the worst waiting call, or refuse this one."""
+        worst = max((w for w in self._heap if not w.slot.done()), default=None)
+        if worst is None or -worst.neg_rank >= rank:
+            raise self._overloaded(what, "no waiting call ranks below it")
+        worst.slot.set_exception(self._overloaded("a call", "a call of higher priority took its place"))
+        self.waiting -= 1
+
+    def _overloaded(self, what: str, why: str) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"{what} was shed: {self.running} calls running and {self.waiting} waiting, the most allowed, "
+            f"and {why}; retry in {self.retry_after:.2f} s",
+            retry_after=self.retry_after,
+        )
+
+    def _compact(self) -> None:
+        # Left-behind entries are dropped lazily by release(); rebuild when they pile up.
+        if len(self._heap) > 2 * self.queue_limit + 16:
+            self._heap = [w for w in self._heap if not w.slot.done()]
+            heapq.heapify(self._heap)
