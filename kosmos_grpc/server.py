@@ -37,11 +37,10 @@ from kosmos_grpc.runtime import until
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from kosmos_grpc.resilience import ResiliencePolicy
-
     from google.protobuf import struct_pb2
 
     from kosmos_grpc.bus.protocol import EventBus
+    from kosmos_grpc.resilience import ResiliencePolicy
 
 __all__ = ["AGENT_SERVICE", "AgentServer", "AgentServicer", "serve_forever"]
 
