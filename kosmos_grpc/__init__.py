@@ -4,7 +4,7 @@ Agents are gRPC servers speaking one generic ``kosmos.v1.AgentService``; a :clas
 delegates to them by name under deadlines, and streams their answers chunk by chunk.
 """
 
-from kosmos_grpc.agent import ActionSpec, Agent, Context, ScopedClient, action
+from kosmos_grpc.agent import ActionSpec, Agent, Context, action
 from kosmos_grpc.client import (
     ActionInfo,
     AgentCard,
@@ -12,6 +12,7 @@ from kosmos_grpc.client import (
     Chunk,
     Coordinator,
     Response,
+    ScopedClient,
 )
 from kosmos_grpc.config import AgentConfig, ConfigError, MeshConfig, load_agent, load_config
 from kosmos_grpc.envelope import (

@@ -7,17 +7,17 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, overload
 
-from kosmos_grpc.client import DEFAULT_TIMEOUT_MS, CallScope, Chunk, Coordinator, Response
+from kosmos_grpc.client import CallScope, Coordinator, ScopedClient
 from kosmos_grpc.config import ConfigError
 from kosmos_grpc.envelope import Priority, struct_to_dict
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import Callable, Mapping
 
     from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
     from kosmos_grpc.bus.protocol import EventBus
 
-__all__ = ["ActionSpec", "Agent", "Context", "ScopedClient", "action"]
+__all__ = ["ActionSpec", "Agent", "Context", "action"]
 
 JSON: TypeAlias = dict[str, Any]
 _MARK = "__kosmos_action__"
@@ -98,44 +98,6 @@ class Agent:
 
     async def on_stop(self) -> None:
         """Called after the server has drained its calls."""
-
-
-class ScopedClient:
-    """Delegates on behalf of a call being served: its deadline and correlation_id carry on."""
-
-    __slots__ = ("_coordinator", "_scope")
-
-    def __init__(self, coordinator: Coordinator, scope: CallScope) -> None:
-        self._coordinator = coordinator
-        self._scope = scope
-
-    async def delegate(
-        self,
-        agent: str,
-        action: str,
-        payload: Mapping[str, Any] | None = None,
-        *,
-        timeout_ms: float | None = DEFAULT_TIMEOUT_MS,
-        priority: Priority | int | str = Priority.NORMAL,
-    ) -> Response:
-        """Run ``action`` on ``agent`` within what is left of this call's deadline."""
-        return await self._coordinator.delegate(
-            agent, action, payload, timeout_ms=timeout_ms, priority=priority, scope=self._scope
-        )
-
-    def stream(
-        self,
-        agent: str,
-        action: str,
-        payload: Mapping[str, Any] | None = None,
-        *,
-        timeout_ms: float | None = DEFAULT_TIMEOUT_MS,
-        priority: Priority | int | str = Priority.NORMAL,
-    ) -> AsyncIterator[Chunk]:
-        """Stream ``action`` from ``agent`` within what is left of this call's deadline."""
-        return self._coordinator.stream(
-            agent, action, payload, timeout_ms=timeout_ms, priority=priority, scope=self._scope
-        )
 
 
 class Context:

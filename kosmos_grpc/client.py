@@ -18,6 +18,7 @@ from kosmos_grpc.envelope import (
     DEFAULT_TTL_MS,
     Priority,
     new_message,
+    new_message_id,
     struct_to_dict,
 )
 from kosmos_grpc.errors import (
@@ -49,6 +50,7 @@ __all__ = [
     "Chunk",
     "Coordinator",
     "Response",
+    "ScopedClient",
     "channel_options",
 ]
 
@@ -172,14 +174,19 @@ class Coordinator:
         source_agent: str = "client",
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
         events: EventBus | None = None,
-        resilience: Resilience | ResiliencePolicy | None = None,
+        resilience: Resilience | ResiliencePolicy | bool = True,
     ) -> None:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.source_agent = source_agent
-        #: Retries, a circuit breaker per target and fallbacks, applied to every delegate and stream.
-        self.resilience = (
-            resilience if isinstance(resilience, Resilience) else Resilience(resilience, source=source_agent)
-        )
+        #: Retries, a circuit breaker per target and fallbacks, applied to every delegate and stream;
+        #: None when ``resilience=False`` asked for calls exactly as made.
+        self.resilience: Resilience | None
+        if isinstance(resilience, Resilience):
+            self.resilience = resilience
+        elif isinstance(resilience, ResiliencePolicy):
+            self.resilience = Resilience(resilience, source=source_agent)
+        else:
+            self.resilience = Resilience(source=source_agent) if resilience else None
         #: Where each delegation announces itself on ``kosmos.agents.<target>.requests`` and its
         #: outcome on ``.responses``; None turns that off.
         self.events = events
@@ -313,7 +320,8 @@ class Coordinator:
             return reply
 
         try:
-            reply = await self.resilience.call(agent, attempt, deadline)
+            resilience = self.resilience
+            reply = await (attempt(agent) if resilience is None else resilience.call(agent, attempt, deadline))
         except KosmosError as error:
             if events is not None:
                 await _outcome(events, agent, action, message, error.code.name, "")
@@ -378,7 +386,10 @@ class Coordinator:
 
         call: _StreamCall | None = None
         try:
-            call, reply = opened = await self.resilience.call(agent, start, deadline)
+            resilience = self.resilience
+            call, reply = opened = await (
+                start(agent) if resilience is None else resilience.call(agent, start, deadline)
+            )
             while reply is not grpc.aio.EOF:
                 chunk = reply.chunk  # type: ignore[attr-defined]
                 if chunk.final:
@@ -399,6 +410,13 @@ class Coordinator:
             if events is not None:
                 await _outcome(events, agent, action, message, outcome, answered)
         raise StreamBroken(f"the stream from {target}.{action} ended without its final marker")
+
+    def scope(self, *, correlation_id: str | None = None, timeout_ms: float | None = None) -> ScopedClient:
+        """A client for one workflow: every call shares a correlation_id (default: a new one) and,
+        with ``timeout_ms``, one deadline."""
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        scope = CallScope(deadline, correlation_id or new_message_id(), self.source_agent)
+        return ScopedClient(self, scope)
 
     async def describe(self, agent: str, *, timeout_ms: float = 5_000) -> AgentCard:
         """The agent's card: name, version and actions."""
@@ -432,6 +450,61 @@ class Coordinator:
             raise _explain(exc, agent, "health", timeout_ms / 1000) from None
         name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         return name
+
+
+class ScopedClient:
+    """Delegates on behalf of a call or workflow: its deadline and correlation_id carry on to each call.
+
+    A handler has one as ``ctx.client``; :meth:`Coordinator.scope` makes one for a workflow.
+    """
+
+    __slots__ = ("_coordinator", "_scope")
+
+    def __init__(self, coordinator: Coordinator, scope: CallScope) -> None:
+        self._coordinator = coordinator
+        self._scope = scope
+
+    @property
+    def correlation_id(self) -> str:
+        """The workflow every call made through this client belongs to."""
+        return self._scope.correlation_id
+
+    @property
+    def coordinator(self) -> Coordinator:
+        """The coordinator the calls go through."""
+        return self._coordinator
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the scope's deadline, or None when it has none."""
+        return None if self._scope.deadline is None else self._scope.deadline - time.monotonic()
+
+    async def delegate(
+        self,
+        agent: str,
+        action: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        timeout_ms: float | None = DEFAULT_TIMEOUT_MS,
+        priority: Priority | int | str = Priority.NORMAL,
+    ) -> Response:
+        """Run ``action`` on ``agent`` within what is left of this call's deadline."""
+        return await self._coordinator.delegate(
+            agent, action, payload, timeout_ms=timeout_ms, priority=priority, scope=self._scope
+        )
+
+    def stream(
+        self,
+        agent: str,
+        action: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        timeout_ms: float | None = DEFAULT_TIMEOUT_MS,
+        priority: Priority | int | str = Priority.NORMAL,
+    ) -> AsyncIterator[Chunk]:
+        """Stream ``action`` from ``agent`` within what is left of this call's deadline."""
+        return self._coordinator.stream(
+            agent, action, payload, timeout_ms=timeout_ms, priority=priority, scope=self._scope
+        )
 
 
 _StreamCall = grpc.aio.UnaryStreamCall[agent_pb2.StreamRequest, agent_pb2.StreamResponse]

@@ -406,13 +406,13 @@ class AgentServer:
         queue_limit: int = 100,
         idempotency_seconds: float | None = 300.0,
         idempotency_entries: int = 10_000,
-        resilience: ResiliencePolicy | None = None,
+        resilience: ResiliencePolicy | bool = True,
     ) -> None:
         """Serve ``agent``; see :class:`~kosmos_grpc.config.MeshConfig` for what each limit means.
 
         ``max_concurrency`` turns on the priority queue; ``idempotency_seconds=None`` turns off
         the memory of executed message_ids; ``resilience`` is the policy of this agent's own
-        delegations (default: :class:`ResiliencePolicy`'s defaults).
+        delegations (True: :class:`ResiliencePolicy`'s defaults; False: none).
         """
         self.agent = agent
         self.bus: EventBus | None = None

@@ -2,11 +2,10 @@
 
 from kosmos_grpc.resilience.breaker import BreakerPolicy, CircuitBreaker, CircuitState
 from kosmos_grpc.resilience.interceptor import Resilience
-from kosmos_grpc.resilience.policy import NO_RESILIENCE, ResiliencePolicy
+from kosmos_grpc.resilience.policy import ResiliencePolicy
 from kosmos_grpc.resilience.retry import RetryPolicy, is_retryable, wait_server_hint
 
 __all__ = [
-    "NO_RESILIENCE",
     "BreakerPolicy",
     "CircuitBreaker",
     "CircuitState",

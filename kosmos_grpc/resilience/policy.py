@@ -37,7 +37,3 @@ class ResiliencePolicy:
             chain.append(following)
             following = self.fallbacks.get(following)
         return chain
-
-
-#: No retries, a breaker that never opens in practice, no fallbacks: calls exactly as sent.
-NO_RESILIENCE = ResiliencePolicy(retry=RetryPolicy(attempts=1))
