@@ -29,6 +29,7 @@ from kosmos_grpc.errors import (
     AgentNotFound,
     AgentUnavailable,
     Cancelled,
+    CircuitOpen,
     DeadlineExceeded,
     InvalidEnvelope,
     KosmosError,
@@ -39,6 +40,14 @@ from kosmos_grpc.errors import (
     from_rpc_error,
 )
 from kosmos_grpc.registry import Registry
+from kosmos_grpc.resilience import (
+    BreakerPolicy,
+    CircuitBreaker,
+    CircuitState,
+    Resilience,
+    ResiliencePolicy,
+    RetryPolicy,
+)
 from kosmos_grpc.server import AGENT_SERVICE, AgentServer, serve_forever
 
 __all__ = [
@@ -56,9 +65,13 @@ __all__ = [
     "AgentNotFound",
     "AgentServer",
     "AgentUnavailable",
+    "BreakerPolicy",
     "CallScope",
     "Cancelled",
     "Chunk",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "CircuitState",
     "ConfigError",
     "Context",
     "Coordinator",
@@ -69,8 +82,11 @@ __all__ = [
     "PayloadTooLarge",
     "Priority",
     "Registry",
+    "Resilience",
+    "ResiliencePolicy",
     "ResourceExhausted",
     "Response",
+    "RetryPolicy",
     "ScopedClient",
     "StreamBroken",
     "WrongCallKind",

@@ -58,12 +58,13 @@ class Admission:
             async with asyncio.timeout(seconds_left):
                 await slot
         except BaseException as exc:
-            if slot.done() and not slot.cancelled() and slot.exception() is None:
-                self.release()  # the slot was granted just as the wait ended: hand it on
-            elif not slot.done():
+            # Cancelling this task (a timeout, the caller leaving) cancels the future it awaits.
+            if not slot.done() or slot.cancelled():
                 slot.cancel()
                 self.waiting -= 1
                 self._compact()
+            elif slot.exception() is None:
+                self.release()  # the slot was granted just as the wait ended: hand it on
             if isinstance(exc, TimeoutError):
                 raise DeadlineExceeded(
                     f"{what} waited in the queue past its deadline and was never run", metadata={"field": "ttl_ms"}

@@ -70,7 +70,15 @@ def channel_options(payload_limit: int = DEFAULT_PAYLOAD_LIMIT, *, server: bool 
     """
     size = payload_limit + _ENVELOPE_HEADROOM
     receive = 2 * payload_limit + _ENVELOPE_HEADROOM if server else size
-    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", receive)]
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", size),
+        ("grpc.max_receive_message_length", receive),
+    ]
+    if not server:
+        # gRPC's reconnect backoff grows to 120 s by default: an agent that restarts would stay
+        # unreachable long after it is back. Agents of a mesh come back within seconds.
+        options += [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2_000)]
+    return options
 
 
 # Response and Chunk are made once per call or chunk: plain slotted dataclasses, as a frozen

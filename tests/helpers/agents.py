@@ -6,7 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from kosmos_grpc import Agent, Chunk, Context, action
+from kosmos_grpc import (
+    Agent,
+    AgentUnavailable,
+    Chunk,
+    Context,
+    InvalidEnvelope,
+    ResourceExhausted,
+    action,
+)
 
 
 class Echo(Agent):
@@ -159,3 +167,62 @@ class Announcer(Agent):
         """Publish payload.data on payload.subject, acknowledged."""
         message_id = await ctx.bus.publish(payload["subject"], payload["data"], acknowledge=True)
         return {"message_id": message_id}
+
+
+class Flaky(Agent):
+    """Fails the way it is told to a set number of times, then succeeds; records every call it runs."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []  # the message_id of every call that ran
+        self.effects = 0
+        self.ran = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    @action
+    async def fail_then_succeed(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Raise payload.error (unavailable, exhausted, internal, invalid) for the first payload.times calls.
+
+        With payload.only, only the agent of that name fails.
+        """
+        self.calls.append(ctx.message.message_id)
+        if payload.get("only", self.name) == self.name and len(self.calls) <= int(payload.get("times", 0)):
+            kind = payload.get("error", "unavailable")
+            if kind == "unavailable":
+                raise AgentUnavailable("flaky is having a bad moment")
+            if kind == "exhausted":
+                raise ResourceExhausted("flaky is busy", retry_after=payload.get("retry_after_s"))
+            if kind == "invalid":
+                raise InvalidEnvelope("payload.times", "flaky does not like this payload")
+            raise RuntimeError("flaky broke")
+        return {"attempt": len(self.calls)}
+
+    @action
+    async def effect(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Perform a side effect (count it), then wait for the gate and answer."""
+        self.calls.append(ctx.message.message_id)
+        self.effects += 1
+        self.ran.set()
+        await self.gate.wait()
+        return {"effects": self.effects}
+
+
+class Queued(Agent):
+    """Records the order its calls start in; each waits for the gate."""
+
+    name = "queued"
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.gate = asyncio.Event()
+        self.running = asyncio.Event()
+
+    @action
+    async def job(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Note payload.tag, then wait for the gate."""
+        self.order.append(str(payload.get("tag")))
+        self.running.set()
+        await self.gate.wait()
+        return {"tag": payload.get("tag")}

@@ -1,0 +1,117 @@
+"""A retried call runs once: the server remembers executed message_ids for a window, in bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kosmos_grpc import ActionFailed, AgentServer, AgentUnavailable, Coordinator, Registry
+from kosmos_grpc.envelope import new_message_id
+from kosmos_grpc.idempotency import ExecutedCalls
+from kosmos_grpc.resilience import ResiliencePolicy, RetryPolicy
+from tests.conftest import ManualClock, Mesh
+from tests.helpers.agents import Flaky
+from tests.helpers.proxy import Proxy
+
+FAST = ResiliencePolicy(retry=RetryPolicy(attempts=3, initial=0.05, maximum=0.2, jitter=0.01))
+
+
+async def test_a_duplicate_gets_the_first_result_without_running_again(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    message_id = new_message_id()
+    async with mesh.client(resilience=False) as client:
+        first = await client.delegate("flaky", "effect", message_id=message_id)
+        again = await client.delegate("flaky", "effect", message_id=message_id)
+        other = await client.delegate("flaky", "effect")
+    assert first.result == again.result == {"effects": 1}
+    assert other.result == {"effects": 2}
+    assert flaky.effects == 2
+
+
+async def test_a_duplicate_of_a_failed_call_gets_the_same_failure(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    message_id = new_message_id()
+    async with mesh.client(resilience=False) as client:
+        for _ in range(2):
+            with pytest.raises(ActionFailed, match="RuntimeError"):
+                await client.delegate(
+                    "flaky", "fail_then_succeed", {"times": 1, "error": "internal"}, message_id=message_id
+                )
+    assert len(flaky.calls) == 1
+
+
+async def test_a_call_that_did_not_finish_is_forgotten_so_its_retry_runs(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    message_id = new_message_id()
+    async with mesh.client(resilience=False) as client:
+        with pytest.raises(AgentUnavailable, match="bad moment"):
+            await client.delegate("flaky", "fail_then_succeed", {"times": 1}, message_id=message_id)
+        response = await client.delegate("flaky", "fail_then_succeed", {"times": 1}, message_id=message_id)
+    assert response.result == {"attempt": 2}
+
+
+async def test_a_duplicate_that_arrives_while_the_first_runs_waits_for_it(mesh: Mesh) -> None:
+    flaky = Flaky()
+    flaky.gate.clear()
+    await mesh.serve(flaky)
+    message_id = new_message_id()
+    async with mesh.client(resilience=False) as client:
+        first = asyncio.create_task(client.delegate("flaky", "effect", message_id=message_id))
+        await asyncio.wait_for(flaky.ran.wait(), 5)
+        second = asyncio.create_task(client.delegate("flaky", "effect", message_id=message_id))
+        await asyncio.sleep(0.1)
+        assert not second.done()  # waiting for the first, not answered and not run
+        flaky.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert [r.result for r in results] == [{"effects": 1}, {"effects": 1}]
+    assert flaky.effects == 1
+
+
+async def test_a_call_whose_connection_breaks_after_the_handler_ran_is_retried_and_runs_once() -> None:
+    flaky = Flaky()
+    registry = Registry()
+    server = AgentServer(flaky, registry=registry, grace_seconds=0)
+    await server.start()
+    proxy = Proxy(server.address)
+    await proxy.start()
+    try:
+        async with Coordinator({"flaky": proxy.address}, resilience=FAST) as client:
+            await client.health("flaky")  # the connection is up before replies are swallowed
+            proxy.swallow_replies()
+            call = asyncio.create_task(client.delegate("flaky", "effect", {}, timeout_ms=10_000))
+            await asyncio.wait_for(flaky.ran.wait(), 5)
+            for _ in range(100):  # bounded: the reply is written within moments
+                if proxy.swallowed:
+                    break
+                await asyncio.sleep(0.02)
+            assert proxy.swallowed, "the server's reply never came"
+            await proxy.cut()  # the handler has answered; its answer is lost with the connection
+            response = await asyncio.wait_for(call, 10)
+    finally:
+        await proxy.stop()
+        await server.stop(0)
+    assert response.result == {"effects": 1}
+    assert flaky.effects == 1  # the side effect happened exactly once
+    assert len(flaky.calls) == 1
+    assert response.request_message_id == flaky.calls[0]
+
+
+async def test_the_memory_of_executed_calls_is_bounded_and_forgets_after_its_window() -> None:
+    clock = ManualClock()
+    calls: ExecutedCalls[str] = ExecutedCalls(window=60, limit=100, clock=clock)
+    for i in range(250):
+        first, outcome = calls.claim(f"m{i}")
+        assert first
+        calls.settle(f"m{i}", outcome, f"r{i}", None)
+    assert len(calls) == 100
+    assert calls.claim("m0")[0]  # evicted: it would run again
+    first, outcome = calls.claim("m249")
+    assert not first
+    assert outcome.result() == ("r249", None)
+    clock.advance(61)
+    assert calls.claim("m249")[0]  # past the window
+    assert len(calls) == 1

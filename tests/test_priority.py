@@ -1,0 +1,110 @@
+"""The server's priority queue: bounded concurrency, priority then arrival, shedding and TTL while waiting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kosmos_grpc import Coordinator, DeadlineExceeded, ResourceExhausted
+from tests.conftest import Mesh
+from tests.helpers.agents import Queued
+
+
+async def _waiting(server_queue: Queued, mesh: Mesh, count: int) -> None:
+    """Until ``count`` calls wait in the queued agent's admission queue (bounded)."""
+    admission = mesh.servers[-1]._servicer.admission
+    assert admission is not None
+    for _ in range(250):
+        if admission.waiting == count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{admission.waiting} calls waiting, not {count}")
+
+
+def _job(client: Coordinator, tag: str, priority: str, **kwargs: object) -> asyncio.Task[object]:
+    return asyncio.create_task(client.delegate("queued", "job", {"tag": tag}, priority=priority, **kwargs))  # type: ignore[arg-type]
+
+
+async def test_a_critical_call_overtakes_queued_low_ones(mesh: Mesh) -> None:
+    agent = Queued()
+    await mesh.serve(agent, max_concurrency=1, queue_limit=10)
+    async with mesh.client(resilience=False) as client:
+        running = _job(client, "first", "normal")
+        await asyncio.wait_for(agent.running.wait(), 5)
+        lows = [_job(client, f"low{i}", "low") for i in range(3)]
+        await _waiting(agent, mesh, 3)
+        critical = _job(client, "critical", "critical")
+        await _waiting(agent, mesh, 4)
+        agent.gate.set()
+        await asyncio.wait_for(asyncio.gather(running, critical, *lows), 10)
+    assert agent.order == ["first", "critical", "low0", "low1", "low2"]
+
+
+async def test_waiting_calls_are_served_by_priority_then_arrival(mesh: Mesh) -> None:
+    agent = Queued()
+    await mesh.serve(agent, max_concurrency=1, queue_limit=10)
+    async with mesh.client(resilience=False) as client:
+        running = _job(client, "first", "normal")
+        await asyncio.wait_for(agent.running.wait(), 5)
+        tasks = []
+        for i, priority in enumerate(["low", "high", "normal", "high", "low"]):
+            tasks.append(_job(client, f"{priority}{i}", priority))
+            await _waiting(agent, mesh, i + 1)
+        agent.gate.set()
+        await asyncio.wait_for(asyncio.gather(running, *tasks), 10)
+    assert agent.order == ["first", "high1", "high3", "normal2", "low0", "low4"]
+
+
+async def test_a_full_queue_sheds_the_lowest_priority_call_with_retry_info(mesh: Mesh) -> None:
+    agent = Queued()
+    await mesh.serve(agent, max_concurrency=1, queue_limit=2)
+    async with mesh.client(resilience=False) as client:
+        running = _job(client, "first", "normal")
+        await asyncio.wait_for(agent.running.wait(), 5)
+        low = _job(client, "low", "low")
+        await _waiting(agent, mesh, 1)
+        normal = _job(client, "normal", "normal")
+        await _waiting(agent, mesh, 2)
+        high = _job(client, "high", "high")  # the queue is full: the low one makes way
+        with pytest.raises(ResourceExhausted) as caught:
+            await asyncio.wait_for(low, 5)
+        agent.gate.set()
+        await asyncio.wait_for(asyncio.gather(running, normal, high), 10)
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after > 0
+    assert "shed" in str(caught.value)
+    assert agent.order == ["first", "high", "normal"]
+
+
+async def test_critical_is_shed_last(mesh: Mesh) -> None:
+    agent = Queued()
+    await mesh.serve(agent, max_concurrency=1, queue_limit=2)
+    async with mesh.client(resilience=False) as client:
+        running = _job(client, "first", "normal")
+        await asyncio.wait_for(agent.running.wait(), 5)
+        queued = [_job(client, f"critical{i}", "critical") for i in range(2)]
+        await _waiting(agent, mesh, 2)
+        with pytest.raises(ResourceExhausted, match="shed"):  # nothing waiting ranks below it
+            await asyncio.wait_for(_job(client, "late", "high"), 5)
+        with pytest.raises(ResourceExhausted, match="shed"):  # a full queue of CRITICAL refuses even CRITICAL
+            await asyncio.wait_for(_job(client, "late", "critical"), 5)
+        agent.gate.set()
+        await asyncio.wait_for(asyncio.gather(running, *queued), 10)
+    assert agent.order == ["first", "critical0", "critical1"]
+
+
+async def test_a_call_whose_ttl_runs_out_while_it_waits_is_never_run(mesh: Mesh) -> None:
+    agent = Queued()
+    await mesh.serve(agent, max_concurrency=1, queue_limit=10)
+    async with mesh.client(resilience=False) as client:
+        running = _job(client, "first", "normal")
+        await asyncio.wait_for(agent.running.wait(), 5)
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(_job(client, "expires", "high", ttl_ms=200, timeout_ms=None), 5)
+        await _waiting(agent, mesh, 0)  # it left the queue
+        agent.gate.set()
+        await asyncio.wait_for(running, 5)
+        after = await client.delegate("queued", "job", {"tag": "after"})
+    assert after.result == {"tag": "after"}
+    assert agent.order == ["first", "after"]

@@ -1,0 +1,232 @@
+"""Retries, circuit breakers and fallbacks, against real agents on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from kosmos_grpc import (
+    ActionFailed,
+    AgentUnavailable,
+    CircuitOpen,
+    InvalidEnvelope,
+    ResourceExhausted,
+)
+from kosmos_grpc.resilience import BreakerPolicy, CircuitState, Resilience, ResiliencePolicy, RetryPolicy
+from tests.conftest import ManualClock, Mesh, free_port
+from tests.helpers.agents import Echo, Flaky
+
+FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05, jitter=0.01)
+
+
+def resilience(clock: ManualClock | None = None, **kwargs: object) -> Resilience:
+    policy = ResiliencePolicy(**{"retry": FAST, **kwargs})  # type: ignore[arg-type]
+    return Resilience(policy, clock=clock or ManualClock())
+
+
+async def test_an_agent_that_fails_twice_then_succeeds_is_retried_under_one_message_id(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    async with mesh.client(resilience=resilience()) as client:
+        response = await client.delegate("flaky", "fail_then_succeed", {"times": 2})
+    assert response.result == {"attempt": 3}
+    assert len(flaky.calls) == 3
+    assert len(set(flaky.calls)) == 1  # every retry reused the message_id
+    assert response.request_message_id == flaky.calls[0]
+
+
+@pytest.mark.parametrize(("error", "raised"), [("internal", ActionFailed), ("invalid", InvalidEnvelope)])
+async def test_an_error_that_is_not_retryable_is_not_retried(mesh: Mesh, error: str, raised: type[Exception]) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    async with mesh.client(resilience=resilience()) as client:
+        with pytest.raises(raised):
+            await client.delegate("flaky", "fail_then_succeed", {"times": 1, "error": error})
+    assert len(flaky.calls) == 1
+
+
+async def test_resource_exhausted_without_a_retry_delay_is_not_retried(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    async with mesh.client(resilience=resilience()) as client:
+        with pytest.raises(ResourceExhausted):
+            await client.delegate("flaky", "fail_then_succeed", {"times": 1, "error": "exhausted"})
+    assert len(flaky.calls) == 1
+
+
+async def test_resource_exhausted_is_retried_after_the_delay_the_server_asked_for(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    async with mesh.client(resilience=resilience()) as client:
+        started = time.monotonic()
+        response = await client.delegate(
+            "flaky", "fail_then_succeed", {"times": 1, "error": "exhausted", "retry_after_s": 0.3}
+        )
+        waited = time.monotonic() - started
+    assert response.result == {"attempt": 2}
+    assert waited >= 0.3  # the client's own backoff here is at most 0.05 s: this is the server's delay
+
+
+async def test_no_retry_starts_past_the_deadline(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    async with mesh.client(resilience=resilience()) as client:
+        started = time.monotonic()
+        with pytest.raises(ResourceExhausted) as caught:
+            await client.delegate(
+                "flaky", "fail_then_succeed", {"times": 5, "error": "exhausted", "retry_after_s": 5}, timeout_ms=500
+            )
+        elapsed = time.monotonic() - started
+    assert len(flaky.calls) == 1  # a retry after 5 s would start past the 0.5 s deadline
+    assert caught.value.retry_after == pytest.approx(5)
+    assert elapsed < 4
+
+
+async def test_the_retries_stop_after_the_policys_attempts(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    async with mesh.client(resilience=resilience()) as client:
+        with pytest.raises(AgentUnavailable):
+            await client.delegate("flaky", "fail_then_succeed", {"times": 10})
+    assert len(flaky.calls) == 3
+
+
+async def test_a_circuit_opens_after_the_threshold_and_then_fails_fast_without_calling(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    clock = ManualClock()
+    policy = BreakerPolicy(failure_threshold=3, recovery_timeout=30)
+    async with mesh.client(resilience=resilience(clock, breaker=policy)) as client:
+        for _ in range(3):
+            with pytest.raises(ActionFailed):
+                await client.delegate("flaky", "fail_then_succeed", {"times": 100, "error": "internal"})
+        assert client.resilience is not None
+        assert client.resilience.breaker("flaky").state is CircuitState.OPEN
+        clock.advance(10)
+        with pytest.raises(CircuitOpen) as caught:
+            await client.delegate("flaky", "fail_then_succeed", {"times": 100, "error": "internal"})
+    assert len(flaky.calls) == 3  # the fourth call never reached the agent
+    error = caught.value
+    assert error.code == grpc.StatusCode.UNAVAILABLE
+    assert "open" in str(error)
+    assert "20.0 s" in str(error)  # when it will let a call through again
+    assert error.retry_after == pytest.approx(20)
+
+
+async def test_a_half_open_circuit_closes_on_a_successful_probe_and_reopens_on_a_failed_one(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    clock = ManualClock()
+    policy = BreakerPolicy(failure_threshold=2, recovery_timeout=30)
+    async with mesh.client(resilience=resilience(clock, breaker=policy)) as client:
+        assert client.resilience is not None
+        breaker = client.resilience.breaker("flaky")
+        for _ in range(2):
+            with pytest.raises(ActionFailed):
+                await client.delegate("flaky", "fail_then_succeed", {"times": 3, "error": "internal"})
+        assert breaker.state is CircuitState.OPEN
+        clock.advance(30)
+        assert breaker.current() is CircuitState.HALF_OPEN
+        with pytest.raises(ActionFailed):  # the third failure: the probe fails, the circuit re-opens
+            await client.delegate("flaky", "fail_then_succeed", {"times": 3, "error": "internal"})
+        assert breaker.state is CircuitState.OPEN
+        with pytest.raises(CircuitOpen):
+            await client.delegate("flaky", "fail_then_succeed", {"times": 3, "error": "internal"})
+        clock.advance(30)
+        response = await client.delegate("flaky", "fail_then_succeed", {"times": 3, "error": "internal"})
+        assert response.result == {"attempt": 4}
+        assert breaker.state is CircuitState.CLOSED
+
+
+async def test_a_half_open_circuit_lets_only_its_probes_through(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    clock = ManualClock()
+    policy = BreakerPolicy(failure_threshold=1, recovery_timeout=5, half_open_max_calls=1)
+    async with mesh.client(resilience=resilience(clock, breaker=policy)) as client:
+        with pytest.raises(ActionFailed):
+            await client.delegate("flaky", "fail_then_succeed", {"times": 1, "error": "internal"})
+        clock.advance(5)
+        flaky.gate.clear()
+        probe = asyncio.create_task(client.delegate("flaky", "effect"))
+        await asyncio.wait_for(flaky.ran.wait(), 5)
+        with pytest.raises(CircuitOpen, match="half-open"):
+            await client.delegate("flaky", "effect")
+        flaky.gate.set()
+        assert (await asyncio.wait_for(probe, 5)).result == {"effects": 1}
+        assert (await client.delegate("flaky", "effect")).result == {"effects": 2}
+
+
+async def test_invalid_argument_never_counts_against_the_circuit(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    counted = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL})
+    policy = BreakerPolicy(failure_threshold=2, counted=counted)
+    async with mesh.client(resilience=resilience(breaker=policy)) as client:
+        for _ in range(4):
+            with pytest.raises(InvalidEnvelope):
+                await client.delegate("flaky", "fail_then_succeed", {"times": 100, "error": "invalid"})
+        assert client.resilience is not None
+        assert client.resilience.breaker("flaky").state is CircuitState.CLOSED
+    assert len(flaky.calls) == 4
+
+
+async def test_the_circuit_state_is_a_gauge(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    labels = {"source": "gauge-test", "target": "flaky"}
+    policy = ResiliencePolicy(retry=FAST, breaker=BreakerPolicy(failure_threshold=1))
+    async with mesh.client(resilience=Resilience(policy, source="gauge-test", clock=ManualClock())) as client:
+        await client.delegate("flaky", "fail_then_succeed")
+        assert REGISTRY.get_sample_value("kosmos_circuit_state", labels) == 0
+        with pytest.raises(ActionFailed):
+            await client.delegate("flaky", "fail_then_succeed", {"times": 100, "error": "internal"})
+        assert REGISTRY.get_sample_value("kosmos_circuit_state", labels) == 2
+
+
+async def test_a_fallback_answers_when_the_target_is_down_and_says_who_answered(mesh: Mesh) -> None:
+    mesh.registry.set("athena", f"127.0.0.1:{free_port()}")  # nothing listens there
+    await mesh.serve(_named(Echo, "dionysus"))
+    async with mesh.client(resilience=resilience(fallbacks={"athena": "dionysus"})) as client:
+        response = await client.delegate("athena", "echo", {"q": 1})
+    assert response.agent == "dionysus"
+    assert response.fallback_for == "athena"
+    assert response.result == {"q": 1}
+
+
+async def test_a_fallback_answers_at_once_while_the_targets_circuit_is_open(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    await mesh.serve(_named(Flaky, "understudy"))
+    policy = BreakerPolicy(failure_threshold=3)
+    async with mesh.client(resilience=resilience(breaker=policy, fallbacks={"flaky": "understudy"})) as client:
+        failing = {"times": 3, "only": "flaky"}
+        response = await client.delegate("flaky", "fail_then_succeed", failing)  # 3 UNAVAILABLE: opens
+        assert response.agent == "understudy"
+        response = await client.delegate("flaky", "fail_then_succeed", failing)
+        assert response.agent == "understudy"
+    assert len(flaky.calls) == 3  # the second call went straight to the fallback
+
+
+async def test_a_fallback_chain_never_loops(mesh: Mesh) -> None:
+    for name in ("ares", "eris"):
+        mesh.registry.set(name, f"127.0.0.1:{free_port()}")
+    fallbacks = {"ares": "eris", "eris": "ares"}
+    policy = ResiliencePolicy(retry=RetryPolicy(attempts=1), fallbacks=fallbacks)
+    assert policy.chain("ares") == ["ares", "eris"]
+    async with mesh.client(resilience=Resilience(policy, clock=ManualClock())) as client:
+        with pytest.raises(AgentUnavailable, match="eris"):
+            await asyncio.wait_for(client.delegate("ares", "echo"), 10)
+        assert client.resilience is not None
+        assert {name: b.failures for name, b in client.resilience.breakers.items()} == {"ares": 1, "eris": 1}
+
+
+def _named(cls: type[Echo] | type[Flaky], name: str) -> Echo | Flaky:
+    """An instance of ``cls`` serving under another name."""
+    subclass = type(f"{cls.__name__}As{name.title()}", (cls,), {"name": name})
+    agent: Echo | Flaky = subclass()
+    return agent
