@@ -40,10 +40,13 @@ class Zeus(Agent):
 
     @action(schema=_ROUTE_SCHEMA)
     async def delegate(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
-        """Run an action on a specialist and return which agent answered and its result."""
+        """Run an action on a specialist and return which agent answered (a fallback, maybe) and its result."""
         agent, name, inner = _route(payload)
         response = await ctx.client.delegate(agent, name, inner)
-        return {"agent": response.agent, "result": response.result}
+        answer: dict[str, Any] = {"agent": response.agent, "result": response.result}
+        if response.fallback_for:
+            answer["fallback_for"] = response.fallback_for
+        return answer
 
     @action(schema=_ROUTE_SCHEMA)
     async def relay(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[Chunk]:

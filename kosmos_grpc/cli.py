@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from kosmos_grpc import runtime
 from kosmos_grpc.bus import Event, Subscription, open_bus
-from kosmos_grpc.client import Coordinator
+from kosmos_grpc.client import CircuitInfo, Coordinator
 from kosmos_grpc.config import MeshConfig, load_config
 from kosmos_grpc.envelope import Priority
 from kosmos_grpc.errors import KosmosError
@@ -97,11 +97,21 @@ async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
                 status = await client.health(name, timeout_ms=args.timeout_ms)
                 card = await client.describe(name, timeout_ms=args.timeout_ms)
                 actions = ", ".join(a.name + (" (stream)" if a.streaming else "") for a in card.actions)
+                circuits = ", ".join(_circuit(c) for c in card.circuits) or "-"
             except KosmosError as exc:
-                status, actions = exc.code.name, "-"
-            rows.append((name, address, status, actions))
-    print(format_table(("AGENT", "ADDRESS", "HEALTH", "ACTIONS"), rows))
+                status, actions, circuits = exc.code.name, "-", "-"
+            rows.append((name, address, status, actions, circuits))
+    print(format_table(("AGENT", "ADDRESS", "HEALTH", "ACTIONS", "CIRCUITS"), rows))
     return 0
+
+
+def _circuit(circuit: CircuitInfo) -> str:
+    """``athena closed``, or ``athena open (5 failures, retry in 12.0 s)``."""
+    if circuit.state == "closed":
+        return f"{circuit.target} closed"
+    if circuit.state == "open":
+        return f"{circuit.target} open ({circuit.failures} failures, retry in {circuit.retry_in:.1f} s)"
+    return f"{circuit.target} {circuit.state.replace('_', '-')}"
 
 
 async def _publish(config: MeshConfig, args: argparse.Namespace) -> int:

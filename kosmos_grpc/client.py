@@ -48,6 +48,7 @@ __all__ = [
     "AgentCard",
     "CallScope",
     "Chunk",
+    "CircuitInfo",
     "Coordinator",
     "Response",
     "ScopedClient",
@@ -148,13 +149,24 @@ class ActionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class CircuitInfo:
+    """An agent's circuit breaker to one target: ``state`` is closed, half_open or open."""
+
+    target: str
+    state: str
+    failures: int
+    retry_in: float
+
+
+@dataclass(frozen=True, slots=True)
 class AgentCard:
-    """What an agent says of itself through Describe."""
+    """What an agent says of itself through Describe, with its circuits to the agents it calls."""
 
     name: str
     description: str
     version: str
     actions: list[ActionInfo] = field(default_factory=list)
+    circuits: list[CircuitInfo] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,6 +458,15 @@ class Coordinator:
                     input_schema=struct_to_dict(spec.input_schema) if spec.HasField("input_schema") else None,
                 )
                 for spec in card.actions
+            ],
+            circuits=[
+                CircuitInfo(
+                    target=circuit.target,
+                    state=agent_pb2.CircuitState.Name(circuit.state).removeprefix("CIRCUIT_STATE_").lower(),
+                    failures=circuit.failures,
+                    retry_in=circuit.retry_in_seconds,
+                )
+                for circuit in reply.circuits
             ],
         )
 

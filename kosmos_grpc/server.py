@@ -32,6 +32,7 @@ from kosmos_grpc.errors import (
 )
 from kosmos_grpc.idempotency import ExecutedCalls, Outcome
 from kosmos_grpc.registry import Registry
+from kosmos_grpc.resilience import CircuitState
 from kosmos_grpc.runtime import until
 
 if TYPE_CHECKING:
@@ -283,8 +284,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def Describe(
         self, request: agent_pb2.DescribeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.DescribeResponse:
-        """The agent's card."""
-        return agent_pb2.DescribeResponse(card=self._card)
+        """The agent's card, and its circuits to the agents it has called."""
+        response = agent_pb2.DescribeResponse(card=self._card)
+        resilience = self.coordinator.resilience
+        for target, breaker in sorted((resilience.breakers if resilience else {}).items()):
+            response.circuits.add(
+                target=target,
+                state=_CIRCUIT_STATES[breaker.current()],
+                failures=breaker.failures,
+                retry_in_seconds=breaker.retry_in(),
+            )
+        return response
+
+
+_CIRCUIT_STATES = {
+    CircuitState.CLOSED: agent_pb2.CIRCUIT_STATE_CLOSED,
+    CircuitState.HALF_OPEN: agent_pb2.CIRCUIT_STATE_HALF_OPEN,
+    CircuitState.OPEN: agent_pb2.CIRCUIT_STATE_OPEN,
+}
 
 
 def _chunk(agent: str, message_id: str, correlation_id: str, sequence: int) -> agent_pb2.StreamResponse:

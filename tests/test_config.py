@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 
 from agents.athena import Athena
@@ -12,10 +13,15 @@ from kosmos_grpc import ConfigError, InvalidEnvelope, load_agent, load_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_AGENT = "[agents.a]\nobject='m:C'\naddress='h:1'\n"
+
+
 def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
     config = load_config(ROOT / "kosmos.toml")
-    assert set(config.agents) == {"zeus", "athena"}
+    assert set(config.agents) == {"zeus", "athena", "dionysus"}
     assert config.payload_limit == 4 * 1024 * 1024
+    assert config.resilience.chain("athena") == ["athena", "dionysus"]
+    assert config.agent("zeus").max_concurrency == 64
     agent = load_agent(config.agent("athena").object)
     assert isinstance(agent, Athena)
     assert {name for name, spec in agent.actions.items() if spec.streaming} == {"explain"}
@@ -33,6 +39,12 @@ def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
             "[agents.a]\nobject='m:C'\naddress='h:1'\n[mesh]\npayload_limit_bytes = 'big'\n",
             "mesh.payload_limit_bytes",
         ),
+        (f"{_AGENT}fallback = 'nobody'\n", "agents.a.fallback 'nobody' is not another agent"),
+        (f"{_AGENT}fallback = 'a'\n", "agents.a.fallback 'a' is not another agent"),
+        (f"{_AGENT}[retry]\nattempts = 0\n", "retry: retry attempts must be at least 1"),
+        (f"{_AGENT}[breaker]\nstatuses = ['SOMETIMES']\n", "breaker.statuses: 'SOMETIMES' is not a gRPC status"),
+        (f"{_AGENT}[agents.a.breaker]\nfailure_threshold = 'five'\n", "agents.a.breaker.failure_threshold"),
+        (f"{_AGENT}max_concurrency = 'many'\n", "agents.a.max_concurrency has the wrong type"),
     ],
 )
 def test_bad_config_is_reported_plainly(tmp_path: Path, text: str, message: str) -> None:
@@ -89,3 +101,25 @@ def test_bus_may_be_just_a_nats_url(tmp_path: Path) -> None:
     path.write_text("bus = 'http://nope'\n[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n")
     with pytest.raises(ConfigError, match="should be a nats:// URL"):
         load_config(path)
+
+
+def test_resilience_comes_from_the_config_with_per_agent_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "kosmos.toml"
+    path.write_text(
+        "[retry]\nattempts = 4\ninitial_seconds = 0.5\n"
+        "[breaker]\nfailure_threshold = 7\nstatuses = ['unavailable']\n"
+        "[agents.a]\nobject='m:C'\naddress='h:1'\nfallback='b'\n"
+        "[agents.a.retry]\nattempts = 1\n"
+        "[agents.a.breaker]\nrecovery_timeout_seconds = 2\n"
+        "[agents.b]\nobject='m:C'\naddress='h:2'\nfallback='a'\nmax_concurrency = 3\nqueue_limit = 0\n"
+    )
+    config = load_config(path)
+    policy = config.resilience
+    assert (policy.retry_for("b").attempts, policy.retry_for("b").initial) == (4, 0.5)
+    assert (policy.retry_for("a").attempts, policy.retry_for("a").initial) == (1, 0.5)
+    assert policy.breaker_for("a").recovery_timeout == 2
+    assert policy.breaker_for("a").failure_threshold == 7
+    assert policy.breaker_for("b").counted == {grpc.StatusCode.UNAVAILABLE}
+    assert policy.chain("a") == ["a", "b"]
+    assert policy.chain("b") == ["b", "a"]
+    assert (config.agent("b").max_concurrency, config.agent("b").queue_limit) == (3, 0)

@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2 as _envelope_pb2
 import builtins as _builtins
 import sys
@@ -20,6 +21,32 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _CircuitState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CircuitStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CIRCUIT_STATE_UNSPECIFIED: _CircuitState.ValueType  # 0
+    CIRCUIT_STATE_CLOSED: _CircuitState.ValueType  # 1
+    """Calls go through."""
+    CIRCUIT_STATE_HALF_OPEN: _CircuitState.ValueType  # 2
+    """A few probe calls go through; one success closes the circuit, one failure opens it again."""
+    CIRCUIT_STATE_OPEN: _CircuitState.ValueType  # 3
+    """Calls fail at once, without being sent, until retry_in_seconds has passed."""
+
+class CircuitState(_CircuitState, metaclass=_CircuitStateEnumTypeWrapper):
+    """CircuitState is where a circuit breaker stands."""
+
+CIRCUIT_STATE_UNSPECIFIED: CircuitState.ValueType  # 0
+CIRCUIT_STATE_CLOSED: CircuitState.ValueType  # 1
+"""Calls go through."""
+CIRCUIT_STATE_HALF_OPEN: CircuitState.ValueType  # 2
+"""A few probe calls go through; one success closes the circuit, one failure opens it again."""
+CIRCUIT_STATE_OPEN: CircuitState.ValueType  # 3
+"""Calls fail at once, without being sent, until retry_in_seconds has passed."""
+Global___CircuitState: _TypeAlias = CircuitState  # noqa: Y015
 
 @_typing.final
 class ExecuteRequest(_message.Message):
@@ -128,25 +155,61 @@ Global___DescribeRequest: _TypeAlias = DescribeRequest  # noqa: Y015
 
 @_typing.final
 class DescribeResponse(_message.Message):
-    """DescribeResponse carries the agent's card."""
+    """DescribeResponse carries the agent's card, and the state of its circuits to the agents it calls."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CARD_FIELD_NUMBER: _builtins.int
+    CIRCUITS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def card(self) -> Global___AgentCard: ...
+    @_builtins.property
+    def circuits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Circuit]: ...
     def __init__(
         self,
         *,
         card: Global___AgentCard | None = ...,
+        circuits: _abc.Iterable[Global___Circuit] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["card", b"card"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "circuits", b"circuits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DescribeResponse: _TypeAlias = DescribeResponse  # noqa: Y015
+
+@_typing.final
+class Circuit(_message.Message):
+    """Circuit is the breaker of one agent's calls to one target agent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    RETRY_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    state: Global___CircuitState.ValueType
+    failures: _builtins.int
+    """Counted failures in a row."""
+    retry_in_seconds: _builtins.float
+    """Seconds until an open circuit lets a probe through."""
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        state: Global___CircuitState.ValueType = ...,
+        failures: _builtins.int = ...,
+        retry_in_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failures", b"failures", "retry_in_seconds", b"retry_in_seconds", "state", b"state", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Circuit: _TypeAlias = Circuit  # noqa: Y015
 
 @_typing.final
 class AgentCard(_message.Message):
