@@ -102,3 +102,28 @@ async def test_correlation_id_carries_through_a_delegation(mesh: Mesh) -> None:
     assert response.result["agent"] == "echo"
     assert response.result["result"]["correlation_id"] == "workflow-7"
     assert response.correlation_id == "workflow-7"
+
+
+async def test_a_caller_that_cancels_cancels_the_downstream_call_across_zeus(mesh: Mesh) -> None:
+    probe = Probe()
+    await mesh.serve(Zeus())
+    await mesh.serve(probe)
+    async with mesh.client() as client:
+        call = asyncio.create_task(client.delegate("zeus", "delegate", {"agent": "probe", "action": "hang"}))
+        await asyncio.wait_for(probe.started.wait(), 5)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.wait_for(probe.cancelled.wait(), 5)  # the specialist's handler was cancelled
+
+
+async def test_a_slow_agent_against_a_deadline_is_cut_off_not_retried_and_counted(mesh: Mesh) -> None:
+    probe = Probe()
+    await mesh.serve(probe)
+    async with mesh.client() as client:
+        with pytest.raises(DeadlineExceeded):
+            await client.delegate("probe", "hang", timeout_ms=200)
+        assert client.resilience is not None
+        assert client.resilience.breaker("probe").failures == 1
+    assert len(probe.seen_remaining) == 1  # DEADLINE_EXCEEDED is not retried
+    await asyncio.wait_for(probe.cancelled.wait(), 5)
