@@ -230,3 +230,13 @@ def _named(cls: type[Echo] | type[Flaky], name: str) -> Echo | Flaky:
     subclass = type(f"{cls.__name__}As{name.title()}", (cls,), {"name": name})
     agent: Echo | Flaky = subclass()
     return agent
+
+
+async def test_a_stream_is_retried_and_falls_back_until_its_first_chunk(mesh: Mesh) -> None:
+    mesh.registry.set("athena", f"127.0.0.1:{free_port()}")  # nothing listens there
+    await mesh.serve(_named(Echo, "dionysus"))
+    async with mesh.client(resilience=resilience(fallbacks={"athena": "dionysus"})) as client:
+        chunks = [chunk async for chunk in client.stream("athena", "count", {"n": 3})]
+        assert client.resilience is not None
+        assert client.resilience.breaker("athena").failures == 3  # each attempt counted
+    assert [(c.agent, c.data) for c in chunks] == [("dionysus", {"i": i}) for i in range(3)]
