@@ -22,6 +22,7 @@ from kosmos_grpc.envelope import (
     struct_to_dict,
 )
 from kosmos_grpc.errors import (
+    ActionFailed,
     DeadlineExceeded,
     InvalidEnvelope,
     KosmosError,
@@ -619,7 +620,7 @@ async def _tell(
 def _explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float) -> KosmosError:
     """The mesh error for a failed call, with the agent named where the transport said little."""
     error = from_rpc_error(exc)
-    if error.metadata:  # the agent itself explained the failure
+    if error.metadata or isinstance(error, ActionFailed):  # the agent itself explained the failure
         return error
     code = exc.code()
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Sent message larger than max" in (exc.details() or ""):

@@ -117,20 +117,34 @@ def _set_value(target: struct_pb2.Value, value: Any) -> None:
     elif value is None:
         target.null_value = struct_pb2.NULL_VALUE
     elif kind is dict:
-        dict_to_struct(value, target.struct_value)
+        _set_struct(target, value)
     elif kind is list or kind is tuple:
-        _set_list(target.list_value.values, value)
+        _set_list_value(target, value)
     # Subclasses (an IntEnum, an OrderedDict...) take the slower, general checks.
     elif isinstance(value, str):
         target.string_value = value
     elif isinstance(value, int | float):
         target.number_value = value
     elif isinstance(value, Mapping):
-        dict_to_struct(value, target.struct_value)
+        _set_struct(target, value)
     elif isinstance(value, list | tuple):
-        _set_list(target.list_value.values, value)
+        _set_list_value(target, value)
     else:
         raise TypeError(f"{kind.__name__} is not a JSON value")
+
+
+def _set_struct(target: struct_pb2.Value, value: Mapping[str, Any]) -> None:
+    if value:
+        dict_to_struct(value, target.struct_value)
+    else:  # filling nothing in would leave the Value with no kind at all: it would read as None
+        target.struct_value.SetInParent()
+
+
+def _set_list_value(target: struct_pb2.Value, value: list[Any] | tuple[Any, ...]) -> None:
+    if value:
+        _set_list(target.list_value.values, value)
+    else:
+        target.list_value.SetInParent()
 
 
 _INT_RANGE = 2**53  # beyond it a double no longer holds every integer

@@ -38,7 +38,7 @@ def test_unset_target_agent_means_broadcast() -> None:
 
 
 def test_payload_round_trips_nested_json() -> None:
-    payload = {"n": 3, "x": 1.5, "ok": True, "none": None, "list": [1, "a", {"b": [False]}], "s": "é"}
+    payload = {"n": 3, "x": 1.5, "ok": True, "none": None, "list": [1, "a", {"b": [False]}], "s": "é", "e": [{}, []]}
     assert struct_to_dict(new_message("a", payload).payload) == payload
 
 
@@ -49,6 +49,7 @@ def test_payload_round_trips_nested_json() -> None:
         {"s": "x", "i": 3, "f": -2.5, "t": True, "f0": False, "n": None},
         {"nested": {"deep": {"list": [1, "two", None, [3.5, {"k": False}]]}}, "tuple": (1, 2)},
         {"big": 2**60, "unicode": "Zeus ⚡"},
+        {"empty_list": [], "empty_dict": {}, "in_list": [[], {}]},
     ],
 )
 def test_dict_to_struct_matches_protobufs_own_update(data: dict[str, object]) -> None:

@@ -19,7 +19,7 @@ jitter_seconds = 0.01
 
 [breaker]
 failure_threshold = 5
-recovery_timeout_seconds = 1
+recovery_timeout_seconds = 4
 
 [agents.zeus]
 object = "agents.zeus:Zeus"
@@ -96,7 +96,10 @@ async def test_a_killed_agent_is_retried_then_replaced_by_its_fallback_until_it_
 
         serve("athena")
         await _serving(client, "athena")
-        await asyncio.sleep(1.1)  # the recovery timeout: the circuit is half-open now
+        for _ in range(100):  # bounded: the 4 s recovery timeout ends within the loop
+            if (await _athena_circuit(client))[0] == "half_open":
+                break
+            await asyncio.sleep(0.1)
         assert (await _athena_circuit(client))[0] == "half_open"
         for _ in range(100):  # bounded: Zeus's channel reconnects within its 2 s backoff
             answer = await client.delegate("zeus", "delegate", ASK)
