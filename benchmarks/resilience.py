@@ -10,6 +10,11 @@ rounds (which goes first alternates too), and each ratio is the median of the ra
 within one round, so drift on a shared machine hits both alike. Before the rounds, enough
 calls are made for the agent's memory of message_ids to be full, as it is on a busy agent.
 
+Where there are two CPUs or more, this process is pinned to one and the agents to another:
+left to the scheduler, calls/s of one and the same agent swings by half from one second to the
+next on a small machine (an A/A run, off against off, then misses 1.00x by several percent);
+pinned, per-round A/A ratios stay within a few percent. ``--no-pin`` leaves it to the scheduler.
+
 Run with ``python -m benchmarks.resilience`` (``--help`` for sizes); part of ``make bench``.
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +42,14 @@ MEMORY = 10_000
 Call = Callable[[], Awaitable[object]]
 
 
+def cpus() -> tuple[int, int] | None:
+    """A CPU for this process and one for the agents, or None where there are not two to pin to."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return (allowed[0], allowed[1]) if len(allowed) >= 2 else None
+
+
 async def serve(idempotent: bool) -> None:
     """The benchmark's echo agent on a free loopback port, remembering message_ids or not.
 
@@ -53,13 +67,14 @@ async def serve(idempotent: bool) -> None:
 
 
 @contextmanager
-def servers() -> Iterator[dict[str, str]]:
-    """Start the two agents, each in its own process; stop them both by PID."""
+def servers(cpu: int | None) -> Iterator[dict[str, str]]:
+    """Start the two agents, each in its own process (on ``cpu`` if given); stop them both by PID."""
     started: list[subprocess.Popen[str]] = []
+    where = [] if cpu is None else ["--cpu", str(cpu)]
 
     def start(kind: str) -> str:
         process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.resilience", "--serve", kind],
+            [sys.executable, "-m", "benchmarks.resilience", "--serve", kind, *where],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -136,7 +151,7 @@ def line(name: str, value: float, unit: str, ratio: float | None = None, target:
 
 
 async def main(args: argparse.Namespace) -> None:
-    with servers() as where:
+    with servers(None if args.cpus is None else args.cpus[1]) as where:
         on_client = Coordinator({"echo": where["on"]}, source_agent="bench")
         off_client = Coordinator({"echo": where["off"]}, source_agent="bench", resilience=False)
         assert on_client.resilience is not None
@@ -172,7 +187,8 @@ async def main(args: argparse.Namespace) -> None:
     p50_ratio, rate_ratio = statistics.median(p50_ratios), statistics.median(rate_ratios)
     print(
         f"\nKOSMOS resilience benchmark: {args.rounds} rounds x {args.calls} calls, {args.inflight} in flight; "
-        f"agents on {runtime.event_loop_name()}"
+        f"agents on {runtime.event_loop_name()}; "
+        + ("not pinned to CPUs" if args.cpus is None else f"client on CPU {args.cpus[0]}, agents on CPU {args.cpus[1]}")
     )
     print(f"  {'':40} {'value':>10} {'unit':<9} {'/ off':>7}")
     print("one hop: client -> echo agent")
@@ -196,11 +212,18 @@ def cli() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="rounds, on and off in each (default 15)")
     parser.add_argument("--calls", type=int, default=1280, help="calls per side per scenario per round (default 1280)")
     parser.add_argument("--inflight", type=int, default=64, help="concurrent calls in flight (default 64)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave CPUs to the scheduler")
     parser.add_argument("--serve", choices=["on", "off"], help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cpu is not None:  # before gRPC starts any thread: its threads inherit it
+        os.sched_setaffinity(0, {args.cpu})
     if args.serve:  # one of the two agents, in a process of its own, on the loop `kosmos serve` uses
         runtime.run(serve(args.serve == "on"))
         return
+    args.cpus = cpus() if args.pin else None
+    if args.cpus is not None:
+        os.sched_setaffinity(0, {args.cpus[0]})
     asyncio.run(main(args))
 
 
