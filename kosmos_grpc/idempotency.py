@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -12,21 +11,47 @@ if TYPE_CHECKING:
 
     from kosmos_grpc.errors import KosmosError
 
-__all__ = ["ExecutedCalls", "Outcome"]
+__all__ = ["ExecutedCall", "ExecutedCalls"]
 
 R = TypeVar("R")
 
-#: How a call ended: its reply, or the error it answered with; (None, None) when it never finished.
-Outcome = tuple[R | None, "KosmosError | None"]
+# Expired entries are answered as new when looked up; sweeping them out is amortized over this many claims.
+_SWEEP_EVERY = 1024
+
+
+class ExecutedCall(Generic[R]):
+    """One claimed message_id: how its call ended, once it has (``outcome``), and who waits for that."""
+
+    __slots__ = ("_settled", "expires", "outcome")
+
+    def __init__(self, expires: float) -> None:
+        self.expires = expires
+        #: (reply, None) or (None, error) once the call ended; (None, None) if it never finished.
+        self.outcome: tuple[R | None, KosmosError | None] | None = None
+        self._settled: asyncio.Future[None] | None = None  # made only when a duplicate has to wait
+
+    async def wait(self) -> tuple[R | None, KosmosError | None]:
+        """The outcome, once the first call with this message_id has one."""
+        if self.outcome is None:
+            if self._settled is None:
+                self._settled = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._settled)
+        assert self.outcome is not None
+        return self.outcome
+
+    def _settle(self, reply: R | None, error: KosmosError | None) -> None:
+        self.outcome = (reply, error)
+        if self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
 
 
 class ExecutedCalls(Generic[R]):
     """message_id -> the outcome of its call, kept ``window`` seconds and for at most ``limit`` calls.
 
-    The first call with a message_id claims it and later settles it; a duplicate gets the
-    claim's future and awaits it, so one that arrives while the first is
-    still running waits for it. A call that did not finish (cancelled, past its deadline, shed)
-    is forgotten, so its retry runs.
+    The first call with a message_id claims it and later settles it; a duplicate gets the same
+    :class:`ExecutedCall` and waits on it, so one that arrives while the first is still running
+    waits for it. A call that did not finish (cancelled, past its deadline, shed) is forgotten,
+    so its retry runs.
     """
 
     def __init__(self, window: float = 300.0, limit: int = 10_000, *, clock: Callable[[], float] = time.monotonic):
@@ -35,37 +60,43 @@ class ExecutedCalls(Generic[R]):
         self.window = window
         self.limit = limit
         self._clock = clock
-        self._calls: OrderedDict[str, tuple[float, asyncio.Future[Outcome[R]]]] = OrderedDict()
+        # Insertion order is expiry order, as every entry lives for the same window.
+        self._calls: dict[str, ExecutedCall[R]] = {}
+        self._claims = 0
 
     def __len__(self) -> int:
         return len(self._calls)
 
-    def claim(self, message_id: str) -> tuple[bool, asyncio.Future[Outcome[R]]]:
-        """Whether ``message_id`` is new (and now claimed), and the future of its first call's outcome."""
+    def claim(self, message_id: str) -> tuple[bool, ExecutedCall[R]]:
+        """Whether ``message_id`` is new (and now claimed by the caller), and its entry."""
         calls = self._calls
         now = self._clock()
         found = calls.get(message_id)
         if found is not None:
-            if found[0] > now:
-                return False, found[1]
+            if found.expires > now:
+                return False, found
             del calls[message_id]
-        outcome: asyncio.Future[Outcome[R]] = asyncio.get_running_loop().create_future()
-        calls[message_id] = (now + self.window, outcome)
-        # Oldest first: drop the expired ones, then any over the limit.
-        while calls:
-            expires, _ = next(iter(calls.values()))
-            if expires > now and len(calls) <= self.limit:
-                break
-            calls.popitem(last=False)
-        return True, outcome
+        entry: ExecutedCall[R] = ExecutedCall(now + self.window)
+        calls[message_id] = entry
+        if len(calls) > self.limit:
+            del calls[next(iter(calls))]  # the oldest
+        self._claims += 1
+        if self._claims % _SWEEP_EVERY == 0:
+            self._sweep(now)
+        return True, entry
 
-    def settle(
-        self, message_id: str, outcome: asyncio.Future[Outcome[R]], reply: R | None, error: KosmosError | None
-    ) -> None:
+    def settle(self, message_id: str, entry: ExecutedCall[R], reply: R | None, error: KosmosError | None) -> None:
         """Record how a claimed call ended; ``reply`` and ``error`` both None forget it, so a retry runs."""
-        if reply is None and error is None:
-            found = self._calls.get(message_id)
-            if found is not None and found[1] is outcome:
-                del self._calls[message_id]
-        if not outcome.done():
-            outcome.set_result((reply, error))
+        if reply is None and error is None and self._calls.get(message_id) is entry:
+            del self._calls[message_id]
+        entry._settle(reply, error)
+
+    def _sweep(self, now: float) -> None:
+        calls = self._calls
+        expired = []
+        for message_id, entry in calls.items():
+            if entry.expires > now:
+                break
+            expired.append(message_id)
+        for message_id in expired:
+            del calls[message_id]

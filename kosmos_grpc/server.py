@@ -30,7 +30,7 @@ from kosmos_grpc.errors import (
     WrongCallKind,
     to_status,
 )
-from kosmos_grpc.idempotency import ExecutedCalls, Outcome
+from kosmos_grpc.idempotency import ExecutedCall, ExecutedCalls
 from kosmos_grpc.registry import Registry
 from kosmos_grpc.resilience import CircuitState
 from kosmos_grpc.runtime import until
@@ -167,11 +167,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if executed is None:
                 return await self._execute(spec, ctx, timer)
             for _ in range(_DUPLICATE_TRIES):
-                first, outcome = executed.claim(message.message_id)
+                first, entry = executed.claim(message.message_id)
                 if first:
-                    return await self._execute_once(spec, ctx, timer, executed, outcome)
+                    return await self._execute_once(spec, ctx, timer, executed, entry)
                 # A retry of a call seen before: its outcome, once the first call has one.
-                waited = asyncio.shield(outcome)
+                waited = entry.wait()
                 reply, failure = await (waited if timer is None else _within(waited, timer, self._name, spec.name))
                 if reply is not None:
                     return reply
@@ -190,7 +190,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         ctx: Context,
         timer: float | None,
         executed: ExecutedCalls[agent_pb2.ExecuteResponse],
-        outcome: asyncio.Future[Outcome[agent_pb2.ExecuteResponse]],
+        entry: ExecutedCall[agent_pb2.ExecuteResponse],
     ) -> agent_pb2.ExecuteResponse:
         """Run a call claimed by its message_id and record its outcome for the duplicates."""
         message_id = ctx.message.message_id
@@ -208,7 +208,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             failure = self._unexpected(exc, ctx.message)
             raise failure from None
         finally:
-            executed.settle(message_id, outcome, reply, failure)
+            executed.settle(message_id, entry, reply, failure)
 
     async def _execute(self, spec: ActionSpec, ctx: Context, timer: float | None) -> agent_pb2.ExecuteResponse:
         """Run a unary action under admission control and its deadline; its reply."""

@@ -104,14 +104,24 @@ async def test_the_memory_of_executed_calls_is_bounded_and_forgets_after_its_win
     clock = ManualClock()
     calls: ExecutedCalls[str] = ExecutedCalls(window=60, limit=100, clock=clock)
     for i in range(250):
-        first, outcome = calls.claim(f"m{i}")
+        first, entry = calls.claim(f"m{i}")
         assert first
-        calls.settle(f"m{i}", outcome, f"r{i}", None)
+        calls.settle(f"m{i}", entry, f"r{i}", None)
     assert len(calls) == 100
     assert calls.claim("m0")[0]  # evicted: it would run again
-    first, outcome = calls.claim("m249")
+    first, entry = calls.claim("m249")
     assert not first
-    assert outcome.result() == ("r249", None)
+    assert entry.outcome == ("r249", None)
     clock.advance(61)
     assert calls.claim("m249")[0]  # past the window
-    assert len(calls) == 1
+
+
+async def test_expired_message_ids_are_swept_out_as_new_ones_come_in() -> None:
+    clock = ManualClock()
+    calls: ExecutedCalls[str] = ExecutedCalls(window=60, limit=10_000, clock=clock)
+    for i in range(500):
+        calls.claim(f"old{i}")
+    clock.advance(61)
+    for i in range(1100):  # a sweep runs once every 1,024 claims
+        calls.claim(f"new{i}")
+    assert len(calls) == 1100
