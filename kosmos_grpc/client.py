@@ -22,6 +22,7 @@ from kosmos_grpc.envelope import (
     struct_to_dict,
 )
 from kosmos_grpc.errors import (
+    ORIGIN,
     ActionFailed,
     DeadlineExceeded,
     InvalidEnvelope,
@@ -618,9 +619,15 @@ async def _tell(
 
 
 def _explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float) -> KosmosError:
-    """The mesh error for a failed call, with the agent named where the transport said little."""
+    """The mesh error for a failed call, with the agent named where the transport said little.
+
+    Its ``origin`` is the agent whose failure it is: the one called, unless that one passed on
+    the failure of an agent it called in turn (which set its own ``origin``).
+    """
     error = from_rpc_error(exc)
-    if error.metadata or isinstance(error, ActionFailed):  # the agent itself explained the failure
+    explained = bool(error.metadata) or isinstance(error, ActionFailed)  # by the agent itself
+    error.metadata.setdefault(ORIGIN, agent)
+    if explained:
         return error
     code = exc.code()
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Sent message larger than max" in (exc.details() or ""):

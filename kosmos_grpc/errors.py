@@ -10,6 +10,7 @@ the same class on the client::
     ├── AgentNotFound                NOT_FOUND
     ├── ActionNotFound               UNIMPLEMENTED
     ├── WrongCallKind                FAILED_PRECONDITION
+    ├── DuplicateMessage             ALREADY_EXISTS     (a stream already ran under that message_id)
     ├── DeadlineExceeded             DEADLINE_EXCEEDED  (also a TimeoutError)
     ├── AgentUnavailable             UNAVAILABLE
     │   └── CircuitOpen                (the caller's breaker refused the call without sending it)
@@ -18,6 +19,9 @@ the same class on the client::
     ├── Cancelled                    CANCELLED
     ├── StreamBroken                 DATA_LOSS
     └── ActionFailed                 INTERNAL           (the handler raised; no traceback leaks)
+
+An error that crossed the wire names in its ``origin`` metadata the agent whose failure it is,
+so that an agent passing on the failure of an agent it called is not blamed (nor retried) for it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from grpc_status import rpc_status
 
 __all__ = [
     "DOMAIN",
+    "ORIGIN",
     "ActionFailed",
     "ActionNotFound",
     "AgentNotFound",
@@ -38,6 +43,7 @@ __all__ = [
     "Cancelled",
     "CircuitOpen",
     "DeadlineExceeded",
+    "DuplicateMessage",
     "InvalidEnvelope",
     "KosmosError",
     "PayloadTooLarge",
@@ -49,6 +55,8 @@ __all__ = [
 ]
 
 DOMAIN = "kosmos"
+#: The metadata key naming the agent a failure comes from.
+ORIGIN = "origin"
 
 
 class KosmosError(Exception):
@@ -75,6 +83,11 @@ class KosmosError(Exception):
         return self.code == grpc.StatusCode.UNAVAILABLE or (
             self.code == grpc.StatusCode.RESOURCE_EXHAUSTED and self.retry_after is not None
         )
+
+    @property
+    def origin(self) -> str | None:
+        """The agent whose failure this is, when the error came from one."""
+        return self.metadata.get(ORIGIN)
 
     def __str__(self) -> str:
         return self.message
@@ -114,6 +127,13 @@ class WrongCallKind(KosmosError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "WRONG_CALL_KIND"
+
+
+class DuplicateMessage(KosmosError):
+    """A stream already ran under this message_id: its chunks cannot be replayed, nor the action re-run."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "DUPLICATE_MESSAGE"
 
 
 class DeadlineExceeded(KosmosError, TimeoutError):
@@ -184,6 +204,7 @@ _BY_REASON: dict[str, type[KosmosError]] = {
         AgentNotFound,
         ActionNotFound,
         WrongCallKind,
+        DuplicateMessage,
         DeadlineExceeded,
         AgentUnavailable,
         CircuitOpen,
@@ -199,6 +220,7 @@ _BY_CODE: dict[grpc.StatusCode, type[KosmosError]] = {
     grpc.StatusCode.NOT_FOUND: AgentNotFound,
     grpc.StatusCode.UNIMPLEMENTED: ActionNotFound,
     grpc.StatusCode.FAILED_PRECONDITION: WrongCallKind,
+    grpc.StatusCode.ALREADY_EXISTS: DuplicateMessage,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: AgentUnavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,

@@ -42,6 +42,7 @@ PUBLIC = [
     "Context",
     "Coordinator",
     "DeadlineExceeded",
+    "DuplicateMessage",
     "InvalidEnvelope",
     "KosmosError",
     "MeshConfig",

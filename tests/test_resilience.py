@@ -13,12 +13,13 @@ from kosmos_grpc import (
     ActionFailed,
     AgentUnavailable,
     CircuitOpen,
+    DeadlineExceeded,
     InvalidEnvelope,
     ResourceExhausted,
 )
 from kosmos_grpc.resilience import BreakerPolicy, CircuitState, Resilience, ResiliencePolicy, RetryPolicy
 from tests.conftest import ManualClock, Mesh, free_port
-from tests.helpers.agents import Echo, Flaky
+from tests.helpers.agents import Echo, Flaky, Forward
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05, jitter=0.01)
 
@@ -240,3 +241,89 @@ async def test_a_stream_is_retried_and_falls_back_until_its_first_chunk(mesh: Me
         assert client.resilience is not None
         assert client.resilience.breaker("athena").failures == 3  # each attempt counted
     assert [(c.agent, c.data) for c in chunks] == [("dionysus", {"i": i}) for i in range(3)]
+
+
+async def test_a_failure_passed_on_by_a_middle_agent_is_not_blamed_on_it(mesh: Mesh) -> None:
+    mesh.registry.set("athena", f"127.0.0.1:{free_port()}")  # nothing listens there
+    quick = ResiliencePolicy(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.01, jitter=0))
+    forward = Forward()
+    await mesh.serve(forward, resilience=quick)
+    await mesh.serve(_named(Echo, "dionysus"))
+    client_policy = {"fallbacks": {"forward": "dionysus"}, "breaker": BreakerPolicy(failure_threshold=1)}
+    async with mesh.client(resilience=resilience(**client_policy)) as client:
+        with pytest.raises(AgentUnavailable) as caught:
+            await client.delegate("forward", "forward", {"agent": "athena", "action": "echo"})
+        assert client.resilience is not None
+        breaker = client.resilience.breaker("forward")
+    # Athena is down, not the middle agent: its circuit stays closed, the call is neither
+    # retried (the middle agent retried athena already) nor sent to the middle agent's fallback.
+    assert caught.value.origin == "athena"
+    assert "athena" in str(caught.value)
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.failures == 0
+    server = mesh.servers[0]
+    assert server.coordinator.resilience is not None
+    assert server.coordinator.resilience.breaker("athena").failures == 2  # both of its attempts
+
+
+async def test_a_call_cancelled_while_it_probes_frees_its_probe(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    clock = ManualClock()
+    policy = BreakerPolicy(failure_threshold=1, recovery_timeout=30)
+    async with mesh.client(resilience=resilience(clock, breaker=policy)) as client:
+        with pytest.raises(AgentUnavailable):
+            await client.delegate("flaky", "fail_then_succeed", {"times": 100})
+        assert client.resilience is not None
+        breaker = client.resilience.breaker("flaky")
+        assert breaker.state is CircuitState.OPEN
+        clock.advance(31)
+        flaky.gate.clear()
+        probe = asyncio.create_task(client.delegate("flaky", "effect"))
+        await asyncio.wait_for(flaky.ran.wait(), 5)
+        with pytest.raises(CircuitOpen, match="probe"):  # the one probe slot is taken
+            await client.delegate("flaky", "fail_then_succeed")
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        flaky.gate.set()
+        response = await client.delegate("flaky", "fail_then_succeed")  # the freed slot probes
+    assert response.result["attempt"] > 1
+    assert breaker.state is CircuitState.CLOSED
+
+
+async def test_a_call_whose_deadline_passed_before_it_started_does_not_count_against_the_circuit(
+    mesh: Mesh,
+) -> None:
+    await mesh.serve(Echo())
+    rez = resilience(breaker=BreakerPolicy(failure_threshold=1))
+    async with mesh.client(resilience=rez) as client:
+
+        async def attempt(target: str) -> None:
+            raise AssertionError("an attempt past the deadline must not start")
+
+        with pytest.raises(DeadlineExceeded):
+            await rez.call("echo", attempt, time.monotonic() - 1)
+        await client.delegate("echo", "echo")
+    assert rez.breaker("echo").state is CircuitState.CLOSED
+    assert rez.breaker("echo").failures == 0
+
+
+async def test_a_probe_that_fails_with_a_fault_of_the_callers_own_frees_its_slot() -> None:
+    clock = ManualClock()
+    rez = resilience(clock, breaker=BreakerPolicy(failure_threshold=1, recovery_timeout=30))
+    breaker = rez.breaker("athena")
+    breaker.enter()
+    breaker.failed(grpc.StatusCode.UNAVAILABLE)
+    clock.advance(31)
+
+    async def broken(target: str) -> None:
+        raise RuntimeError("a bug on the calling side, not an answer from athena")
+
+    async def fine(target: str) -> str:
+        return "answered"
+
+    with pytest.raises(RuntimeError):
+        await rez.call("athena", broken, None)
+    assert await rez.call("athena", fine, None) == "answered"  # the probe slot was freed
+    assert breaker.state is CircuitState.CLOSED

@@ -112,12 +112,14 @@ class CircuitBreaker:
         if state is CircuitState.HALF_OPEN:
             raise CircuitOpen(
                 f"the circuit to {self.target!r} is half-open and its probe calls are in flight; try again shortly",
+                metadata={"origin": self.target},
                 retry_after=0.0,
             )
         wait = self.retry_in()
         raise CircuitOpen(
             f"the circuit to {self.target!r} is open after {self._failures} failures in a row; "
             f"it will let a call through in {wait:.1f} s",
+            metadata={"origin": self.target},
             retry_after=wait,
         )
 

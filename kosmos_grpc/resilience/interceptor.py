@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from kosmos_grpc.errors import CircuitOpen, KosmosError
+from kosmos_grpc.errors import CircuitOpen, DeadlineExceeded, KosmosError
 from kosmos_grpc.resilience.breaker import CircuitBreaker
 from kosmos_grpc.resilience.policy import ResiliencePolicy
 
@@ -57,11 +56,18 @@ class Resilience:
         return dict(self._breakers)
 
     async def call(self, agent: str, attempt: Callable[[str], Awaitable[T]], deadline: float | None) -> T:
-        """Run ``attempt(target)`` for ``agent``, then for its fallbacks while it is unavailable."""
+        """Run ``attempt(target)`` for ``agent``, then for its fallbacks while it is unavailable.
+
+        ``deadline`` is on ``time.monotonic``'s clock; no attempt starts past it.
+        """
         chain = self.policy.chain(agent)
         for index, target in enumerate(chain):
             try:
                 return await self._guarded(target, attempt, deadline)
+            except _PassedOn as passed:
+                # The target answered, with the failure of an agent it called: that agent's
+                # breaker and retries (in the target) have had their say already.
+                raise passed.error from None
             except KosmosError as exc:
                 if index + 1 == len(chain) or not _falls_back(exc):
                     raise
@@ -72,19 +78,34 @@ class Resilience:
         breaker = self.breaker(target)
 
         async def once() -> T:
+            if deadline is not None and time.monotonic() >= deadline:
+                # Our own deadline, not the target's failure: checked before the breaker sees a call.
+                raise DeadlineExceeded(f"no time left to call {target}: the deadline has passed")
             breaker.enter()
             try:
                 result = await attempt(target)
             except KosmosError as exc:
-                breaker.failed(exc.code)
-                raise
-            except asyncio.CancelledError:
-                breaker.abandoned()
+                origin = exc.origin
+                if origin is None or origin == target:
+                    breaker.failed(exc.code)
+                    raise
+                breaker.succeeded()
+                raise _PassedOn(exc) from None
+            except BaseException:
+                breaker.abandoned()  # no outcome (cancelled, or a fault of ours): free a probe slot
                 raise
             breaker.succeeded()
             return result
 
         return await self.policy.retry_for(target).call(once, deadline)
+
+
+class _PassedOn(Exception):
+    """A failure the target passed on from an agent it called: neither retried nor a reason to fall back."""
+
+    def __init__(self, error: KosmosError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _falls_back(error: KosmosError) -> bool:

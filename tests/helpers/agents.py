@@ -226,3 +226,15 @@ class Queued(Agent):
         self.running.set()
         await self.gate.wait()
         return {"tag": payload.get("tag")}
+
+
+class Forward(Agent):
+    """A middle agent: passes a call on to another agent and returns its result."""
+
+    name = "forward"
+
+    @action
+    async def forward(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Delegate payload.action to payload.agent with payload.payload."""
+        response = await ctx.client.delegate(payload["agent"], payload["action"], payload.get("payload", {}))
+        return response.result
