@@ -66,10 +66,15 @@ class Admission:
             elif slot.exception() is None:
                 self.release()  # the slot was granted just as the wait ended: hand it on
             if isinstance(exc, TimeoutError):
-                raise DeadlineExceeded(
-                    f"{what} waited in the queue past its deadline and was never run", metadata={"field": "ttl_ms"}
-                ) from None
+                raise self.expired(what) from None
             raise
+
+    @staticmethod
+    def expired(what: str) -> DeadlineExceeded:
+        """The error of a call whose deadline passed while it waited."""
+        return DeadlineExceeded(
+            f"{what} waited in the queue past its deadline and was never run", metadata={"field": "ttl_ms"}
+        )
 
     def release(self) -> None:
         """End a call: its slot goes to the best waiting call, if any."""

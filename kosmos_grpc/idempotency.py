@@ -22,10 +22,11 @@ _SWEEP_EVERY = 1024
 class ExecutedCall(Generic[R]):
     """One claimed message_id: how its call ended, once it has (``outcome``), and who waits for that."""
 
-    __slots__ = ("_settled", "expires", "outcome")
+    __slots__ = ("_settled", "expires", "outcome", "size")
 
     def __init__(self, expires: float) -> None:
         self.expires = expires
+        self.size = 0  # bytes of the reply kept
         #: (reply, None) or (None, error) once the call ended; (None, None) if it never finished.
         self.outcome: tuple[R | None, KosmosError | None] | None = None
         self._settled: asyncio.Future[None] | None = None  # made only when a duplicate has to wait
@@ -46,7 +47,8 @@ class ExecutedCall(Generic[R]):
 
 
 class ExecutedCalls(Generic[R]):
-    """message_id -> the outcome of its call, kept ``window`` seconds and for at most ``limit`` calls.
+    """message_id -> the outcome of its call, kept ``window`` seconds, for at most ``limit`` calls
+    whose replies add up to at most ``max_bytes`` (the oldest go first).
 
     The first call with a message_id claims it and later settles it; a duplicate gets the same
     :class:`ExecutedCall` and waits on it, so one that arrives while the first is still running
@@ -54,11 +56,21 @@ class ExecutedCalls(Generic[R]):
     so its retry runs.
     """
 
-    def __init__(self, window: float = 300.0, limit: int = 10_000, *, clock: Callable[[], float] = time.monotonic):
-        if window <= 0 or limit < 1:
-            raise ValueError("the idempotency window and limit must be above zero")
+    def __init__(
+        self,
+        window: float = 300.0,
+        limit: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if window <= 0 or limit < 1 or max_bytes < 1:
+            raise ValueError("the idempotency window, limit and max_bytes must be above zero")
         self.window = window
         self.limit = limit
+        self.max_bytes = max_bytes
+        #: Bytes of the replies kept now.
+        self.bytes = 0
         self._clock = clock
         # Insertion order is expiry order, as every entry lives for the same window.
         self._calls: dict[str, ExecutedCall[R]] = {}
@@ -75,21 +87,34 @@ class ExecutedCalls(Generic[R]):
         if found is not None:
             if found.expires > now:
                 return False, found
-            del calls[message_id]
+            self._forget(message_id)
         entry: ExecutedCall[R] = ExecutedCall(now + self.window)
         calls[message_id] = entry
         if len(calls) > self.limit:
-            del calls[next(iter(calls))]  # the oldest
+            self._forget(next(iter(calls)))  # the oldest
         self._claims += 1
         if self._claims % _SWEEP_EVERY == 0:
             self._sweep(now)
         return True, entry
 
-    def settle(self, message_id: str, entry: ExecutedCall[R], reply: R | None, error: KosmosError | None) -> None:
-        """Record how a claimed call ended; ``reply`` and ``error`` both None forget it, so a retry runs."""
-        if reply is None and error is None and self._calls.get(message_id) is entry:
-            del self._calls[message_id]
+    def settle(
+        self, message_id: str, entry: ExecutedCall[R], reply: R | None, error: KosmosError | None, size: int = 0
+    ) -> None:
+        """Record how a claimed call ended (``size``: the reply's bytes); ``reply`` and ``error``
+        both None forget it, so a retry runs."""
+        calls = self._calls
+        if calls.get(message_id) is entry:
+            if reply is None and error is None:
+                del calls[message_id]
+            elif size:
+                entry.size = size
+                self.bytes += size
+                while self.bytes > self.max_bytes:
+                    self._forget(next(iter(calls)))  # the oldest, this one last
         entry._settle(reply, error)
+
+    def _forget(self, message_id: str) -> None:
+        self.bytes -= self._calls.pop(message_id).size
 
     def _sweep(self, now: float) -> None:
         calls = self._calls
@@ -99,4 +124,4 @@ class ExecutedCalls(Generic[R]):
                 break
             expired.append(message_id)
         for message_id in expired:
-            del calls[message_id]
+            self._forget(message_id)

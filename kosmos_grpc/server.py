@@ -24,7 +24,9 @@ from kosmos_grpc.errors import (
     ActionFailed,
     ActionNotFound,
     AgentNotFound,
+    AgentUnavailable,
     DeadlineExceeded,
+    DuplicateMessage,
     InvalidEnvelope,
     KosmosError,
     WrongCallKind,
@@ -56,6 +58,8 @@ _DEADLINE_SLACK = 0.002
 # A duplicate waits for the first call with its message_id; should that one not finish, the
 # duplicate runs itself. Each try ends when a call ends, so a few are plenty.
 _DUPLICATE_TRIES = 3
+# What a started stream leaves for a duplicate of it: an error made once, never raised as such.
+_STREAMED = DuplicateMessage("a stream already started under this message_id", metadata={"field": "message_id"})
 
 
 def _fill(struct: struct_pb2.Struct, result: Any, agent: str, action: str) -> None:
@@ -177,9 +181,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     return reply
                 if failure is not None:
                     raise failure
-            raise _past_deadline(self._name, spec.name)  # pragma: no cover - each try waits for a call to end
+            raise AgentUnavailable(
+                f"the earlier calls under message_id {message.message_id!r} kept ending unfinished; try again"
+            )
         except KosmosError as exc:
-            error = exc
+            error = _bare(exc)
         except Exception as exc:
             error = self._unexpected(exc, message)
         await self._abort(context, error)
@@ -198,6 +204,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         failure: KosmosError | None = None
         try:
             reply = await self._execute(spec, ctx, timer)
+            executed.settle(message_id, entry, reply, None, reply.ByteSize())
             return reply
         except KosmosError as exc:
             if exc.retryable or isinstance(exc, DeadlineExceeded):
@@ -208,15 +215,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             failure = self._unexpected(exc, ctx.message)
             raise failure from None
         finally:
-            executed.settle(message_id, entry, reply, failure)
+            if reply is None:
+                executed.settle(message_id, entry, None, None if failure is None else _bare(failure))
 
     async def _execute(self, spec: ActionSpec, ctx: Context, timer: float | None) -> agent_pb2.ExecuteResponse:
         """Run a unary action under admission control and its deadline; its reply."""
         admission = self.admission
         if admission is not None:
-            await admission.acquire(ctx.message.priority, ctx.time_remaining(), f"{self._name}.{spec.name}")
-            if timer is not None and ctx.deadline is not None:
-                timer = ctx.deadline - time.monotonic()  # what the wait in the queue left
+            timer = await self._wait_turn(admission, spec, ctx, timer)
         try:
             handler = self._handlers[spec.name]
             if timer is None:
@@ -243,15 +249,28 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await self._abort(context, _unreadable("StreamRequest"))
         message = request.message
         error: KosmosError
+        admission = self.admission
         admitted = False
+        executed = self.executed
+        entry: ExecutedCall[agent_pb2.ExecuteResponse] | None = None
         try:
             spec, ctx, timer = self._admit(message, context)
-            admission = self.admission
+            if executed is not None:
+                # A stream is not replayed: a retry of one that started must not run it twice.
+                first, entry = executed.claim(message.message_id)
+                if not first:
+                    entry = None
+                    raise DuplicateMessage(
+                        f"a call under message_id {message.message_id!r} already started on {self._name!r}: "
+                        "a stream is neither replayed nor run twice; send it again under a new message_id",
+                        metadata={"field": "message_id"},
+                    )
             if admission is not None:
-                await admission.acquire(message.priority, ctx.time_remaining(), f"{self._name}.{spec.name}")
+                timer = await self._wait_turn(admission, spec, ctx, timer)
                 admitted = True
-                if timer is not None and ctx.deadline is not None:
-                    timer = ctx.deadline - time.monotonic()
+            if entry is not None:
+                executed.settle(message.message_id, entry, None, _STREAMED)  # type: ignore[union-attr]
+                entry = None
             handler = self._handlers[spec.name]
             items = handler(ctx, ctx.payload) if spec.streaming else _one(handler(ctx, ctx.payload))
             if timer is not None:
@@ -273,13 +292,28 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             yield final
             return
         except KosmosError as exc:
-            error = exc
+            error = _bare(exc)
         except Exception as exc:
             error = self._unexpected(exc, message)
         finally:
             if admitted:
-                self.admission.release()  # type: ignore[union-attr]
+                admission.release()  # type: ignore[union-attr]
+            if entry is not None:  # claimed but never started: forgotten, so that a retry runs
+                executed.settle(message.message_id, entry, None, None)  # type: ignore[union-attr]
         await self._abort(context, error)
+
+    async def _wait_turn(
+        self, admission: Admission, spec: ActionSpec, ctx: Context, timer: float | None
+    ) -> float | None:
+        """Wait for a turn to run; the timer, less the wait (DeadlineExceeded when nothing is left)."""
+        what = f"{self._name}.{spec.name}"
+        await admission.acquire(ctx.message.priority, ctx.time_remaining(), what)
+        if timer is not None and ctx.deadline is not None:
+            timer = ctx.deadline - time.monotonic()
+            if timer <= 0:
+                admission.release()
+                raise admission.expired(what)
+        return timer
 
     async def Describe(
         self, request: agent_pb2.DescribeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -312,6 +346,14 @@ def _chunk(agent: str, message_id: str, correlation_id: str, sequence: int) -> a
     chunk.correlation_id = correlation_id
     chunk.sequence = sequence
     return response
+
+
+def _bare(error: KosmosError) -> KosmosError:
+    """``error`` without its traceback and chained exceptions: it may be kept (for duplicates), they need not."""
+    error.__traceback__ = None
+    error.__context__ = None
+    error.__cause__ = None
+    return error
 
 
 def _past_deadline(agent: str, action: str) -> DeadlineExceeded:

@@ -6,7 +6,15 @@ import asyncio
 
 import pytest
 
-from kosmos_grpc import ActionFailed, AgentServer, AgentUnavailable, Coordinator, Registry
+from kosmos_grpc import (
+    ActionFailed,
+    AgentServer,
+    AgentUnavailable,
+    Coordinator,
+    DuplicateMessage,
+    Registry,
+    ResourceExhausted,
+)
 from kosmos_grpc.envelope import new_message_id
 from kosmos_grpc.idempotency import ExecutedCalls
 from kosmos_grpc.resilience import ResiliencePolicy, RetryPolicy
@@ -125,3 +133,121 @@ async def test_expired_message_ids_are_swept_out_as_new_ones_come_in() -> None:
     for i in range(1100):  # a sweep runs once every 1,024 claims
         calls.claim(f"new{i}")
     assert len(calls) == 1100
+
+
+async def test_a_duplicate_waiting_on_a_first_call_that_is_cancelled_runs_itself(mesh: Mesh) -> None:
+    flaky = Flaky()
+    flaky.gate.clear()
+    await mesh.serve(flaky)
+    message_id = new_message_id()
+    async with mesh.client(resilience=False) as client:
+        first = asyncio.create_task(client.delegate("flaky", "effect", message_id=message_id))
+        await asyncio.wait_for(flaky.ran.wait(), 5)
+        second = asyncio.create_task(client.delegate("flaky", "effect", message_id=message_id))
+        await asyncio.sleep(0.1)
+        assert not second.done()  # waiting on the first
+        first.cancel()
+        for _ in range(250):  # bounded: until the duplicate has claimed the id and runs
+            if len(flaky.calls) == 2:
+                break
+            await asyncio.sleep(0.02)
+        flaky.gate.set()
+        response = await asyncio.wait_for(second, 5)
+    assert flaky.calls == [message_id, message_id]  # the first never finished, so the duplicate ran
+    assert response.result == {"effects": 2}
+
+
+async def test_a_stream_that_started_is_not_run_again_under_its_message_id(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    message_id = new_message_id()
+    async with mesh.client(resilience=False) as client:
+        chunks = [c.data async for c in client.stream("flaky", "effect_stream", message_id=message_id)]
+        with pytest.raises(DuplicateMessage, match="neither replayed nor run twice") as caught:
+            async for _ in client.stream("flaky", "effect_stream", message_id=message_id):
+                pass
+    assert chunks == [{"effects": 1, "i": 0}, {"effects": 1, "i": 1}]
+    assert caught.value.metadata["field"] == "message_id"
+    assert flaky.effects == 1
+
+
+async def test_a_stream_refused_before_it_started_is_forgotten_so_its_retry_runs(mesh: Mesh) -> None:
+    flaky = Flaky()
+    flaky.gate.clear()
+    await mesh.serve(flaky, max_concurrency=1, queue_limit=0)
+    message_id = new_message_id()
+    async with mesh.client(resilience=False) as client:
+        busy = asyncio.create_task(client.delegate("flaky", "effect"))
+        await asyncio.wait_for(flaky.ran.wait(), 5)
+        with pytest.raises(ResourceExhausted):
+            async for _ in client.stream("flaky", "effect_stream", message_id=message_id):
+                pass
+        flaky.gate.set()
+        await asyncio.wait_for(busy, 5)
+        chunks = [c.data async for c in client.stream("flaky", "effect_stream", message_id=message_id)]
+    assert chunks == [{"effects": 2, "i": 0}, {"effects": 2, "i": 1}]
+
+
+async def test_a_kept_failure_holds_no_traceback(mesh: Mesh) -> None:
+    flaky = Flaky()
+    server = await mesh.serve(flaky)
+    message_id = new_message_id()
+    async with mesh.client(resilience=False) as client:
+        with pytest.raises(ActionFailed):
+            await client.delegate(
+                "flaky", "fail_then_succeed", {"times": 1, "error": "internal"}, message_id=message_id
+            )
+    executed = server._servicer.executed
+    assert executed is not None
+    first, entry = executed.claim(message_id)
+    assert not first
+    assert entry.outcome is not None
+    kept = entry.outcome[1]
+    assert isinstance(kept, ActionFailed)
+    # A traceback would hold the handler's frames, and its payload, for the whole window.
+    assert kept.__traceback__ is None
+    assert kept.__context__ is None
+
+
+async def test_the_memory_of_executed_calls_is_bounded_in_bytes() -> None:
+    calls: ExecutedCalls[str] = ExecutedCalls(window=60, limit=1000, max_bytes=1000, clock=ManualClock())
+    for i in range(10):
+        _, entry = calls.claim(f"m{i}")
+        calls.settle(f"m{i}", entry, f"r{i}", None, 300)
+    assert len(calls) == 3  # 900 bytes; a fourth reply would be over the 1000
+    assert calls.bytes == 900
+    assert calls.claim("m6")[0]  # the oldest went first
+    assert not calls.claim("m9")[0]
+
+
+async def test_a_stream_whose_connection_breaks_before_its_first_chunk_is_not_run_twice_by_the_retry() -> None:
+    flaky = Flaky()
+    flaky.gate.clear()
+    server = AgentServer(flaky, registry=Registry(), grace_seconds=0)
+    await server.start()
+    proxy = Proxy(server.address)
+    await proxy.start()
+    try:
+        async with Coordinator({"flaky": proxy.address}, resilience=FAST) as client:
+            await client.health("flaky")
+            proxy.swallow_replies()
+
+            async def read() -> list[object]:
+                return [c.data async for c in client.stream("flaky", "effect_stream", timeout_ms=10_000)]
+
+            call = asyncio.create_task(read())
+            await asyncio.wait_for(flaky.ran.wait(), 5)
+            for _ in range(100):  # bounded: the first chunk is written within moments
+                if proxy.swallowed:
+                    break
+                await asyncio.sleep(0.02)
+            assert proxy.swallowed, "the first chunk never came"
+            await proxy.cut()
+            with pytest.raises(DuplicateMessage):
+                await asyncio.wait_for(call, 10)
+    finally:
+        flaky.gate.set()
+        await proxy.stop()
+        await server.stop(0)
+    assert flaky.effects == 1  # the retry reached the agent and was refused, not run
+    assert len(flaky.calls) == 1

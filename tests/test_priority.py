@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 
-from kosmos_grpc import Coordinator, DeadlineExceeded, ResourceExhausted
+from kosmos_grpc import AGENT_SERVICE, Coordinator, ResourceExhausted
+from kosmos_grpc._proto.kosmos.v1 import agent_pb2
+from kosmos_grpc.envelope import new_message
 from tests.conftest import Mesh
 from tests.helpers.agents import Queued
 
@@ -96,12 +99,22 @@ async def test_critical_is_shed_last(mesh: Mesh) -> None:
 
 async def test_a_call_whose_ttl_runs_out_while_it_waits_is_never_run(mesh: Mesh) -> None:
     agent = Queued()
-    await mesh.serve(agent, max_concurrency=1, queue_limit=10)
+    server = await mesh.serve(agent, max_concurrency=1, queue_limit=10)
     async with mesh.client(resilience=False) as client:
         running = _job(client, "first", "normal")
         await asyncio.wait_for(agent.running.wait(), 5)
-        with pytest.raises(DeadlineExceeded):
-            await asyncio.wait_for(_job(client, "expires", "high", ttl_ms=200, timeout_ms=None), 5)
+        # The gRPC deadline (10 s) is far past the TTL (200 ms): only the server's TTL can end the wait.
+        request = agent_pb2.ExecuteRequest(message=new_message("job", {"tag": "expires"}, ttl_ms=200, priority="high"))
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            execute = channel.unary_unary(
+                f"/{AGENT_SERVICE}/Execute",
+                request_serializer=agent_pb2.ExecuteRequest.SerializeToString,
+                response_deserializer=agent_pb2.ExecuteResponse.FromString,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await execute(request, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "waited in the queue past its deadline and was never run" in (caught.value.details() or "")
         await _waiting(agent, mesh, 0)  # it left the queue
         agent.gate.set()
         await asyncio.wait_for(running, 5)

@@ -13,6 +13,7 @@ from kosmos_grpc import (
     ActionFailed,
     AgentUnavailable,
     CircuitOpen,
+    Coordinator,
     DeadlineExceeded,
     InvalidEnvelope,
     ResourceExhausted,
@@ -327,3 +328,19 @@ async def test_a_probe_that_fails_with_a_fault_of_the_callers_own_frees_its_slot
         await rez.call("athena", broken, None)
     assert await rez.call("athena", fine, None) == "answered"  # the probe slot was freed
     assert breaker.state is CircuitState.CLOSED
+
+
+async def test_a_stream_that_fails_after_its_first_chunk_is_not_retried(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    seen: list[dict[str, object]] = []
+
+    async def read(client: Coordinator) -> None:
+        async for chunk in client.stream("flaky", "effect_stream", {"chunks": 2, "fail": True}):
+            seen.append(chunk.data)
+
+    async with mesh.client(resilience=resilience()) as client:
+        with pytest.raises(AgentUnavailable, match="mid-stream"):
+            await read(client)
+    assert seen == [{"effects": 1, "i": 0}, {"effects": 1, "i": 1}]  # no chunk twice
+    assert flaky.effects == 1

@@ -208,6 +208,18 @@ class Flaky(Agent):
         await self.gate.wait()
         return {"effects": self.effects}
 
+    @action
+    async def effect_stream(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Perform a side effect (count it), stream payload.chunks chunks, then fail if payload.fail."""
+        self.calls.append(ctx.message.message_id)
+        self.effects += 1
+        self.ran.set()
+        for i in range(int(payload.get("chunks", 2))):
+            yield {"effects": self.effects, "i": i}
+            await self.gate.wait()
+        if payload.get("fail"):
+            raise AgentUnavailable("flaky lost its way mid-stream")
+
 
 class Queued(Agent):
     """Records the order its calls start in; each waits for the gate."""
