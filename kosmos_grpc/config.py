@@ -68,9 +68,11 @@ class MeshConfig:
     max_deliveries: int = 5
     #: Retry and breaker policies for calls to each agent, and the fallbacks.
     resilience: ResiliencePolicy = field(default_factory=ResiliencePolicy)
-    #: How long, and for how many calls at most, a server remembers executed message_ids.
+    #: How long, for how many calls and how many reply bytes at most, a server remembers
+    #: executed message_ids.
     idempotency_seconds: float = 300.0
     idempotency_entries: int = 10_000
+    idempotency_bytes: int = 64 * 1024 * 1024
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -106,6 +108,14 @@ def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where
 
 def _optional(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     return _typed(table, key, kind, where) if key in table else None
+
+
+def _at_least(value: Any, minimum: float, key: str, where: str, *, above: bool = False) -> Any:
+    """``value`` when it is at least (or, with ``above``, above) ``minimum``, else ConfigError."""
+    if value is not None and (value <= minimum if above else value < minimum):
+        bound = f"above {minimum}" if above else f"at least {minimum}"
+        raise ConfigError(f"{where}.{key} must be {bound}, not {value}")
+    return value
 
 
 def _retry(table: dict[str, Any], where: str, base: RetryPolicy) -> RetryPolicy:
@@ -190,22 +200,27 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
             object=_typed(table, "object", str, where),
             address=_typed(table, "address", str, where),
             max_concurrent_rpcs=_optional(table, "max_concurrent_rpcs", int, where),
-            max_concurrency=_optional(table, "max_concurrency", int, where),
-            queue_limit=_typed(table, "queue_limit", int, where) if "queue_limit" in table else 100,
+            max_concurrency=_at_least(_optional(table, "max_concurrency", int, where), 1, "max_concurrency", where),
+            queue_limit=_at_least(
+                _typed(table, "queue_limit", int, where) if "queue_limit" in table else 100, 0, "queue_limit", where
+            ),
             fallback=_optional(table, "fallback", str, where),
         )
     if not agents:
         raise ConfigError(f"{path}: no [agents.<name>] tables")
     kwargs: dict[str, Any] = {"resilience": _resilience(data, agents, path)}
-    for key, attr, kind in (
-        ("payload_limit_bytes", "payload_limit", int),
-        ("grace_seconds", "grace_seconds", (int, float)),
-        ("max_concurrent_rpcs", "max_concurrent_rpcs", int),
-        ("idempotency_seconds", "idempotency_seconds", (int, float)),
-        ("idempotency_entries", "idempotency_entries", int),
+    for key, attr, kind, minimum in (
+        ("payload_limit_bytes", "payload_limit", int, 1),
+        ("grace_seconds", "grace_seconds", (int, float), 0),
+        ("max_concurrent_rpcs", "max_concurrent_rpcs", int, 1),
+        ("idempotency_seconds", "idempotency_seconds", (int, float), 0),
+        ("idempotency_entries", "idempotency_entries", int, 1),
+        ("idempotency_bytes", "idempotency_bytes", int, 1),
     ):
         if key in mesh:
-            kwargs[attr] = _typed(mesh, key, kind, "mesh")
+            kwargs[attr] = _at_least(
+                _typed(mesh, key, kind, "mesh"), minimum, key, "mesh", above=key == "idempotency_seconds"
+            )
     bus = data.get("bus", {})
     if isinstance(bus, str):  # the short form: bus = "nats://host:port"
         if not bus.startswith(("nats://", "tls://")):

@@ -67,6 +67,7 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
         queue_limit=spec.queue_limit,
         idempotency_seconds=config.idempotency_seconds,
         idempotency_entries=config.idempotency_entries,
+        idempotency_bytes=config.idempotency_bytes,
         resilience=config.resilience,
     )
 

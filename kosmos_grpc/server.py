@@ -465,6 +465,7 @@ class AgentServer:
         queue_limit: int = 100,
         idempotency_seconds: float | None = 300.0,
         idempotency_entries: int = 10_000,
+        idempotency_bytes: int = 64 * 1024 * 1024,
         resilience: ResiliencePolicy | bool = True,
     ) -> None:
         """Serve ``agent``; see :class:`~kosmos_grpc.config.MeshConfig` for what each limit means.
@@ -493,7 +494,9 @@ class AgentServer:
             self.coordinator,
             payload_limit,
             admission=None if max_concurrency is None else Admission(max_concurrency, queue_limit),
-            executed=None if idempotency_seconds is None else ExecutedCalls(idempotency_seconds, idempotency_entries),
+            executed=None
+            if idempotency_seconds is None
+            else ExecutedCalls(idempotency_seconds, idempotency_entries, idempotency_bytes),
         )
         _add_servicer(self._servicer, self._server)
         if bus is not None:

@@ -45,6 +45,10 @@ def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
         (f"{_AGENT}[breaker]\nstatuses = ['SOMETIMES']\n", "breaker.statuses: 'SOMETIMES' is not a gRPC status"),
         (f"{_AGENT}[agents.a.breaker]\nfailure_threshold = 'five'\n", "agents.a.breaker.failure_threshold"),
         (f"{_AGENT}max_concurrency = 'many'\n", "agents.a.max_concurrency has the wrong type"),
+        (f"{_AGENT}max_concurrency = 0\n", "agents.a.max_concurrency must be at least 1, not 0"),
+        (f"{_AGENT}queue_limit = -1\n", "agents.a.queue_limit must be at least 0, not -1"),
+        (f"[mesh]\nidempotency_seconds = 0\n{_AGENT}", "mesh.idempotency_seconds must be above 0, not 0"),
+        (f"[mesh]\nidempotency_bytes = 0\n{_AGENT}", "mesh.idempotency_bytes must be at least 1, not 0"),
     ],
 )
 def test_bad_config_is_reported_plainly(tmp_path: Path, text: str, message: str) -> None:
