@@ -517,10 +517,11 @@ class ScopedClient:
         *,
         timeout_ms: float | None = DEFAULT_TIMEOUT_MS,
         priority: Priority | int | str = Priority.NORMAL,
+        message_id: str | None = None,
     ) -> Response:
         """Run ``action`` on ``agent`` within what is left of this call's deadline."""
         return await self._coordinator.delegate(
-            agent, action, payload, timeout_ms=timeout_ms, priority=priority, scope=self._scope
+            agent, action, payload, timeout_ms=timeout_ms, priority=priority, message_id=message_id, scope=self._scope
         )
 
     def stream(

@@ -51,6 +51,7 @@ __all__ = [
     "StreamBroken",
     "WrongCallKind",
     "from_rpc_error",
+    "is_final",
     "to_status",
 ]
 
@@ -227,6 +228,13 @@ _BY_CODE: dict[grpc.StatusCode, type[KosmosError]] = {
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.DATA_LOSS: StreamBroken,
 }
+
+
+def is_final(error: KosmosError) -> bool:
+    """Whether a call that ended in ``error`` finished for good: an agent keeps such an outcome
+    for its message_id. The rest (retryable, past a deadline, cancelled) did not finish, so
+    their outcome is unknown and a retry under the same message_id runs them."""
+    return not (error.retryable or isinstance(error, DeadlineExceeded | Cancelled))
 
 
 def to_status(error: KosmosError) -> grpc.Status:

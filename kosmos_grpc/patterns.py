@@ -12,18 +12,18 @@ import asyncio
 import logging
 import time
 from dataclasses import KW_ONLY, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import grpc
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from kosmos_grpc.client import DEFAULT_TIMEOUT_MS, Coordinator, ScopedClient
 from kosmos_grpc.envelope import new_message_id
-from kosmos_grpc.errors import DeadlineExceeded, InvalidEnvelope, KosmosError
+from kosmos_grpc.errors import DeadlineExceeded, InvalidEnvelope, KosmosError, is_final
 from kosmos_grpc.subjects import AUDIT_LOG
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Coroutine, Mapping, Sequence
 
     from tenacity.wait import wait_base
 
@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: How long one audit event may take to be accepted by the bus before it is given up (and logged).
 AUDIT_TIMEOUT_MS = 2_000
@@ -291,13 +292,29 @@ class SagaFailed(KosmosError):
         return not self.compensation_failures and super().retryable
 
 
+async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` in a task of its own to its end, shielded; a cancellation meanwhile is raised after."""
+    task = asyncio.create_task(work)
+    cancelled: asyncio.CancelledError | None = None
+    # Waiting is bounded: undoing is made of calls with their own timeouts and a bounded retry.
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    return task.result()
+
+
 class Saga:
     """Steps run in order; when one fails, those completed are compensated in reverse order.
 
     With a ``bus``, each step's progress (``started``, ``completed``, ``failed``,
     ``compensated``, ``compensation_failed``) and the saga's outcome (step ``""``, status
-    ``succeeded``, ``rolled_back`` or ``failed``) are published on ``kosmos.events.audit.log``
-    under the workflow's correlation_id. Publishing failures are logged, never change the outcome.
+    ``succeeded``, ``rolled_back``, ``failed`` or ``cancelled``) are published on
+    ``kosmos.events.audit.log`` under the workflow's correlation_id. Publishing failures are
+    logged, never change the outcome.
     """
 
     def __init__(
@@ -322,26 +339,32 @@ class Saga:
 
         Raises:
             SagaFailed: a step failed; it says which, why, and what was and was not compensated.
+            asyncio.CancelledError: the run was cancelled; the completed steps were compensated first.
         """
         scoped = _scoped(client)
         saga_id = new_message_id()
         done: list[tuple[SagaStep, Response]] = []
-        for step in self.steps:
-            await self._audit(scoped, saga_id, step.name, "started")
-            try:
-                response = await scoped.delegate(step.agent, step.action, step.payload, timeout_ms=step.timeout_ms)
-            except KosmosError as cause:
-                await self._audit(scoped, saga_id, step.name, "failed", error=cause.code.name)
-                failed = await self._compensate(scoped, saga_id, step, cause, done)
-                outcome = "failed" if failed.compensation_failures else "rolled_back"
-                await self._audit(scoped, saga_id, "", outcome, error=cause.code.name, failed_step=step.name)
-                raise failed from cause
-            done.append((step, response))
-            await self._audit(scoped, saga_id, step.name, "completed")
-        await self._audit(scoped, saga_id, "", "succeeded")
-        return SagaResult(saga_id, scoped.correlation_id, [response for _, response in done])
+        try:
+            for step in self.steps:
+                await self._audit(scoped, saga_id, step.name, "started")
+                try:
+                    response = await scoped.delegate(step.agent, step.action, step.payload, timeout_ms=step.timeout_ms)
+                except KosmosError as cause:
+                    failed_step, failure = step, cause
+                    break
+                done.append((step, response))
+                await self._audit(scoped, saga_id, step.name, "completed")
+            else:
+                await self._audit(scoped, saga_id, "", "succeeded")
+                return SagaResult(saga_id, scoped.correlation_id, [response for _, response in done])
+        except asyncio.CancelledError:
+            # The caller cancelled or went away: what was done is undone all the same, out of reach
+            # of the cancellation, before it goes on.
+            await _to_the_end(self._cancelled(scoped, saga_id, done))
+            raise
+        raise await _to_the_end(self._fail(scoped, saga_id, failed_step, failure, done)) from failure
 
-    async def _compensate(
+    async def _fail(
         self,
         scoped: ScopedClient,
         saga_id: str,
@@ -349,7 +372,29 @@ class Saga:
         cause: KosmosError,
         done: list[tuple[SagaStep, Response]],
     ) -> SagaFailed:
-        """Undo the completed steps, last first, each retried; the SagaFailed that reports it all."""
+        """Audit the failed step, undo the completed ones and audit the outcome; the SagaFailed that says so."""
+        await self._audit(scoped, saga_id, failed_step.name, "failed", error=cause.code.name)
+        compensated, failures = await self._compensate(scoped, saga_id, done)
+        outcome = "failed" if failures else "rolled_back"
+        await self._audit(scoped, saga_id, "", outcome, error=cause.code.name, failed_step=failed_step.name)
+        return SagaFailed(
+            saga_id,
+            failed_step,
+            cause,
+            responses=[response for _, response in done],
+            compensated=compensated,
+            compensation_failures=failures,
+        )
+
+    async def _cancelled(self, scoped: ScopedClient, saga_id: str, done: list[tuple[SagaStep, Response]]) -> None:
+        """Undo the completed steps of a cancelled run and audit its outcome."""
+        await self._compensate(scoped, saga_id, done)
+        await self._audit(scoped, saga_id, "", "cancelled")
+
+    async def _compensate(
+        self, scoped: ScopedClient, saga_id: str, done: list[tuple[SagaStep, Response]]
+    ) -> tuple[list[SagaStep], dict[SagaStep, KosmosError]]:
+        """Undo the completed steps, last first, each retried; those undone, and those that could not be."""
         # Undoing must not die with the workflow's deadline (often the very reason a step
         # failed): compensations get their own timeouts, under the same correlation_id.
         undoer = scoped.coordinator.scope(correlation_id=scoped.correlation_id)
@@ -360,6 +405,10 @@ class Saga:
             if call is None:
                 continue
             payload = {**(call.payload or {}), "payload": dict(step.payload or {}), "result": response.result}
+            # One message_id for every attempt, so that the agent answers a retry of a compensation
+            # it already ran (its reply lost) from memory instead of running it twice. A new one only
+            # after a failure the agent remembers: under the old id it would only get that back.
+            message_id = new_message_id()
             try:
                 async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(self.compensation_attempts),
@@ -368,7 +417,14 @@ class Saga:
                     reraise=True,
                 ):
                     with attempt:
-                        await undoer.delegate(call.agent, call.action, payload, timeout_ms=call.timeout_ms)
+                        try:
+                            await undoer.delegate(
+                                call.agent, call.action, payload, timeout_ms=call.timeout_ms, message_id=message_id
+                            )
+                        except KosmosError as exc:
+                            if is_final(exc):
+                                message_id = new_message_id()
+                            raise
             except KosmosError as exc:
                 log.error("saga %s: compensating %s with %s failed: %s", saga_id, step.name, call, exc)
                 failures[step] = exc
@@ -376,14 +432,7 @@ class Saga:
             else:
                 compensated.append(step)
                 await self._audit(scoped, saga_id, step.name, "compensated")
-        return SagaFailed(
-            saga_id,
-            failed_step,
-            cause,
-            responses=[response for _, response in done],
-            compensated=compensated,
-            compensation_failures=failures,
-        )
+        return compensated, failures
 
     async def _audit(self, scoped: ScopedClient, saga_id: str, step: str, status: str, **extra: str) -> None:
         """Publish one audit event; a bus that fails is logged, never allowed to change the saga."""

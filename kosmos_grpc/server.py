@@ -30,6 +30,7 @@ from kosmos_grpc.errors import (
     InvalidEnvelope,
     KosmosError,
     WrongCallKind,
+    is_final,
     to_status,
 )
 from kosmos_grpc.idempotency import ExecutedCall, ExecutedCalls
@@ -207,7 +208,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             executed.settle(message_id, entry, reply, None, reply.ByteSize())
             return reply
         except KosmosError as exc:
-            if exc.retryable or isinstance(exc, DeadlineExceeded):
+            if not is_final(exc):
                 raise  # not finished: forgotten, so that a retry runs
             failure = exc
             raise

@@ -220,6 +220,25 @@ async def test_a_compensation_that_fails_twice_is_retried_until_it_succeeds(
     assert journal.entries[3:] == ["beta.release_failed", "beta.release_failed", "beta.release", "alpha.release"]
     assert caught.value.compensated == [steps[1], steps[0]]
     assert caught.value.compensation_failures == {}
+    # beta remembers each failure under its message_id: only a new one has the release really run again.
+    assert len(set(journal.release_message_ids[:3])) == 3
+
+
+async def test_a_compensation_whose_outcome_is_unknown_is_retried_under_the_same_message_id(
+    mesh: Mesh, client: Coordinator, journal: Journal
+) -> None:
+    await mesh.serve(Beta(journal, release_stalls=1))
+    await mesh.serve(Gamma(journal))
+    steps = [
+        SagaStep("beta", "reserve", {"item": "room"}, compensate=Call("beta", "release", timeout_ms=300)),
+        SagaStep("gamma", "refuse"),
+    ]
+    with pytest.raises(SagaFailed) as caught:
+        await Saga(steps).run(client)
+    assert journal.entries == ["beta.reserve", "gamma.refuse", "beta.release_stalled", "beta.release"]
+    first, second = journal.release_message_ids
+    assert first == second, "had the first attempt's reply been lost, beta would answer the retry from memory"
+    assert caught.value.compensated == [steps[0]]
 
 
 async def test_a_compensation_that_keeps_failing_is_reported_and_the_rest_are_still_undone(
@@ -239,6 +258,33 @@ async def test_a_compensation_that_keeps_failing_is_reported_and_the_rest_are_st
     assert failed.code == grpc.StatusCode.RESOURCE_EXHAUSTED, "the failing step's code, not the compensation's"
     assert "could not compensate beta.reserve" in str(failed)
     assert not failed.retryable
+
+
+async def test_a_cancelled_saga_compensates_the_completed_steps_and_audits_it_cancelled(
+    workers: Mesh, client: Coordinator, journal: Journal, broker: BrokerServer
+) -> None:
+    async with GrpcEventBus(broker.address, source_agent="test") as bus:
+        audit = await bus.subscribe(AUDIT_LOG)
+        steps = [reserve("alpha", "seat"), SagaStep("beta", "hang", compensate=("beta", "release"))]
+        running = asyncio.create_task(Saga(steps, bus=bus, name="trip").run(client))
+        await asyncio.wait_for(journal.hang_started.wait(), 5)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        # Undone before the cancellation went on, on the agent itself.
+        assert journal.entries == ["alpha.reserve", "alpha.release"], "the step cut short is not compensated"
+        assert journal.releases == [("alpha", {"payload": {"item": "seat"}, "result": {"reservation": "alpha-seat"}})]
+        async with asyncio.timeout(5):
+            events: list[Event] = [await anext(audit) for _ in range(5)]
+    await asyncio.wait_for(journal.hang_cancelled.wait(), 5)  # the cancellation reached beta's handler
+    assert [(e.payload["step"], e.payload["status"]) for e in events] == [
+        ("alpha.reserve", "started"),
+        ("alpha.reserve", "completed"),
+        ("beta.hang", "started"),
+        ("alpha.reserve", "compensated"),
+        ("", "cancelled"),
+    ]
+    assert len({e.payload["saga_id"] for e in events}) == 1
 
 
 async def test_compensations_run_even_after_the_workflow_s_deadline_has_passed(

@@ -17,6 +17,8 @@ class Journal:
     entries: list[str] = field(default_factory=list)
     #: (agent, payload) of every compensation call, failed ones included.
     releases: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: The message_id of every compensation call, in the same order.
+    release_message_ids: list[str] = field(default_factory=list)
     hang_started: asyncio.Event = field(default_factory=asyncio.Event)
     hang_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     #: Reached only by three calls running at the same time.
@@ -29,12 +31,19 @@ class Worker(Agent):
     name = "worker"
 
     def __init__(
-        self, journal: Journal, *, quote_delay_ms: float = 0, quote_fails: bool = False, release_failures: int = 0
+        self,
+        journal: Journal,
+        *,
+        quote_delay_ms: float = 0,
+        quote_fails: bool = False,
+        release_failures: int = 0,
+        release_stalls: int = 0,
     ) -> None:
         self.journal = journal
         self.quote_delay_ms = quote_delay_ms
         self.quote_fails = quote_fails
         self.release_failures = release_failures
+        self.release_stalls = release_stalls
 
     @action
     async def stamp(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
@@ -92,8 +101,13 @@ class Worker(Agent):
 
     @action
     async def release(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
-        """Undo a reservation; fails as many times as this agent was told to first."""
+        """Undo a reservation; first stalls past any deadline, then fails, as often as this agent was told to."""
         self.journal.releases.append((self.name, payload))
+        self.journal.release_message_ids.append(ctx.message.message_id)
+        if self.release_stalls > 0:
+            self.release_stalls -= 1
+            self.journal.entries.append(f"{self.name}.release_stalled")
+            await asyncio.sleep(3600)
         if self.release_failures > 0:
             self.release_failures -= 1
             self.journal.entries.append(f"{self.name}.release_failed")
