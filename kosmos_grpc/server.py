@@ -161,6 +161,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await self._abort(context, _unreadable("ExecuteRequest"))
         message = request.message
         error: KosmosError
+        executed = self.executed
+        claimed: ExecutedCall[agent_pb2.ExecuteResponse] | None = None  # settled by this call
         try:
             spec, ctx, timer = self._admit(message, context)
             if spec.streaming:
@@ -168,13 +170,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     f"action {message.action!r} streams: call Stream instead of Execute",
                     metadata={"field": "action"},
                 )
-            executed = self.executed
             if executed is None:
                 return await self._execute(spec, ctx, timer)
             for _ in range(_DUPLICATE_TRIES):
                 first, entry = executed.claim(message.message_id)
                 if first:
-                    return await self._execute_once(spec, ctx, timer, executed, entry)
+                    claimed = entry
+                    response = await self._execute(spec, ctx, timer)
+                    claimed = None
+                    executed.settle(message.message_id, entry, response, None, response.ByteSize())
+                    return response
                 # A retry of a call seen before: its outcome, once the first call has one.
                 waited = entry.wait()
                 reply, failure = await (waited if timer is None else _within(waited, timer, self._name, spec.name))
@@ -189,35 +194,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             error = _bare(exc)
         except Exception as exc:
             error = self._unexpected(exc, message)
-        await self._abort(context, error)
-
-    async def _execute_once(
-        self,
-        spec: ActionSpec,
-        ctx: Context,
-        timer: float | None,
-        executed: ExecutedCalls[agent_pb2.ExecuteResponse],
-        entry: ExecutedCall[agent_pb2.ExecuteResponse],
-    ) -> agent_pb2.ExecuteResponse:
-        """Run a call claimed by its message_id and record its outcome for the duplicates."""
-        message_id = ctx.message.message_id
-        reply: agent_pb2.ExecuteResponse | None = None
-        failure: KosmosError | None = None
-        try:
-            reply = await self._execute(spec, ctx, timer)
-            executed.settle(message_id, entry, reply, None, reply.ByteSize())
-            return reply
-        except KosmosError as exc:
-            if not is_final(exc):
-                raise  # not finished: forgotten, so that a retry runs
-            failure = exc
+        except BaseException:
+            if claimed is not None and executed is not None:  # cancelled: forgotten, so that a retry runs
+                executed.settle(message.message_id, claimed, None, None)
             raise
-        except Exception as exc:
-            failure = self._unexpected(exc, ctx.message)
-            raise failure from None
-        finally:
-            if reply is None:
-                executed.settle(message_id, entry, None, None if failure is None else _bare(failure))
+        if claimed is not None and executed is not None:
+            # What the duplicates get: the failure if the call finished with it, else nothing (they run).
+            executed.settle(message.message_id, claimed, None, error if is_final(error) else None)
+        await self._abort(context, error)
 
     async def _execute(self, spec: ActionSpec, ctx: Context, timer: float | None) -> agent_pb2.ExecuteResponse:
         """Run a unary action under admission control and its deadline; its reply."""

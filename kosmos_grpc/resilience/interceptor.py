@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
@@ -41,6 +42,7 @@ class Resilience:
         self.source = source
         self.clock = clock
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._chains: dict[str, list[str]] = {}
 
     def breaker(self, agent: str) -> CircuitBreaker:
         """The breaker of calls to ``agent``, made on first use."""
@@ -58,12 +60,21 @@ class Resilience:
     async def call(self, agent: str, attempt: Callable[[str], Awaitable[T]], deadline: float | None) -> T:
         """Run ``attempt(target)`` for ``agent``, then for its fallbacks while it is unavailable.
 
-        ``deadline`` is on ``time.monotonic``'s clock; no attempt starts past it.
+        ``deadline`` is on ``time.monotonic``'s clock; no attempt starts past it. A call that
+        succeeds at once goes through this coroutine and :meth:`_once` only: it is every call's cost.
         """
-        chain = self.policy.chain(agent)
+        chain = self._chains.get(agent)
+        if chain is None:
+            chain = self._chains[agent] = self.policy.chain(agent)
         for index, target in enumerate(chain):
             try:
-                return await self._guarded(target, attempt, deadline)
+                try:
+                    return await self._once(target, attempt, deadline)
+                except KosmosError as exc:
+                    retry = self.policy.retry_for(target)
+                    if retry.attempts == 1 or not exc.retryable:
+                        raise
+                    return await retry.after(exc, partial(self._once, target, attempt, deadline), deadline)
             except _PassedOn as passed:
                 # The target answered, with the failure of an agent it called: that agent's
                 # breaker and retries (in the target) have had their say already.
@@ -74,30 +85,27 @@ class Resilience:
                 log.warning("%s: %s; falling back to %s", self.source, exc, chain[index + 1])
         raise AssertionError("unreachable: a chain has at least its own agent")  # pragma: no cover
 
-    async def _guarded(self, target: str, attempt: Callable[[str], Awaitable[T]], deadline: float | None) -> T:
-        breaker = self.breaker(target)
-
-        async def once() -> T:
-            if deadline is not None and time.monotonic() >= deadline:
-                # Our own deadline, not the target's failure: checked before the breaker sees a call.
-                raise DeadlineExceeded(f"no time left to call {target}: the deadline has passed")
-            breaker.enter()
-            try:
-                result = await attempt(target)
-            except KosmosError as exc:
-                origin = exc.origin
-                if origin is None or origin == target:
-                    breaker.failed(exc.code)
-                    raise
-                breaker.succeeded()
-                raise _PassedOn(exc) from None
-            except BaseException:
-                breaker.abandoned()  # no outcome (cancelled, or a fault of ours): free a probe slot
+    async def _once(self, target: str, attempt: Callable[[str], Awaitable[T]], deadline: float | None) -> T:
+        """One attempt through the target's breaker, which learns how it went."""
+        if deadline is not None and time.monotonic() >= deadline:
+            # Our own deadline, not the target's failure: checked before the breaker sees a call.
+            raise DeadlineExceeded(f"no time left to call {target}: the deadline has passed")
+        breaker = self._breakers.get(target) or self.breaker(target)
+        breaker.enter()
+        try:
+            result = await attempt(target)
+        except KosmosError as exc:
+            origin = exc.origin
+            if origin is None or origin == target:
+                breaker.failed(exc.code)
                 raise
             breaker.succeeded()
-            return result
-
-        return await self.policy.retry_for(target).call(once, deadline)
+            raise _PassedOn(exc) from None
+        except BaseException:
+            breaker.abandoned()  # no outcome (cancelled, or a fault of ours): free a probe slot
+            raise
+        breaker.succeeded()
+        return result
 
 
 class _PassedOn(Exception):

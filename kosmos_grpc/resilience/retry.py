@@ -67,24 +67,15 @@ class RetryPolicy:
             reraise=True,
         )
 
-    async def call(self, attempt: Callable[[], Awaitable[T]], deadline: float | None) -> T:
-        """Run ``attempt``, retrying as this policy says.
-
-        The first attempt runs outside tenacity, so a call that succeeds at once pays nothing for
-        retries; only after a retryable failure does tenacity take over, counting that failure
-        as its first attempt.
-        """
-        try:
-            return await attempt()
-        except KosmosError as exc:
-            if self.attempts == 1 or not exc.retryable:
-                raise
-            first: KosmosError | None = exc
+    async def after(self, first: KosmosError, attempt: Callable[[], Awaitable[T]], deadline: float | None) -> T:
+        """Go on retrying ``attempt``, whose first try (made outside tenacity, so that a call that
+        succeeds at once pays nothing for retries) failed with ``first``."""
+        failed: KosmosError | None = first
 
         async def again() -> T:
-            nonlocal first
-            if first is not None:
-                error, first = first, None
+            nonlocal failed
+            if failed is not None:
+                error, failed = failed, None
                 raise error
             return await attempt()
 
