@@ -8,6 +8,11 @@ mesh puts on the wire, so the ratios measure the mesh's own work: building and v
 envelope, routing by action, deadlines, and turning payloads into Python dicts and back. A
 raw-bytes echo (no protobuf at all) is reported too, as the floor.
 
+Where there are two CPUs or more, this process is pinned to one and every server process to
+another, as in benchmarks/resilience.py and for the same reason: left to the scheduler, calls/s
+on a small machine swing so much that even one server against itself misses 1.00x by several
+percent. ``--no-pin`` leaves it to the scheduler.
+
 Run with ``make bench`` (``python -m benchmarks.core --help`` for sizes).
 """
 
@@ -16,12 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import grpc
 
@@ -29,90 +32,26 @@ from kosmos_grpc import Coordinator, new_message, runtime
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.bus import GrpcEventBus
 
+from .harness import Result, columns, concurrent, line, mark, paired, pin_client, placement, processes, sequential
 from .serve import CLIENT_CODEC, ECHO, ECHO_BYTES, RELAY, STREAM
 
 PAYLOAD = {"text": "hello from the benchmark", "n": 42, "tags": ["a", "b"]}
-Call = Callable[[], Awaitable[object]]
 
 
 @contextmanager
-def servers() -> Iterator[dict[str, str]]:
-    """Start the bare and mesh servers, each in its own process; stop them all by PID."""
-    started: list[subprocess.Popen[str]] = []
+def servers(cpu: int | None) -> Iterator[dict[str, str]]:
+    """Start the bare and mesh servers, each in its own process (on ``cpu`` if given); stop them all by PID."""
+    with processes(cpu) as start:
 
-    def start(*args: str) -> str:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.serve", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        started.append(process)
-        assert process.stdout is not None
-        address = process.stdout.readline().strip()
-        if not address:
-            raise RuntimeError(f"benchmark server {args} did not start")
-        return address
+        def serve(*args: str) -> str:
+            return start("benchmarks.serve", *args)
 
-    try:
-        addresses = {"bare": start("bare"), "bare_uvloop": start("bare-uvloop")}
-        addresses["bare_relay"] = start("bare", addresses["bare"])
-        addresses["echo"] = start("agent", "benchmarks.agents:BenchEcho")
-        addresses["broker"] = start("broker")
-        addresses["zeus"] = start("agent", "agents.zeus:Zeus", f'{{"echo": "{addresses["echo"]}"}}')
-        yield addresses
-    finally:
-        for process in started:
-            process.terminate()
-        for process in started:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-
-
-@dataclass
-class Result:
-    """Samples of one scenario: latencies pooled over every round, one p50 and one rate per round."""
-
-    latencies_ms: list[float] = field(default_factory=list)
-    p50s: list[float] = field(default_factory=list)
-    rates: list[float] = field(default_factory=list)
-
-    def p(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    @property
-    def rate(self) -> float:
-        return statistics.median(self.rates)
-
-
-def paired(mesh: list[float], bare: list[float]) -> float:
-    """The median over rounds of mesh/bare measured in the same round: drift cancels out."""
-    return statistics.median(m / b for m, b in zip(mesh, bare, strict=True))
-
-
-async def sequential(call: Call, n: int, result: Result) -> None:
-    """n calls one after another, each timed."""
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter_ns()
-        await call()
-        samples.append((time.perf_counter_ns() - started) / 1e6)
-    result.latencies_ms += samples
-    result.p50s.append(statistics.median(samples))
-
-
-async def concurrent(call: Call, n: int, inflight: int, result: Result) -> None:
-    """n calls with ``inflight`` outstanding at any time; records calls/s."""
-    per_worker = n // inflight
-
-    async def worker() -> None:
-        for _ in range(per_worker):
-            await call()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(inflight)))
-    result.rates.append(per_worker * inflight / (time.perf_counter() - started))
+        where = {"bare": serve("bare"), "bare_uvloop": serve("bare-uvloop")}
+        where["bare_relay"] = serve("bare", where["bare"])
+        where["echo"] = serve("agent", "benchmarks.agents:BenchEcho")
+        where["broker"] = serve("broker")
+        where["zeus"] = serve("agent", "agents.zeus:Zeus", f'{{"echo": "{where["echo"]}"}}')
+        yield where
 
 
 async def streamed(stream: Callable[[], Awaitable[int]], result: Result) -> None:
@@ -122,13 +61,8 @@ async def streamed(stream: Callable[[], Awaitable[int]], result: Result) -> None
     result.rates.append(count / (time.perf_counter() - started))
 
 
-def line(name: str, value: float, unit: str, ratio: float | None = None, target: str = "") -> str:
-    shown = "" if ratio is None else f"{ratio:>6.2f}x"
-    return f"  {name:<40} {value:>10.3f} {unit:<9} {shown:>7}  {target}".rstrip()
-
-
 async def main(args: argparse.Namespace) -> None:
-    with servers() as where:
+    with servers(None if args.cpus is None else args.cpus[1]) as where:
         bare_channel = grpc.aio.insecure_channel(where["bare"])
         uv_channel = grpc.aio.insecure_channel(where["bare_uvloop"])
         relay_channel = grpc.aio.insecure_channel(where["bare_relay"])
@@ -210,18 +144,15 @@ async def main(args: argparse.Namespace) -> None:
         await uv_channel.close()
         await relay_channel.close()
 
-    def mark(ok: bool) -> str:
-        return "ok" if ok else "MISSED"
-
     b1, m1, b2, m2, buv, bb, me = (results[n] for n in unary)
     bs, ms = results["bare stream"], results["mesh stream"]
     p50_1, rate_1 = paired(m1.p50s, b1.p50s), paired(m1.rates, b1.rates)
     stream_ratio = paired(ms.rates, bs.rates)
     print(
         f"\nKOSMOS core benchmark: {args.rounds} rounds x {args.calls} calls, {args.inflight} in flight, "
-        f"{args.chunks} chunks a stream; agents on {runtime.event_loop_name()}"
+        f"{args.chunks} chunks a stream; agents on {runtime.event_loop_name()}; {placement(args.cpus, 'servers')}"
     )
-    print(f"  {'':40} {'value':>10} {'unit':<9} {'/ bare':>7}")
+    print(columns("/ bare"))
     print("one hop: client -> echo agent (bare: client -> grpc.aio protobuf echo on asyncio)")
     print(line("bare p50", statistics.median(b1.p50s), "ms"))
     print(line("mesh p50", statistics.median(m1.p50s), "ms", p50_1, f"target <= 1.25x: {mark(p50_1 <= 1.25)}"))
@@ -268,7 +199,10 @@ def cli() -> None:
     parser.add_argument("--calls", type=int, default=640, help="calls per scenario per round (default 640)")
     parser.add_argument("--inflight", type=int, default=64, help="concurrent calls in flight (default 64)")
     parser.add_argument("--chunks", type=int, default=5000, help="chunks per stream (default 5000)")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave CPUs to the scheduler")
+    args = parser.parse_args()
+    args.cpus = pin_client(args.pin)  # before gRPC starts any thread: its threads inherit it
+    asyncio.run(main(args))
 
 
 if __name__ == "__main__":

@@ -27,21 +27,10 @@ from kosmos_grpc.bus import EventBusServicer, GrpcEventBus, NatsEventBus
 from kosmos_grpc.envelope import new_message
 from kosmos_grpc.subjects import AUDIT_LOG, USER_ACTION
 
+from .harness import paired, processes
+
 EVENTS = 20_000
 ROUNDS = 5
-BROKER = """
-import asyncio
-from kosmos_grpc import runtime
-from kosmos_grpc.bus import BrokerServer
-
-async def main():
-    broker = BrokerServer()
-    await broker.start()
-    print(broker.address, flush=True)
-    await asyncio.sleep(3600)
-
-runtime.run(main())
-"""
 
 
 async def rate(address: str, subscribers: int) -> float:
@@ -140,28 +129,22 @@ async def nats_server() -> tuple[asyncio.subprocess.Process, str, str]:
 
 
 async def main() -> None:
-    broker = await asyncio.create_subprocess_exec(sys.executable, "-c", BROKER, stdout=asyncio.subprocess.PIPE)
     server, url, store = await nats_server()
     try:
-        assert broker.stdout is not None
-        address = (await broker.stdout.readline()).decode().strip()
-        results: dict[str, list[float]] = {}
-        for _ in range(ROUNDS):  # the three ways, back to back in each round
-            for subscribers in (1, 10):
-                for name, measure in (("broker", rate), ("nats", nats_rate), ("raw", raw_nats_rate)):
-                    where = address if name == "broker" else url
-                    results.setdefault(f"{name} {subscribers}", []).append(await measure(where, subscribers))
+        with processes() as start:
+            address = start("benchmarks.serve", "broker")
+            results: dict[str, list[float]] = {}
+            for _ in range(ROUNDS):  # the three ways, back to back in each round
+                for subscribers in (1, 10):
+                    for name, measure in (("broker", rate), ("nats", nats_rate), ("raw", raw_nats_rate)):
+                        where = address if name == "broker" else url
+                        results.setdefault(f"{name} {subscribers}", []).append(await measure(where, subscribers))
     finally:
-        broker.terminate()
-        await broker.wait()
         server.kill()
         await server.wait()
         shutil.rmtree(store, ignore_errors=True)
     median = {key: statistics.median(values) for key, values in results.items()}
-    ratio = {
-        n: statistics.median(a / b for a, b in zip(results[f"nats {n}"], results[f"raw {n}"], strict=True))
-        for n in (1, 10)
-    }
+    ratio = {n: paired(results[f"nats {n}"], results[f"raw {n}"]) for n in (1, 10)}
     one, ten = median["broker 1"], median["broker 10"]
     alone, crowded = publish_cost_ns(0), publish_cost_ns(10_000)
     print(f"\nevents through the embedded broker ({EVENTS} events, median of {ROUNDS} runs)")

@@ -22,32 +22,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from kosmos_grpc import Coordinator, runtime
 
-# The same payload as benchmarks/core.py, so the figures compare with its "mesh 1 hop".
-PAYLOAD = {"text": "hello from the benchmark", "n": 42, "tags": ["a", "b"]}
-ROOT = Path(__file__).resolve().parent.parent
+from .core import PAYLOAD  # the same payload, so the figures compare with core's "mesh 1 hop"
+from .harness import (
+    Result,
+    columns,
+    concurrent,
+    line,
+    mark,
+    pin,
+    pin_client,
+    placement,
+    processes,
+    ratios,
+    sequential,
+    wait_for_stop,
+)
+
 # The agent's memory holds this many message_ids (AgentServer's default idempotency_entries).
 MEMORY = 10_000
-Call = Callable[[], Awaitable[object]]
-
-
-def cpus() -> tuple[int, int] | None:
-    """A CPU for this process and one for the agents, or None where there are not two to pin to."""
-    if not hasattr(os, "sched_getaffinity"):
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
-    return (allowed[0], allowed[1]) if len(allowed) >= 2 else None
 
 
 async def serve(idempotent: bool) -> None:
@@ -55,99 +54,22 @@ async def serve(idempotent: bool) -> None:
 
     Prints its address once listening, then serves until stdin closes or SIGTERM.
     """
-    from benchmarks.agents import BenchEcho
-    from benchmarks.serve import _wait_for_stop
     from kosmos_grpc import AgentServer
+
+    from .agents import BenchEcho
 
     server = AgentServer(BenchEcho(), address="127.0.0.1:0", idempotency_seconds=300.0 if idempotent else None)
     await server.start()
     print(server.address, flush=True)
-    await _wait_for_stop()
+    await wait_for_stop()
     await server.stop(0)
 
 
 @contextmanager
 def servers(cpu: int | None) -> Iterator[dict[str, str]]:
     """Start the two agents, each in its own process (on ``cpu`` if given); stop them both by PID."""
-    started: list[subprocess.Popen[str]] = []
-    where = [] if cpu is None else ["--cpu", str(cpu)]
-
-    def start(kind: str) -> str:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.resilience", "--serve", kind, *where],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        started.append(process)
-        assert process.stdout is not None
-        address = process.stdout.readline().strip()
-        if not address:
-            raise RuntimeError(f"benchmark agent {kind!r} did not start")
-        return address
-
-    try:
-        yield {"on": start("on"), "off": start("off")}
-    finally:
-        for process in started:
-            process.terminate()
-        for process in started:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-
-
-@dataclass
-class Result:
-    """Samples of one side: latencies pooled over every round, one p50 and one rate per round."""
-
-    latencies_ms: list[float] = field(default_factory=list)
-    p50s: list[float] = field(default_factory=list)
-    rates: list[float] = field(default_factory=list)
-
-    def p(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    @property
-    def rate(self) -> float:
-        return statistics.median(self.rates)
-
-
-def ratios(on: list[float], off: list[float]) -> list[float]:
-    return [a / b for a, b in zip(on, off, strict=True)]
-
-
-async def sequential(call: Call, n: int, result: Result) -> None:
-    """n calls one after another, each timed."""
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter_ns()
-        await call()
-        samples.append((time.perf_counter_ns() - started) / 1e6)
-    result.latencies_ms += samples
-    result.p50s.append(statistics.median(samples))
-
-
-async def concurrent(call: Call, n: int, inflight: int, result: Result) -> None:
-    """n calls with ``inflight`` outstanding at any time; records calls/s."""
-    per_worker = n // inflight
-
-    async def worker() -> None:
-        for _ in range(per_worker):
-            await call()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(inflight)))
-    result.rates.append(per_worker * inflight / (time.perf_counter() - started))
-
-
-def line(name: str, value: float, unit: str, ratio: float | None = None, target: str = "") -> str:
-    shown = "" if ratio is None else f"{ratio:>6.2f}x"
-    return f"  {name:<40} {value:>10.3f} {unit:<9} {shown:>7}  {target}".rstrip()
+    with processes(cpu) as start:
+        yield {kind: start("benchmarks.resilience", "--serve", kind) for kind in ("on", "off")}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -179,18 +101,14 @@ async def main(args: argparse.Namespace) -> None:
         await on_client.close()
         await off_client.close()
 
-    def mark(ok: bool) -> str:
-        return "ok" if ok else "MISSED"
-
     r_on, r_off = results["on"], results["off"]
     p50_ratios, rate_ratios = ratios(r_on.p50s, r_off.p50s), ratios(r_on.rates, r_off.rates)
     p50_ratio, rate_ratio = statistics.median(p50_ratios), statistics.median(rate_ratios)
     print(
         f"\nKOSMOS resilience benchmark: {args.rounds} rounds x {args.calls} calls, {args.inflight} in flight; "
-        f"agents on {runtime.event_loop_name()}; "
-        + ("not pinned to CPUs" if args.cpus is None else f"client on CPU {args.cpus[0]}, agents on CPU {args.cpus[1]}")
+        f"agents on {runtime.event_loop_name()}; {placement(args.cpus, 'agents')}"
     )
-    print(f"  {'':40} {'value':>10} {'unit':<9} {'/ off':>7}")
+    print(columns("/ off"))
     print("one hop: client -> echo agent")
     print("  on:  Coordinator() (tenacity retry policy + circuit breaker) -> agent with idempotency 300 s")
     print("  off: Coordinator(resilience=False)                          -> agent with idempotency_seconds=None")
@@ -216,14 +134,11 @@ def cli() -> None:
     parser.add_argument("--serve", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.cpu is not None:  # before gRPC starts any thread: its threads inherit it
-        os.sched_setaffinity(0, {args.cpu})
     if args.serve:  # one of the two agents, in a process of its own, on the loop `kosmos serve` uses
+        pin(args.cpu)  # before gRPC starts any thread: its threads inherit it
         runtime.run(serve(args.serve == "on"))
         return
-    args.cpus = cpus() if args.pin else None
-    if args.cpus is not None:
-        os.sched_setaffinity(0, {args.cpus[0]})
+    args.cpus = pin_client(args.pin)
     asyncio.run(main(args))
 
 

@@ -1,14 +1,14 @@
-"""One benchmark server per process: bare grpc.aio (echo, relay, stream), or a mesh agent.
+"""One benchmark server per process: bare grpc.aio (echo, relay, stream), the event broker, or a mesh agent.
 
 Prints its address on stdout once listening, then serves until stdin closes or SIGTERM.
+Started by ``benchmarks.harness.processes``: ``python -m benchmarks.serve KIND [ARG ...] [--cpu N]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import signal
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +17,8 @@ import grpc
 from kosmos_grpc import AgentServer, load_agent, runtime
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.bus import BrokerServer
+
+from .harness import pin, wait_for_stop
 
 ECHO = "/bench.Bare/Echo"
 ECHO_BYTES = "/bench.Bare/EchoBytes"
@@ -32,23 +34,6 @@ CLIENT_CODEC = {
     "request_serializer": agent_pb2.ExecuteRequest.SerializeToString,
     "response_deserializer": agent_pb2.ExecuteResponse.FromString,
 }
-
-
-async def _wait_for_stop() -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-    async def eof() -> None:
-        await reader.read()
-        stop.set()
-
-    watcher = asyncio.create_task(eof())
-    await stop.wait()
-    watcher.cancel()
 
 
 async def bare(target: str | None) -> None:
@@ -103,7 +88,7 @@ async def bare(target: str | None) -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"127.0.0.1:{port}", flush=True)
-    await _wait_for_stop()
+    await wait_for_stop()
     await server.stop(0)
     if channel:
         await channel.close()
@@ -114,7 +99,7 @@ async def broker() -> None:
     server = BrokerServer()
     await server.start()
     print(server.address, flush=True)
-    await _wait_for_stop()
+    await wait_for_stop()
     await server.stop(0)
 
 
@@ -123,19 +108,31 @@ async def agent(spec: str, registry: dict[str, str]) -> None:
     server = AgentServer(load_agent(spec), address="127.0.0.1:0", registry=registry)
     await server.start()
     print(server.address, flush=True)
-    await _wait_for_stop()
+    await wait_for_stop()
     await server.stop(0)
 
 
-if __name__ == "__main__":
-    kind = sys.argv[1]
-    if kind == "broker":  # the embedded event broker, as `kosmos broker` runs it
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=["bare", "bare-uvloop", "broker", "agent"])
+    parser.add_argument("args", nargs="*", help="bare: the echo to relay to; agent: its spec, then a JSON registry")
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.kind == "agent" and not args.args:
+        parser.error("agent needs a spec, module:Class")
+    pin(args.cpu)  # before gRPC starts any thread: its threads inherit it
+    target = args.args[0] if args.args else None
+    if args.kind == "broker":  # the embedded event broker, as `kosmos broker` runs it
         runtime.run(broker())
-    elif kind == "bare":  # bare grpc.aio, on asyncio's own loop as a plain grpcio service runs
-        asyncio.run(bare(sys.argv[2] if len(sys.argv) > 2 else None))
-    elif kind == "bare-uvloop":
+    elif args.kind == "bare":  # bare grpc.aio, on asyncio's own loop as a plain grpcio service runs
+        asyncio.run(bare(target))
+    elif args.kind == "bare-uvloop":
         import uvloop
 
-        uvloop.run(bare(sys.argv[2] if len(sys.argv) > 2 else None))
+        uvloop.run(bare(target))
     else:  # a mesh agent, on the loop `kosmos serve` uses
-        runtime.run(agent(sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}))
+        runtime.run(agent(args.args[0], json.loads(args.args[1]) if len(args.args) > 1 else {}))
+
+
+if __name__ == "__main__":
+    cli()

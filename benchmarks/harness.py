@@ -1,0 +1,182 @@
+"""Timing and process plumbing for the benchmarks: samples and paired ratios, CPU pinning, server processes.
+
+A server process is started as ``python -m MODULE ARGS [--cpu N]``, prints its address on
+stdout once listening, and serves until stdin closes or SIGTERM (``wait_for_stop``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+Call = Callable[[], Awaitable[object]]
+
+
+class Start(Protocol):
+    """Runs ``python -m module *args`` as a server process; returns the address it prints."""
+
+    def __call__(self, module: str, *args: str) -> str: ...
+
+
+@dataclass
+class Result:
+    """Samples of one scenario: latencies pooled over every round, one p50 and one rate per round."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    p50s: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+
+    def p(self, q: float) -> float:
+        """The q-quantile (0 to 1) of every latency recorded."""
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def rate(self) -> float:
+        """The median rate over rounds."""
+        return statistics.median(self.rates)
+
+
+def ratios(a: list[float], b: list[float]) -> list[float]:
+    """a/b for each round: both measured in the same round."""
+    return [x / y for x, y in zip(a, b, strict=True)]
+
+
+def paired(a: list[float], b: list[float]) -> float:
+    """The median over rounds of a/b measured in the same round: drift cancels out."""
+    return statistics.median(ratios(a, b))
+
+
+async def sequential(call: Call, n: int, result: Result) -> None:
+    """n calls one after another, each timed."""
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter_ns()
+        await call()
+        samples.append((time.perf_counter_ns() - started) / 1e6)
+    result.latencies_ms += samples
+    result.p50s.append(statistics.median(samples))
+
+
+async def concurrent(call: Call, n: int, inflight: int, result: Result) -> None:
+    """n calls with ``inflight`` outstanding at any time; records calls/s."""
+    per_worker = n // inflight
+
+    async def worker() -> None:
+        for _ in range(per_worker):
+            await call()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    result.rates.append(per_worker * inflight / (time.perf_counter() - started))
+
+
+def columns(against: str) -> str:
+    """The heading over ``line``'s columns; ``against`` names what the ratios divide by."""
+    return f"  {'':40} {'value':>10} {'unit':<9} {against:>7}"
+
+
+def line(name: str, value: float, unit: str, ratio: float | None = None, target: str = "") -> str:
+    """One result row: name, value, unit, and the ratio and target where there are."""
+    shown = "" if ratio is None else f"{ratio:>6.2f}x"
+    return f"  {name:<40} {value:>10.3f} {unit:<9} {shown:>7}  {target}".rstrip()
+
+
+def mark(ok: bool) -> str:
+    """A target's verdict."""
+    return "ok" if ok else "MISSED"
+
+
+def cpus() -> tuple[int, int] | None:
+    """A CPU for this process and one for the servers, or None where there are not two to pin to."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return (allowed[0], allowed[1]) if len(allowed) >= 2 else None
+
+
+def pin(cpu: int | None) -> None:
+    """Keep this process on ``cpu`` (None: leave it). Call before gRPC starts a thread: its threads inherit it."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
+def pin_client(enabled: bool) -> tuple[int, int] | None:
+    """Pin this process to the first of ``cpus()``; returns (client CPU, server CPU), or None if not pinned."""
+    chosen = cpus() if enabled else None
+    pin(None if chosen is None else chosen[0])
+    return chosen
+
+
+def placement(chosen: tuple[int, int] | None, servers: str) -> str:
+    """For a header: where the client and the ``servers`` run."""
+    if chosen is None:
+        return "not pinned to CPUs"
+    return f"client on CPU {chosen[0]}, {servers} on CPU {chosen[1]}"
+
+
+@contextmanager
+def processes(cpu: int | None = None) -> Iterator[Start]:
+    """Yield ``start(module, *args)``, which runs a server process and returns the address it prints.
+
+    Each is pinned to ``cpu`` if given (``--cpu N``). On exit every process started is stopped
+    by PID: SIGTERM, then SIGKILL if it has not ended within 10 s.
+    """
+    started: list[subprocess.Popen[str]] = []
+    where = [] if cpu is None else ["--cpu", str(cpu)]
+
+    def start(module: str, *args: str) -> str:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args, *where],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        started.append(process)
+        assert process.stdout is not None
+        address = process.stdout.readline().strip()
+        if not address:
+            raise RuntimeError(f"benchmark server {module} {args} did not start")
+        return address
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+async def wait_for_stop() -> None:
+    """In a server process: return once stdin closes or SIGTERM or SIGINT arrives."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def eof() -> None:
+        await reader.read()
+        stop.set()
+
+    watcher = asyncio.create_task(eof())
+    await stop.wait()
+    watcher.cancel()
