@@ -53,6 +53,8 @@ bench: install ## the benchmarks against bare grpcio (not part of make test)
 	$(BIN)/python -m benchmarks.core
 	$(BIN)/python -m benchmarks.events
 	$(BIN)/python -m benchmarks.resilience
+	$(BIN)/python -m benchmarks.telemetry
+	$(BIN)/python -m benchmarks.telemetry --export
 
 bench-instructions: install ## CPU instructions per call and per chunk, counted by valgrind (a few minutes)
 	$(BIN)/python -m benchmarks.instructions

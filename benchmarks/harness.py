@@ -82,6 +82,22 @@ async def concurrent(call: Call, n: int, inflight: int, result: Result) -> None:
     result.rates.append(per_worker * inflight / (time.perf_counter() - started))
 
 
+async def alternate(sides: dict[str, Call], rounds: int, calls: int, inflight: int) -> dict[str, Result]:
+    """Each side's samples over ``rounds``: in each, every side runs sequential then concurrent calls.
+
+    Which side goes first alternates from round to round, so drift on a shared machine hits all alike.
+    """
+    results = {name: Result() for name in sides}
+    for round_ in range(rounds):
+        order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
+        for name in order:
+            await sequential(sides[name], calls, results[name])
+        for name in order:
+            await concurrent(sides[name], calls, inflight, results[name])
+        print(f"round {round_ + 1}/{rounds} done", file=sys.stderr)
+    return results
+
+
 def columns(against: str) -> str:
     """The heading over ``line``'s columns; ``against`` names what the ratios divide by."""
     return f"  {'':40} {'value':>10} {'unit':<9} {against:>7}"

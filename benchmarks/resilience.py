@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -32,6 +31,7 @@ from kosmos_grpc import Coordinator, runtime
 from .core import PAYLOAD  # the same payload, so the figures compare with core's "mesh 1 hop"
 from .harness import (
     Result,
+    alternate,
     columns,
     concurrent,
     line,
@@ -86,17 +86,10 @@ async def main(args: argparse.Namespace) -> None:
             return (await off_client.delegate("echo", "echo", PAYLOAD)).result
 
         sides = {"on": on, "off": off}
-        results = {name: Result() for name in sides}
         for call in sides.values():  # warm both channels and code paths; fill the agent's memory
             await sequential(call, 200, Result())
             await concurrent(call, MEMORY + 2 * args.inflight, args.inflight, Result())
-        for round_ in range(args.rounds):
-            order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
-            for name in order:
-                await sequential(sides[name], args.calls, results[name])
-            for name in order:
-                await concurrent(sides[name], args.calls, args.inflight, results[name])
-            print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+        results = await alternate(sides, args.rounds, args.calls, args.inflight)
         breaker = on_client.resilience.breaker("echo")
         await on_client.close()
         await off_client.close()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import signal
 import sys
 from typing import Any, NoReturn
@@ -22,6 +23,7 @@ from kosmos_grpc.envelope import Priority
 from kosmos_grpc.errors import KosmosError
 from kosmos_grpc.launcher import run_mesh, serve_agent, serve_broker
 from kosmos_grpc.tables import format_table
+from kosmos_grpc.telemetry.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["main"]
 
@@ -191,10 +193,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"kosmos: {message} (see `{self.prog} --help`)\n")
 
 
+def _log_format(flag: str | None, config: MeshConfig) -> str:
+    """``--log-format``, else ``$KOSMOS_LOG_FORMAT``, else the config's ``[mesh] log_format``."""
+    if flag is not None:
+        return flag
+    env = os.environ.get("KOSMOS_LOG_FORMAT", "").strip()
+    if not env:
+        return config.log_format
+    if env not in LOG_FORMATS:
+        raise UsageError(f"KOSMOS_LOG_FORMAT={env!r} should be 'text' or 'json'")
+    return env
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kosmos", description="KOSMOS, a gRPC mesh for multi-agent systems.")
     parser.add_argument("--config", help="mesh config file (default: $KOSMOS_CONFIG or ./kosmos.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text, or json for a JSON object a line (default: $KOSMOS_LOG_FORMAT, else the config's, else text)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     commands.add_parser("up", help="run every agent of the config, each in its own process")
@@ -245,15 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     except KosmosError as exc:  # a bad --priority
         print(f"kosmos: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
         config = load_config(args.config)
-        if args.command == "up":
-            return asyncio.run(run_mesh(config))
+        log_format = _log_format(args.log_format, config)
+        configure_logging(log_format, level=logging.DEBUG if args.verbose else logging.INFO)
+        if args.command == "up":  # the children log as their launcher does
+            return asyncio.run(run_mesh(config, options=("--log-format", log_format)))
         if args.command == "serve":
             runtime.run(serve_agent(config, args.agent, handshake=args.handshake))
             return 0

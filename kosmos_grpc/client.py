@@ -34,12 +34,15 @@ from kosmos_grpc.errors import (
 from kosmos_grpc.registry import Registry
 from kosmos_grpc.resilience import Resilience, ResiliencePolicy
 from kosmos_grpc.subjects import agent_requests, agent_responses
+from kosmos_grpc.telemetry.metrics import DelegationMetrics
+from kosmos_grpc.telemetry.tracing import TRACER, SpanKind, end_span, metadata_with_context, trace_id_hex
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
     from types import TracebackType
 
     from google.protobuf import struct_pb2
+    from opentelemetry.trace import Span
 
     from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
     from kosmos_grpc.bus.protocol import EventBus
@@ -197,9 +200,13 @@ class Coordinator:
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
         events: EventBus | None = None,
         resilience: Resilience | ResiliencePolicy | bool = True,
+        telemetry: bool = True,
     ) -> None:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.source_agent = source_agent
+        #: Each delegation's span (``delegate.<agent>.<action>``, its context passed on in the
+        #: call's metadata) and metrics; None when ``telemetry=False``.
+        self.metrics = DelegationMetrics(source_agent) if telemetry else None
         #: Retries, a circuit breaker per target and fallbacks, applied to every delegate and stream;
         #: None when ``resilience=False`` asked for calls exactly as made.
         self.resilience: Resilience | None
@@ -326,7 +333,9 @@ class Coordinator:
         timeout = self._prepare(
             agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, message
         )
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        span, metadata = self._traced(agent, action, message)
         events = self.events
         if events is not None:
             await _announce(events, agent, action, message)
@@ -335,19 +344,25 @@ class Coordinator:
             message.target_agent = target
             try:
                 reply: agent_pb2.ExecuteResponse = await self._stub(target).Execute(
-                    request, timeout=_left(deadline, target, action)
+                    request, timeout=_left(deadline, target, action), metadata=metadata
                 )
             except grpc.aio.AioRpcError as exc:
                 raise _explain(exc, target, action, timeout) from None
             return reply
 
+        code, failure = "CANCELLED", None  # unless the call ends one way or the other
         try:
             resilience = self.resilience
             reply = await (attempt(agent) if resilience is None else resilience.call(agent, attempt, deadline))
+            code = "OK"
         except KosmosError as error:
+            code, failure = error.code.name, error
             if events is not None:
-                await _outcome(events, agent, action, message, error.code.name, "")
+                await _outcome(events, agent, action, message, code, "")
             raise
+        finally:
+            if span is not None:
+                self._done(span, agent, action, code, failure, started)
         response = reply.response
         if events is not None:
             await _outcome(events, agent, action, message, "OK", response.agent)
@@ -386,18 +401,21 @@ class Coordinator:
         timeout = self._prepare(
             agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, message
         )
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        span, metadata = self._traced(agent, action, message)
         events = self.events
         if events is not None:
             await _announce(events, agent, action, message)
         outcome, answered = "CANCELLED", ""  # unless the stream ends one way or the other
+        failure: KosmosError | None = None
         target = agent
 
         async def start(to: str) -> tuple[_StreamCall, object]:
             # Resilience covers a stream until its first reply: after that, chunks have been seen.
             nonlocal target
             message.target_agent = target = to
-            call = self._stub(to).Stream(request, timeout=_left(deadline, to, action))
+            call = self._stub(to).Stream(request, timeout=_left(deadline, to, action), metadata=metadata)
             try:
                 return call, await call.read()
             except grpc.aio.AioRpcError as exc:
@@ -424,14 +442,40 @@ class Coordinator:
                     raise _explain(exc, target, action, timeout) from None
             outcome = "DATA_LOSS"
         except KosmosError as error:
-            outcome = error.code.name
+            outcome, failure = error.code.name, error
             raise
         finally:
             if call is not None:
                 call.cancel()
+            if span is not None:
+                self._done(span, agent, action, outcome, failure, started)
             if events is not None:
                 await _outcome(events, agent, action, message, outcome, answered)
         raise StreamBroken(f"the stream from {target}.{action} ended without its final marker")
+
+    def _traced(
+        self, agent: str, action: str, message: envelope_pb2.AgentMessage
+    ) -> tuple[Span | None, tuple[tuple[str, str], ...] | None]:
+        """A delegation's span, child of the current one, and the metadata that passes it on.
+
+        The envelope's trace_id becomes the span's trace id.
+        """
+        if self.metrics is None:
+            return None, None
+        span = TRACER.start_span(
+            f"delegate.{agent}.{action}",
+            kind=SpanKind.CLIENT,
+            attributes={"agent.name": agent, "agent.action": action, "kosmos.correlation_id": message.correlation_id},
+        )
+        trace_id = trace_id_hex(span)
+        if trace_id:
+            message.trace_id = trace_id
+        return span, metadata_with_context(span)
+
+    def _done(self, span: Span, agent: str, action: str, code: str, error: KosmosError | None, started: float) -> None:
+        """Record how a delegation ended, on its span and in the metrics."""
+        self.metrics.record(agent, action, code, time.monotonic() - started)  # type: ignore[union-attr]
+        end_span(span, code, error)
 
     def scope(self, *, correlation_id: str | None = None, timeout_ms: float | None = None) -> ScopedClient:
         """A client for one workflow: every call shares a correlation_id (default: a new one) and,

@@ -17,6 +17,7 @@ from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT
 from kosmos_grpc.errors import KosmosError
 from kosmos_grpc.resilience import BreakerPolicy, ResiliencePolicy, RetryPolicy
 from kosmos_grpc.subjects import pattern_tokens
+from kosmos_grpc.telemetry.logs import LOG_FORMATS
 
 if TYPE_CHECKING:
     from kosmos_grpc.agent import Agent
@@ -46,6 +47,8 @@ class AgentConfig:
     queue_limit: int = 100
     #: The agent that answers in this one's place when it is unavailable or its circuit is open.
     fallback: str | None = None
+    #: Where its process serves Prometheus ``/metrics``, on its address's host (0: a free port; None: nowhere).
+    metrics_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,8 @@ class MeshConfig:
     max_concurrent_rpcs: int | None = 1024
     #: Where the embedded event broker listens (``[bus] address``), when the mesh has one.
     bus_address: str | None = None
+    #: Where the broker's process serves Prometheus ``/metrics`` (``[bus] metrics_port``), on its host.
+    bus_metrics_port: int | None = None
     #: Whether each delegation is announced on ``kosmos.agents.<agent>.requests|responses``.
     delegation_events: bool = True
     #: A NATS server's URL (``[bus] nats``): events go through NATS, the broker bridges to it.
@@ -73,6 +78,8 @@ class MeshConfig:
     idempotency_seconds: float = 300.0
     idempotency_entries: int = 10_000
     idempotency_bytes: int = 64 * 1024 * 1024
+    #: How the ``kosmos`` processes log (``[mesh] log_format``): "text", or "json" for a JSON object a line.
+    log_format: str = "text"
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -115,6 +122,14 @@ def _at_least(value: Any, minimum: float, key: str, where: str, *, above: bool =
     if value is not None and (value <= minimum if above else value < minimum):
         bound = f"above {minimum}" if above else f"at least {minimum}"
         raise ConfigError(f"{where}.{key} must be {bound}, not {value}")
+    return value
+
+
+def _port(table: dict[str, Any], key: str, where: str) -> int | None:
+    """``table[key]`` as a TCP port (0 picks a free one), None when absent, else ConfigError naming the key."""
+    value: int | None = _optional(table, key, int, where)
+    if value is not None and not 0 <= value <= 65535:
+        raise ConfigError(f"{where}.{key} must be a port from 0 to 65535, not {value}")
     return value
 
 
@@ -205,6 +220,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
                 _typed(table, "queue_limit", int, where) if "queue_limit" in table else 100, 0, "queue_limit", where
             ),
             fallback=_optional(table, "fallback", str, where),
+            metrics_port=_port(table, "metrics_port", where),
         )
     if not agents:
         raise ConfigError(f"{path}: no [agents.<name>] tables")
@@ -221,6 +237,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
             kwargs[attr] = _at_least(
                 _typed(mesh, key, kind, "mesh"), minimum, key, "mesh", above=key == "idempotency_seconds"
             )
+    if "log_format" in mesh:
+        log_format = _typed(mesh, "log_format", str, "mesh")
+        if log_format not in LOG_FORMATS:
+            raise ConfigError(f"{path}: mesh.log_format must be 'text' or 'json', not {log_format!r}")
+        kwargs["log_format"] = log_format
     bus = data.get("bus", {})
     if isinstance(bus, str):  # the short form: bus = "nats://host:port"
         if not bus.startswith(("nats://", "tls://")):
@@ -230,6 +251,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
         kwargs["bus_address"] = _typed(bus, "address", str, "bus")
     if "nats" in bus:
         kwargs["nats_url"] = _typed(bus, "nats", str, "bus")
+    if "metrics_port" in bus:
+        if "address" not in bus:
+            raise ConfigError(f"{path}: bus.metrics_port is for the embedded broker, which needs a bus.address")
+        kwargs["bus_metrics_port"] = _port(bus, "metrics_port", "bus")
     if "durable" in bus:
         durable = _typed(bus, "durable", list, "bus")
         for subject in durable:

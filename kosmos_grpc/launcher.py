@@ -1,10 +1,11 @@
 """``kosmos up``: run every agent of a config in its own process and stop them all together.
 
 Each child binds its configured address (port 0 picks a free one) and reports the address it
-got on a line of its own (``KOSMOS-READY {...}``) on stdout; then it reads the whole mesh's
-addresses as one JSON line on stdin before it reports SERVING. Anything else a child prints is
-passed through to the launcher's stdout. A child also stops when its stdin closes, so no agent
-outlives its launcher, even one killed without a chance to clean up.
+got, and where it serves ``/metrics`` if it does, on a line of its own (``KOSMOS-READY {...}``)
+on stdout; then it reads the whole mesh's addresses as one JSON line on stdin before it reports
+SERVING. Anything else a child prints is passed through to the launcher's stdout. A child also
+stops when its stdin closes, so no agent outlives its launcher, even one killed without a chance
+to clean up.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from kosmos_grpc.bus import BrokerServer, open_bus
 from kosmos_grpc.client import Coordinator
-from kosmos_grpc.config import ConfigError, MeshConfig, load_agent
+from kosmos_grpc.config import AgentConfig, ConfigError, MeshConfig, load_agent
 from kosmos_grpc.errors import KosmosError
 from kosmos_grpc.runtime import until
 from kosmos_grpc.server import AgentServer, serve_forever
 from kosmos_grpc.tables import format_table
+from kosmos_grpc.telemetry.metrics import serve_metrics
+from kosmos_grpc.telemetry.tracing import configure_tracing
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 __all__ = ["BROKER_NAME", "READY_MARK", "START_TIMEOUT", "MeshProcess", "run_mesh", "serve_agent", "serve_broker"]
 
@@ -47,13 +50,37 @@ class MeshProcess:
     name: str
     process: asyncio.subprocess.Process
     address: str = ""
+    #: Its ``/metrics`` URL, or None when it serves none.
+    metrics: str | None = None
     health: str = "UNKNOWN"
     output: asyncio.Task[None] | None = None
+
+
+def _observe(stack: contextlib.ExitStack, service: str, address: str, metrics_port: int | None) -> str | None:
+    """Trace as ``service`` and, when a port is configured, serve ``/metrics`` on ``address``'s host.
+
+    ``stack`` stops both (flushing the last spans); returns the metrics URL, if any.
+    """
+    provider = configure_tracing(service)
+    if provider is not None:
+        stack.callback(provider.shutdown)
+    if metrics_port is None:
+        return None
+    endpoint = serve_metrics(address.rsplit(":", 1)[0], metrics_port)
+    stack.callback(endpoint.close)
+    return endpoint.url
 
 
 async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False) -> None:
     """Serve one agent of ``config`` until SIGTERM/SIGINT (or, with ``handshake``, until stdin closes)."""
     spec = config.agent(name)
+    with contextlib.ExitStack() as stack:
+        metrics = _observe(stack, name, spec.address, spec.metrics_port)
+        await _serve_agent(config, spec, metrics, handshake=handshake)
+
+
+async def _serve_agent(config: MeshConfig, spec: AgentConfig, metrics: str | None, *, handshake: bool) -> None:
+    name = spec.name
     agent = load_agent(spec.object, config.path.parent if config.path else None)
     server = AgentServer(
         agent,
@@ -76,6 +103,8 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
             server.attach_bus(await open_bus(config, name, broker=broker))
 
     if not handshake:
+        if metrics is not None:
+            log.info("%s metrics on %s", name, metrics)
         await attach(None)
         await serve_forever(server)
         return
@@ -84,7 +113,7 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
 
     async def ready(server: AgentServer) -> None:
         nonlocal watcher
-        mesh = await _handshake(stdin, name, server.address)
+        mesh = await _handshake(stdin, name, server.address, metrics)
         server.registry.update_from(mesh["agents"])
         await attach(mesh.get("bus"))
         watcher = asyncio.create_task(_stop_on_eof(stdin, server.request_stop))
@@ -98,6 +127,12 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
 
 async def serve_broker(config: MeshConfig, *, handshake: bool = False) -> None:
     """Run the embedded event broker at the config's ``[bus] address`` until SIGTERM/SIGINT (or stdin closes)."""
+    with contextlib.ExitStack() as stack:
+        metrics = _observe(stack, "kosmos-broker", config.bus(), config.bus_metrics_port)
+        await _serve_broker(config, metrics, handshake=handshake)
+
+
+async def _serve_broker(config: MeshConfig, metrics: str | None, *, handshake: bool) -> None:
     broker = BrokerServer(
         address=config.bus(),
         payload_limit=config.payload_limit,
@@ -115,9 +150,11 @@ async def serve_broker(config: MeshConfig, *, handshake: bool = False) -> None:
         await broker.start()
         if handshake:
             stdin = await _open_stdin()
-            if not await until(stop, _handshake(stdin, BROKER_NAME, broker.address)):
+            if not await until(stop, _handshake(stdin, BROKER_NAME, broker.address, metrics)):
                 return
             watcher = asyncio.create_task(_stop_on_eof(stdin, stop.set))
+        elif metrics is not None:
+            log.info("event broker metrics on %s", metrics)
         log.info("event broker serving on %s", broker.address)
         await stop.wait()
     finally:
@@ -134,9 +171,9 @@ async def _open_stdin() -> asyncio.StreamReader:
     return stdin
 
 
-async def _handshake(stdin: asyncio.StreamReader, name: str, address: str) -> dict[str, Any]:
-    """Tell ``kosmos up`` where we listen; the mesh's addresses it answers with."""
-    print(READY_MARK + json.dumps({"agent": name, "address": address}), flush=True)
+async def _handshake(stdin: asyncio.StreamReader, name: str, address: str, metrics: str | None) -> dict[str, Any]:
+    """Tell ``kosmos up`` where we listen (calls, and ``/metrics``); the mesh's addresses it answers with."""
+    print(READY_MARK + json.dumps({"agent": name, "address": address, "metrics": metrics}), flush=True)
     try:
         line = await asyncio.wait_for(stdin.readline(), START_TIMEOUT)
     except TimeoutError:
@@ -160,9 +197,9 @@ async def _pass_through(stream: asyncio.StreamReader, out: TextIO) -> None:
         out.flush()
 
 
-async def _start(config: MeshConfig, children: list[MeshProcess], out: TextIO) -> None:
+async def _start(config: MeshConfig, children: list[MeshProcess], out: TextIO, options: Sequence[str] = ()) -> None:
     """Start the broker and every agent, each in its own process, into ``children`` (so a failure
-    leaves them to stop), and hand out the addresses."""
+    leaves them to stop), and hand out the addresses. ``options`` go before each child's command."""
     assert config.path is not None
     commands = [(BROKER_NAME, ["broker"])] if config.bus_address is not None else []
     commands += [(name, ["serve", name]) for name in config.agents]
@@ -173,6 +210,7 @@ async def _start(config: MeshConfig, children: list[MeshProcess], out: TextIO) -
             "kosmos_grpc.cli",
             "--config",
             str(config.path),
+            *options,
             *command,
             "--handshake",
             stdin=asyncio.subprocess.PIPE,
@@ -187,7 +225,8 @@ async def _start(config: MeshConfig, children: list[MeshProcess], out: TextIO) -
                 code = await child.process.wait()
                 raise ConfigError(f"agent {child.name!r} exited with code {code} while starting (its error is above)")
             if line.startswith(READY_MARK):
-                child.address = json.loads(line.removeprefix(READY_MARK))["address"]
+                ready = json.loads(line.removeprefix(READY_MARK))
+                child.address, child.metrics = ready["address"], ready.get("metrics")
                 break
             out.write(line)
     agents = {child.name: child.address for child in children if child.name != BROKER_NAME}
@@ -239,28 +278,31 @@ async def _stop(children: list[MeshProcess], grace: float) -> None:
                 await asyncio.wait_for(child.output, 1)
 
 
-async def _bounded_start(config: MeshConfig, children: list[MeshProcess], out: TextIO) -> None:
+async def _bounded_start(config: MeshConfig, children: list[MeshProcess], out: TextIO, options: Sequence[str]) -> None:
     try:
         async with asyncio.timeout(START_TIMEOUT):
-            await _start(config, children, out)
+            await _start(config, children, out, options)
             await _wait_serving(children)
     except TimeoutError:
         waiting = [c.name for c in children if c.health != "SERVING"]
         raise ConfigError(f"the mesh did not start within {START_TIMEOUT:.0f} s (waiting for {waiting})") from None
 
 
-async def run_mesh(config: MeshConfig, out: TextIO = sys.stdout) -> int:
-    """Run the whole mesh until SIGINT/SIGTERM or until an agent dies; the exit code to return."""
+async def run_mesh(config: MeshConfig, out: TextIO = sys.stdout, *, options: Sequence[str] = ()) -> int:
+    """Run the whole mesh until SIGINT/SIGTERM or until an agent dies; the exit code to return.
+
+    ``options`` are ``kosmos`` options every child gets, such as ``("--log-format", "json")``.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     children: list[MeshProcess] = []
     try:
-        if not await until(stop, _bounded_start(config, children, out)):
+        if not await until(stop, _bounded_start(config, children, out, options)):
             return 0
-        rows = [(c.name, c.address, c.health, str(c.process.pid)) for c in children]
-        print(format_table(("AGENT", "ADDRESS", "HEALTH", "PID"), rows), file=out)
+        rows = [(c.name, c.address, c.health, str(c.process.pid), c.metrics or "-") for c in children]
+        print(format_table(("AGENT", "ADDRESS", "HEALTH", "PID", "METRICS"), rows), file=out)
         agents = sum(child.name != BROKER_NAME for child in children)
         broker = " and the event broker" if agents < len(children) else ""
         print(f"mesh up: {agents} agents{broker}. Ctrl-C stops them.", file=out, flush=True)

@@ -37,11 +37,15 @@ from kosmos_grpc.idempotency import ExecutedCall, ExecutedCalls
 from kosmos_grpc.registry import Registry
 from kosmos_grpc.resilience import CircuitState
 from kosmos_grpc.runtime import until
+from kosmos_grpc.telemetry.logs import current_call
+from kosmos_grpc.telemetry.metrics import CALLS_IN_FLIGHT, QUEUE_DEPTH, watch
+from kosmos_grpc.telemetry.tracing import finish_span, start_server_span
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from google.protobuf import struct_pb2
+    from opentelemetry.trace import Span
 
     from kosmos_grpc.bus.protocol import EventBus
     from kosmos_grpc.resilience import ResiliencePolicy
@@ -90,8 +94,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         *,
         admission: Admission | None = None,
         executed: ExecutedCalls[agent_pb2.ExecuteResponse] | None = None,
+        telemetry: bool = True,
     ) -> None:
         self.agent = agent
+        #: Whether each call gets a SERVER span (its caller's trace continued) and is counted.
+        self.telemetry = telemetry
+        #: Handlers running now (the ``kosmos_calls_in_flight`` gauge reads it when scraped).
+        self.in_flight = 0
         #: How many handlers run at once and how the rest wait (None: no limit of ours).
         self.admission = admission
         #: The message_ids executed lately, so a retried Execute does not run twice (None: off).
@@ -108,6 +117,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._handlers: dict[str, Callable[..., Any]] = {
             name: getattr(agent, spec.attr) for name, spec in agent.actions.items()
         }
+        if telemetry:
+            watch(CALLS_IN_FLIGHT, self._name, lambda: self.in_flight)
+            watch(QUEUE_DEPTH, self._name, lambda: admission.waiting if admission is not None else 0)
 
     def _make_card(self) -> agent_pb2.AgentCard:
         card = agent_pb2.AgentCard(name=self.agent.name, description=self.agent.description, version=self.agent.version)
@@ -160,36 +172,41 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if request is None:
             await self._abort(context, _unreadable("ExecuteRequest"))
         message = request.message
+        traced = self._trace("execute", message, context) if self.telemetry else None
         error: KosmosError
         executed = self.executed
         claimed: ExecutedCall[agent_pb2.ExecuteResponse] | None = None  # settled by this call
         try:
             spec, ctx, timer = self._admit(message, context)
+            current_call.set(ctx)
             if spec.streaming:
                 raise WrongCallKind(
                     f"action {message.action!r} streams: call Stream instead of Execute",
                     metadata={"field": "action"},
                 )
             if executed is None:
-                return await self._execute(spec, ctx, timer)
-            for _ in range(_DUPLICATE_TRIES):
-                first, entry = executed.claim(message.message_id)
-                if first:
-                    claimed = entry
-                    response = await self._execute(spec, ctx, timer)
-                    claimed = None
-                    executed.settle(message.message_id, entry, response, None, response.ByteSize())
-                    return response
-                # A retry of a call seen before: its outcome, once the first call has one.
-                waited = entry.wait()
-                reply, failure = await (waited if timer is None else _within(waited, timer, self._name, spec.name))
-                if reply is not None:
-                    return reply
-                if failure is not None:
-                    raise failure
-            raise AgentUnavailable(
-                f"the earlier calls under message_id {message.message_id!r} kept ending unfinished; try again"
-            )
+                response = await self._execute(spec, ctx, timer)
+            else:
+                for _ in range(_DUPLICATE_TRIES):
+                    first, entry = executed.claim(message.message_id)
+                    if first:
+                        claimed = entry
+                        response = await self._execute(spec, ctx, timer)
+                        claimed = None
+                        executed.settle(message.message_id, entry, response, None, response.ByteSize())
+                        break
+                    # A retry of a call seen before: its outcome, once the first call has one.
+                    waited = entry.wait()
+                    reply, failure = await (waited if timer is None else _within(waited, timer, self._name, spec.name))
+                    if reply is not None:
+                        response = reply
+                        break
+                    if failure is not None:
+                        raise failure
+                else:
+                    raise AgentUnavailable(
+                        f"the earlier calls under message_id {message.message_id!r} kept ending unfinished; try again"
+                    )
         except KosmosError as exc:
             error = _bare(exc)
         except Exception as exc:
@@ -197,17 +214,46 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except BaseException:
             if claimed is not None and executed is not None:  # cancelled: forgotten, so that a retry runs
                 executed.settle(message.message_id, claimed, None, None)
+            if traced is not None:
+                finish_span(traced, "CANCELLED")
             raise
+        else:
+            if traced is not None:
+                finish_span(traced, "OK")
+            return response
         if claimed is not None and executed is not None:
             # What the duplicates get: the failure if the call finished with it, else nothing (they run).
             executed.settle(message.message_id, claimed, None, error if is_final(error) else None)
+        if traced is not None:
+            finish_span(traced, error.code.name, error)
         await self._abort(context, error)
+
+    def _trace(
+        self, rpc: str, message: envelope_pb2.AgentMessage, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[Span, object]:
+        """The call's SERVER span, continuing the caller's trace, current while the handler runs."""
+        action = message.action
+        known = action in self._actions
+        return start_server_span(
+            f"{rpc}.{self._name}.{action}" if known else f"{rpc}.{self._name}",
+            context.invocation_metadata(),
+            {
+                "rpc.system": "grpc",
+                "rpc.service": AGENT_SERVICE,
+                "rpc.method": rpc.title(),
+                "agent.name": self._name,
+                "agent.action": action if known else "",
+                "kosmos.message_id": message.message_id,
+                "kosmos.correlation_id": message.correlation_id,
+            },
+        )
 
     async def _execute(self, spec: ActionSpec, ctx: Context, timer: float | None) -> agent_pb2.ExecuteResponse:
         """Run a unary action under admission control and its deadline; its reply."""
         admission = self.admission
         if admission is not None:
             timer = await self._wait_turn(admission, spec, ctx, timer)
+        self.in_flight += 1
         try:
             handler = self._handlers[spec.name]
             if timer is None:
@@ -215,6 +261,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             else:
                 result = await _within(handler(ctx, ctx.payload), timer, self._name, spec.name)
         finally:
+            self.in_flight -= 1
             if admission is not None:
                 admission.release()
         message = ctx.message
@@ -233,13 +280,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if request is None:
             await self._abort(context, _unreadable("StreamRequest"))
         message = request.message
-        error: KosmosError
+        traced = self._trace("stream", message, context) if self.telemetry else None
+        error: KosmosError | None = None
         admission = self.admission
-        admitted = False
+        admitted = running = False
         executed = self.executed
         entry: ExecutedCall[agent_pb2.ExecuteResponse] | None = None
         try:
             spec, ctx, timer = self._admit(message, context)
+            current_call.set(ctx)
             if executed is not None:
                 # A stream is not replayed: a retry of one that started must not run it twice.
                 first, entry = executed.claim(message.message_id)
@@ -256,6 +305,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if entry is not None:
                 executed.settle(message.message_id, entry, None, _STREAMED)  # type: ignore[union-attr]
                 entry = None
+            self.in_flight += 1
+            running = True
             handler = self._handlers[spec.name]
             items = handler(ctx, ctx.payload) if spec.streaming else _one(handler(ctx, ctx.payload))
             if timer is not None:
@@ -275,16 +326,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             final = _chunk(agent, message_id, correlation_id, sequence)
             final.chunk.final = True
             yield final
+            if traced is not None:
+                finish_span(traced, "OK")
+                traced = None
             return
         except KosmosError as exc:
             error = _bare(exc)
         except Exception as exc:
             error = self._unexpected(exc, message)
         finally:
+            if running:
+                self.in_flight -= 1
             if admitted:
                 admission.release()  # type: ignore[union-attr]
             if entry is not None:  # claimed but never started: forgotten, so that a retry runs
                 executed.settle(message.message_id, entry, None, None)  # type: ignore[union-attr]
+            if traced is not None:  # failed, or the caller went away (cancelled) mid-stream
+                finish_span(traced, "CANCELLED" if error is None else error.code.name, error)
+        assert error is not None
         await self._abort(context, error)
 
     async def _wait_turn(
@@ -452,12 +511,14 @@ class AgentServer:
         idempotency_entries: int = 10_000,
         idempotency_bytes: int = 64 * 1024 * 1024,
         resilience: ResiliencePolicy | bool = True,
+        telemetry: bool = True,
     ) -> None:
         """Serve ``agent``; see :class:`~kosmos_grpc.config.MeshConfig` for what each limit means.
 
         ``max_concurrency`` turns on the priority queue; ``idempotency_seconds=None`` turns off
         the memory of executed message_ids; ``resilience`` is the policy of this agent's own
-        delegations (True: :class:`ResiliencePolicy`'s defaults; False: none).
+        delegations (True: :class:`ResiliencePolicy`'s defaults; False: none); ``telemetry=False``
+        turns off the spans and metrics of its calls and delegations.
         """
         self.agent = agent
         self.bus: EventBus | None = None
@@ -465,7 +526,11 @@ class AgentServer:
         self.grace_seconds = grace_seconds
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.coordinator = Coordinator(
-            self.registry, source_agent=agent.name, payload_limit=payload_limit, resilience=resilience
+            self.registry,
+            source_agent=agent.name,
+            payload_limit=payload_limit,
+            resilience=resilience,
+            telemetry=telemetry,
         )
         self.health = health.aio.HealthServicer()
         self._requested = address
@@ -482,6 +547,7 @@ class AgentServer:
             executed=None
             if idempotency_seconds is None
             else ExecutedCalls(idempotency_seconds, idempotency_entries, idempotency_bytes),
+            telemetry=telemetry,
         )
         _add_servicer(self._servicer, self._server)
         if bus is not None:

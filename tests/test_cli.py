@@ -105,7 +105,8 @@ def start_mesh(processes: Processes, tmp_path: Path) -> Mesh:
     lines = output.until("mesh up")
     table = {}
     for line in lines[lines.index(next(x for x in lines if x.startswith("AGENT"))) + 1 : -1]:
-        name, address, health, pid = line.split()
+        name, address, health, pid, metrics = line.split()
+        assert metrics == "-", "the config names no metrics port"
         assert health == "SERVING"
         table[name] = (address, int(pid))
         processes.adopt(int(pid))

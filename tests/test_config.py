@@ -49,6 +49,13 @@ def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
         (f"{_AGENT}queue_limit = -1\n", "agents.a.queue_limit must be at least 0, not -1"),
         (f"[mesh]\nidempotency_seconds = 0\n{_AGENT}", "mesh.idempotency_seconds must be above 0, not 0"),
         (f"[mesh]\nidempotency_bytes = 0\n{_AGENT}", "mesh.idempotency_bytes must be at least 1, not 0"),
+        (f"[mesh]\nlog_format = 'xml'\n{_AGENT}", "mesh.log_format must be 'text' or 'json', not 'xml'"),
+        (f"[mesh]\nlog_format = 1\n{_AGENT}", "mesh.log_format has the wrong type"),
+        (f"{_AGENT}metrics_port = 65536\n", "agents.a.metrics_port must be a port from 0 to 65535, not 65536"),
+        (f"{_AGENT}metrics_port = -1\n", "agents.a.metrics_port must be a port from 0 to 65535, not -1"),
+        (f"{_AGENT}metrics_port = '9464'\n", "agents.a.metrics_port has the wrong type"),
+        (f"{_AGENT}[bus]\naddress = 'h:2'\nmetrics_port = 70000\n", "bus.metrics_port must be a port from 0 to"),
+        (f"{_AGENT}[bus]\nnats = 'nats://h:4222'\nmetrics_port = 9463\n", "bus.metrics_port is for the embedded"),
     ],
 )
 def test_bad_config_is_reported_plainly(tmp_path: Path, text: str, message: str) -> None:
@@ -94,6 +101,20 @@ def test_the_bus_section_names_the_broker_nats_and_the_durable_subjects(tmp_path
     path.write_text("[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n[bus]\ndurable = ['a.>.b']\n")
     with pytest.raises(InvalidEnvelope, match="before its last token"):
         load_config(path)
+
+
+def test_metrics_ports_are_per_agent_and_for_the_broker_and_optional(tmp_path: Path) -> None:
+    path = tmp_path / "kosmos.toml"
+    path.write_text(f"{_AGENT}metrics_port = 0\n[agents.b]\nobject='m:C'\naddress='h:2'\n[bus]\naddress = 'h:3'\n")
+    config = load_config(path)
+    assert (config.agent("a").metrics_port, config.agent("b").metrics_port) == (0, None)
+    assert config.bus_metrics_port is None
+    path.write_text(f"{_AGENT}[bus]\naddress = 'h:3'\nmetrics_port = 9463\n")
+    assert load_config(path).bus_metrics_port == 9463
+    shipped = load_config(ROOT / "kosmos.toml")
+    ports = [agent.metrics_port for agent in shipped.agents.values()] + [shipped.bus_metrics_port]
+    assert None not in ports
+    assert len(set(ports)) == len(ports), "every process of the shipped mesh has a port of its own"
 
 
 def test_bus_may_be_just_a_nats_url(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 from kosmos_grpc.client import channel_options
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS
 from kosmos_grpc.errors import KosmosError, from_rpc_error
+from kosmos_grpc.telemetry.tracing import publish_headers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -127,8 +128,9 @@ class GrpcEventBus:
             into=event.message,
         )
         event.subject = subject
-        if headers:
-            event.headers.update(headers)
+        carried = publish_headers(subject, headers, BACKEND)
+        if carried:
+            event.headers.update(carried)
         published(BACKEND, subject).inc()
         if not acknowledge:
             if self._writer is None:

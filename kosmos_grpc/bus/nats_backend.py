@@ -36,6 +36,7 @@ from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS
 from kosmos_grpc.errors import AgentUnavailable, KosmosError
 from kosmos_grpc.subjects import matches, pattern_tokens
+from kosmos_grpc.telemetry.tracing import finish_span, publish_headers, start_consumer_span
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -186,10 +187,11 @@ class NatsEventBus:
             message_id=message_id,
             payload_limit=self.payload_limit,
         )
+        carried = publish_headers(subject, headers, "nats")
         if self.is_durable(subject):
-            await self.publish_durable(subject, message, dict(headers or {}), timeout_ms if acknowledge else None)
+            await self.publish_durable(subject, message, carried or {}, timeout_ms if acknowledge else None)
             return message.message_id
-        await self.publish_message(subject, message, dict(headers) if headers else None)
+        await self.publish_message(subject, message, carried)
         if acknowledge:
             try:
                 await self.nc.flush(timeout=max(1, math.ceil(timeout_ms / 1000)))  # nats-py counts whole seconds
@@ -274,18 +276,25 @@ class NatsEventBus:
             if event.expired():  # its TTL ran out while it waited: never delivered
                 await msg.ack()
                 return
+            traced = start_consumer_span(msg.subject, event.headers, "nats")
             try:
                 await handler(event)
-            except Exception:
+            except Exception as exc:
                 subscription.handler_errors += 1
                 if msg.metadata.num_delivered >= self.max_deliveries:
                     log.exception("durable %s gave up on %s: dead-lettered", name, msg.subject)
+                    finish_span(traced, "ERROR", exc)
                     await self._dead_letter(msg)
                     await msg.term()
                 else:
                     log.exception("durable %s: handler failed on %s; it will be redelivered", name, msg.subject)
+                    finish_span(traced, "ERROR", exc)
                     await msg.nak()
                 return
+            except BaseException:
+                finish_span(traced, "CANCELLED")
+                raise
+            finish_span(traced, "OK")
             await msg.ack()
 
         config = ConsumerConfig(max_deliver=self.max_deliveries, ack_wait=ACK_WAIT)

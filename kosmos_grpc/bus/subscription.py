@@ -13,7 +13,9 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Generic, Self, TypeVar
 
+from kosmos_grpc.bus.event import Event
 from kosmos_grpc.bus.metrics import DROPPED, subject_label
+from kosmos_grpc.telemetry.tracing import finish_span, start_consumer_span
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -53,6 +55,7 @@ class Subscription(Generic[T]):
         self._on_unsubscribe = on_unsubscribe
         self._expired = expired
         self._handler_task: asyncio.Task[None] | None = None
+        self.backend = backend
         self._dropped_metric = DROPPED.labels(backend, subject_label(pattern))
 
     @property
@@ -142,10 +145,23 @@ class Subscription(Generic[T]):
 
         async def run() -> None:
             async for event in self:
+                # Each event's handling is a span continuing its publish (from the event's headers).
+                traced = None
+                if isinstance(event, Event):
+                    traced = start_consumer_span(event.subject, event.headers, self.backend)
                 try:
                     await handler(event)
-                except Exception:
+                except Exception as exc:
                     self.handler_errors += 1
                     log.exception("handler of subscription %r failed (the subscription goes on)", self.pattern)
+                    if traced is not None:
+                        finish_span(traced, "ERROR", exc)
+                except BaseException:
+                    if traced is not None:
+                        finish_span(traced, "CANCELLED")
+                    raise
+                else:
+                    if traced is not None:
+                        finish_span(traced, "OK")
 
         self._handler_task = asyncio.create_task(run(), name=f"kosmos-subscription {self.pattern}")

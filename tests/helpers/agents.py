@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from kosmos_grpc import (
     Agent,
@@ -250,3 +254,40 @@ class Forward(Agent):
         """Delegate payload.action to payload.agent with payload.payload."""
         response = await ctx.client.delegate(payload["agent"], payload["action"], payload.get("payload", {}))
         return response.result
+
+
+def _seen_trace(ctx: Context) -> dict[str, str]:
+    """The trace a handler is in: the current span's ids, else the envelope's trace_id."""
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        return {"trace_id": format(span.trace_id, "032x"), "span_id": format(span.span_id, "016x")}
+    return {"trace_id": ctx.message.trace_id}
+
+
+class Narrator(Agent):
+    """Logs from inside its calls, on the ``tests.narrator`` logger, and says which trace it was in."""
+
+    name = "narrator"
+    log = logging.getLogger("tests.narrator")
+    #: Its own provider, not the global one, so its spans are real whatever the test process set up.
+    tracer = TracerProvider().get_tracer("tests.narrator")
+
+    @action
+    async def note(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Log payload.text at INFO."""
+        self.log.info("noted %s", payload.get("text", ""))
+        return _seen_trace(ctx)
+
+    @action
+    async def note_in_span(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Log payload.text at INFO inside a span of its own."""
+        with self.tracer.start_as_current_span("narrating"):
+            self.log.info("noted %s", payload.get("text", ""))
+            return _seen_trace(ctx)
+
+    @action
+    async def recount(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream payload.n chunks, logging each."""
+        for i in range(int(payload.get("n", 2))):
+            self.log.info("chunk %d", i)
+            yield {"i": i}

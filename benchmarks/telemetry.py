@@ -1,0 +1,158 @@
+"""What observability costs a call: tracing and metrics on against off, in one run.
+
+On: a default ``Coordinator`` (a ``delegate.echo.echo`` span whose W3C context travels in the
+call's metadata and whose trace id becomes the envelope's, and the delegation metrics) in a
+process whose tracer provider is set up as ``kosmos`` sets it up, calling an echo agent whose
+calls get SERVER spans and in-flight counts. Off: ``Coordinator(telemetry=False)`` calling an
+agent served with ``telemetry=False``. Resilience is on for both.
+
+By default nothing is exported, as when no ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set: trace ids
+and context still flow, nothing is recorded. With ``--export`` every span is recorded and sent
+over OTLP/gRPC to a collector process (a sink that counts them) on the agents' CPU.
+
+Pinned like the other benchmarks. Run with ``python -m benchmarks.telemetry [--export]``;
+both are part of ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kosmos_grpc import Coordinator, runtime
+
+from .core import PAYLOAD
+from .harness import (
+    Result,
+    alternate,
+    columns,
+    concurrent,
+    line,
+    mark,
+    pin,
+    pin_client,
+    placement,
+    processes,
+    ratios,
+    sequential,
+    wait_for_stop,
+)
+
+
+async def serve(kind: str) -> None:
+    """One server process: the echo agent with telemetry ``on`` or ``off``, or the OTLP ``sink``."""
+    import grpc
+
+    if kind == "sink":
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        class Sink(trace_service_pb2_grpc.TraceServiceServicer):
+            async def Export(self, request: Any, context: Any) -> Any:
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        server = grpc.aio.server()
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Sink(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(f"127.0.0.1:{port}", flush=True)
+        await wait_for_stop()
+        await server.stop(0)
+        return
+    from kosmos_grpc import AgentServer
+    from kosmos_grpc.telemetry import configure_tracing
+
+    from .agents import BenchEcho
+
+    provider = configure_tracing("echo") if kind == "on" else None
+    agent = AgentServer(BenchEcho(), address="127.0.0.1:0", telemetry=kind == "on")
+    await agent.start()
+    print(agent.address, flush=True)
+    await wait_for_stop()
+    await agent.stop(0)
+    if provider is not None:
+        provider.shutdown()
+
+
+@contextmanager
+def servers(cpu: int | None, export: bool) -> Iterator[dict[str, str]]:
+    """The OTLP sink (with ``export``) and the two agents, each in its own process; stopped by PID."""
+    with processes(cpu) as start:
+        if export:
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{start('benchmarks.telemetry', '--serve', 'sink')}"
+        else:
+            os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+            os.environ.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
+        yield {kind: start("benchmarks.telemetry", "--serve", kind) for kind in ("on", "off")}
+
+
+async def main(args: argparse.Namespace) -> None:
+    from kosmos_grpc.telemetry import configure_tracing
+
+    with servers(None if args.cpus is None else args.cpus[1], args.export) as where:
+        provider = configure_tracing("bench")
+        on_client = Coordinator({"echo": where["on"]}, source_agent="bench")
+        off_client = Coordinator({"echo": where["off"]}, source_agent="bench", telemetry=False)
+
+        async def on() -> object:
+            return (await on_client.delegate("echo", "echo", PAYLOAD)).result
+
+        async def off() -> object:
+            return (await off_client.delegate("echo", "echo", PAYLOAD)).result
+
+        sides = {"on": on, "off": off}
+        for call in sides.values():  # warm both channels and code paths
+            await sequential(call, 200, Result())
+            await concurrent(call, 4 * args.inflight, args.inflight, Result())
+        results = await alternate(sides, args.rounds, args.calls, args.inflight)
+        await on_client.close()
+        await off_client.close()
+        if provider is not None:
+            provider.shutdown()
+
+    r_on, r_off = results["on"], results["off"]
+    p50_ratios, rate_ratios = ratios(r_on.p50s, r_off.p50s), ratios(r_on.rates, r_off.rates)
+    p50_ratio, rate_ratio = statistics.median(p50_ratios), statistics.median(rate_ratios)
+    exported = "every span recorded and exported over OTLP/gRPC" if args.export else "nothing exported (the default)"
+    print(
+        f"\nKOSMOS telemetry benchmark: {args.rounds} rounds x {args.calls} calls, {args.inflight} in flight; "
+        f"agents on {runtime.event_loop_name()}; {placement(args.cpus, 'agents')}"
+    )
+    print(columns("/ off"))
+    print(f"one hop: client -> echo agent; tracing and metrics on against off; {exported}")
+    print(line("off p50", statistics.median(r_off.p50s), "ms"))
+    print(line("on p50", statistics.median(r_on.p50s), "ms", p50_ratio, f"target <= 1.15x: {mark(p50_ratio <= 1.15)}"))
+    print(line("off p99", r_off.p(0.99), "ms"))
+    print(line("on p99", r_on.p(0.99), "ms", r_on.p(0.99) / r_off.p(0.99)))
+    print(line(f"off calls/s, {args.inflight} in flight", r_off.rate, "calls/s"))
+    print(line(f"on calls/s, {args.inflight} in flight", r_on.rate, "calls/s", rate_ratio))
+    print(
+        f"  per-round ratios on/off, min / median / max: p50 {min(p50_ratios):.2f} / {p50_ratio:.2f} / "
+        f"{max(p50_ratios):.2f}x, calls/s {min(rate_ratios):.2f} / {rate_ratio:.2f} / {max(rate_ratios):.2f}x"
+    )
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=15, help="rounds, on and off in each (default 15)")
+    parser.add_argument("--calls", type=int, default=1280, help="calls per side per scenario per round (default 1280)")
+    parser.add_argument("--inflight", type=int, default=64, help="concurrent calls in flight (default 64)")
+    parser.add_argument("--export", action="store_true", help="record every span and export it over OTLP")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave CPUs to the scheduler")
+    parser.add_argument("--serve", choices=["on", "off", "sink"], help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        pin(args.cpu)  # before gRPC starts any thread: its threads inherit it
+        runtime.run(serve(args.serve))
+        return
+    args.cpus = pin_client(args.pin)
+    asyncio.run(main(args))
+
+
+if __name__ == "__main__":
+    cli()

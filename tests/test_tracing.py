@@ -1,0 +1,148 @@
+"""One OpenTelemetry trace across processes: Zeus -> planner -> scribe, and an event the planner publishes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+import pytest
+
+from kosmos_grpc import AGENT_SERVICE, Coordinator, new_message
+from kosmos_grpc._proto.kosmos.v1 import agent_pb2
+from kosmos_grpc.envelope import struct_to_dict
+from tests.conftest import Processes, free_port, tool
+from tests.helpers.otlp import OtlpReceiver, ReceivedSpan
+from tests.test_cli import Lines
+
+MESH = """
+[mesh]
+grace_seconds = 2
+
+[bus]
+address = "127.0.0.1:{bus}"
+delegation_events = false
+
+[agents.zeus]
+object = "agents.zeus:Zeus"
+address = "127.0.0.1:{zeus}"
+
+[agents.planner]
+object = "tests.helpers.trace_agents:Planner"
+address = "127.0.0.1:{planner}"
+
+[agents.scribe]
+object = "tests.helpers.trace_agents:Scribe"
+address = "127.0.0.1:{scribe}"
+"""
+
+SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # OTLP's span kinds
+
+
+@pytest.fixture
+async def receiver() -> OtlpReceiver:
+    otlp = OtlpReceiver()
+    await otlp.start()
+    yield otlp  # type: ignore[misc]
+    await otlp.stop()
+
+
+async def test_one_trace_spans_every_process_hop_and_event(
+    processes: Processes, tmp_path: Path, receiver: OtlpReceiver
+) -> None:
+    ports = {name: free_port() for name in ("bus", "zeus", "planner", "scribe")}
+    config = tmp_path / "kosmos.toml"
+    config.write_text(MESH.format(**ports))
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: the spans leave soon after they end
+    }
+    for name in ("OTEL_SDK_DISABLED", "OTEL_SERVICE_NAME", "OTEL_TRACES_EXPORTER", "OTEL_TRACES_SAMPLER"):
+        env[name] = os.environ.get(name, "") if name != "OTEL_SDK_DISABLED" else "false"
+    up = processes.start(tool("kosmos"), "--config", str(config), "up", env=env)
+    output = Lines(up)
+    lines = output.until("mesh up")
+    for line in lines[lines.index(next(x for x in lines if x.startswith("AGENT"))) + 1 : -1]:
+        processes.adopt(int(line.split()[3]))
+
+    addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items() if name != "bus"}
+    async with Coordinator(addresses, telemetry=False) as client:
+        await client.delegate("scribe", "listen")
+
+    # The caller's own span, as a client in another language would send it: W3C traceparent.
+    trace_id, root = os.urandom(16).hex(), os.urandom(8).hex()
+    failed_trace = os.urandom(16).hex()
+    async with grpc.aio.insecure_channel(addresses["zeus"]) as channel:
+        execute = channel.unary_unary(
+            f"/{AGENT_SERVICE}/Execute",
+            request_serializer=agent_pb2.ExecuteRequest.SerializeToString,
+            response_deserializer=agent_pb2.ExecuteResponse.FromString,
+        )
+
+        async def via_zeus(action: str, trace: str) -> agent_pb2.ExecuteResponse:
+            payload = {"agent": "planner", "action": action, "payload": {"topic": "otel"}}
+            request = agent_pb2.ExecuteRequest(message=new_message("delegate", payload))
+            metadata = (("traceparent", f"00-{trace}-{root}-01"),)
+            reply: agent_pb2.ExecuteResponse = await execute(request, timeout=20, metadata=metadata)
+            return reply
+
+        reply = await via_zeus("plan", trace_id)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await via_zeus("no_such_action", failed_trace)
+    assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    answer = struct_to_dict(reply.response.result)
+    # The envelope's trace_id is the OpenTelemetry trace id, on every hop.
+    assert answer["result"]["trace_id"] == trace_id
+    assert answer["result"]["scribe"]["trace_id"] == trace_id
+
+    names = {
+        "execute.zeus.delegate",
+        "delegate.planner.plan",
+        "execute.planner.plan",
+        "delegate.scribe.write",
+        "execute.scribe.write",
+        "publish kosmos.events.user.action",
+        "process kosmos.events.user.action",
+    }
+    received = await receiver.wait_for(names | {"delegate.planner.no_such_action"})
+    spans = [s for s in received if s.trace_id == trace_id]
+    by_name: dict[str, ReceivedSpan] = {}
+    for span in spans:
+        assert span.name not in by_name, f"{span.name} twice in the trace"
+        by_name[span.name] = span
+    assert set(by_name) == names
+
+    def parent(child: str, of: str | None) -> None:
+        expected = root if of is None else by_name[of].span_id
+        assert by_name[child].parent_span_id == expected, f"{child} is not a child of {of or 'the caller'}"
+
+    parent("execute.zeus.delegate", None)
+    parent("delegate.planner.plan", "execute.zeus.delegate")
+    parent("execute.planner.plan", "delegate.planner.plan")
+    parent("delegate.scribe.write", "execute.planner.plan")
+    parent("execute.scribe.write", "delegate.scribe.write")
+    parent("publish kosmos.events.user.action", "execute.planner.plan")
+    parent("process kosmos.events.user.action", "publish kosmos.events.user.action")
+
+    kinds = {name: span.kind for name, span in by_name.items()}
+    assert kinds["execute.zeus.delegate"] == SERVER
+    assert kinds["delegate.planner.plan"] == CLIENT
+    assert kinds["publish kosmos.events.user.action"] == PRODUCER
+    assert kinds["process kosmos.events.user.action"] == CONSUMER
+    services = {name: span.service for name, span in by_name.items()}
+    assert services["execute.zeus.delegate"] == services["delegate.planner.plan"] == "zeus"
+    assert services["execute.planner.plan"] == services["publish kosmos.events.user.action"] == "planner"
+    assert services["execute.scribe.write"] == services["process kosmos.events.user.action"] == "scribe"
+    delegation = by_name["delegate.scribe.write"].attributes
+    assert delegation["agent.name"] == "scribe"
+    assert delegation["agent.action"] == "write"
+    assert delegation["agent.response.status"] == "OK"
+
+    # A failed delegation: its span says how it ended, is an error, and records the exception.
+    failure = next(s for s in received if s.name == "delegate.planner.no_such_action")
+    assert failure.trace_id == failed_trace
+    assert failure.attributes["agent.response.status"] == "UNIMPLEMENTED"
+    assert failure.status_code == 2
+    assert "exception" in failure.events
+    served = next(s for s in received if s.trace_id == failed_trace and s.name == "execute.zeus.delegate")
+    assert served.status_code == 2  # zeus passed the failure on
