@@ -35,7 +35,7 @@ from kosmos_grpc.registry import Registry
 from kosmos_grpc.resilience import Resilience, ResiliencePolicy
 from kosmos_grpc.subjects import agent_requests, agent_responses
 from kosmos_grpc.telemetry.metrics import DelegationMetrics
-from kosmos_grpc.telemetry.tracing import TRACER, SpanKind, end_span, metadata_with_context, trace_id_hex
+from kosmos_grpc.telemetry.tracing import end_span, start_client_span, trace_id_hex
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
@@ -462,15 +462,14 @@ class Coordinator:
         """
         if self.metrics is None:
             return None, None
-        span = TRACER.start_span(
+        span, metadata = start_client_span(
             f"delegate.{agent}.{action}",
-            kind=SpanKind.CLIENT,
-            attributes={"agent.name": agent, "agent.action": action, "kosmos.correlation_id": message.correlation_id},
+            {"agent.name": agent, "agent.action": action, "kosmos.correlation_id": message.correlation_id},
         )
         trace_id = trace_id_hex(span)
         if trace_id:
             message.trace_id = trace_id
-        return span, metadata_with_context(span)
+        return span, metadata
 
     def _done(self, span: Span, agent: str, action: str, code: str, error: KosmosError | None, started: float) -> None:
         """Record how a delegation ended, on its span and in the metrics."""

@@ -237,7 +237,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return start_server_span(
             f"{rpc}.{self._name}.{action}" if known else f"{rpc}.{self._name}",
             context.invocation_metadata(),
-            {
+            lambda: {
                 "rpc.system": "grpc",
                 "rpc.service": AGENT_SERVICE,
                 "rpc.method": rpc.title(),

@@ -146,3 +146,51 @@ async def test_one_trace_spans_every_process_hop_and_event(
     assert "exception" in failure.events
     served = next(s for s in received if s.trace_id == failed_trace and s.name == "execute.zeus.delegate")
     assert served.status_code == 2  # zeus passed the failure on
+
+
+LEAN_MESH = """
+[agents.zeus]
+object = "agents.zeus:Zeus"
+address = "127.0.0.1:{zeus}"
+
+[agents.scribe]
+object = "tests.helpers.trace_agents:Scribe"
+address = "127.0.0.1:{scribe}"
+"""
+
+
+async def test_without_an_exporter_every_hop_still_carries_the_callers_trace(
+    processes: Processes, tmp_path: Path
+) -> None:
+    ports = {name: free_port() for name in ("zeus", "scribe")}
+    config = tmp_path / "kosmos.toml"
+    config.write_text(LEAN_MESH.format(**ports))
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "", "OTEL_SDK_DISABLED": "false"}
+    up = processes.start(tool("kosmos"), "--config", str(config), "up", env=env)
+    lines = Lines(up).until("mesh up")
+    for line in lines[lines.index(next(x for x in lines if x.startswith("AGENT"))) + 1 : -1]:
+        processes.adopt(int(line.split()[3]))
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['zeus']}") as channel:
+        execute = channel.unary_unary(
+            f"/{AGENT_SERVICE}/Execute",
+            request_serializer=agent_pb2.ExecuteRequest.SerializeToString,
+            response_deserializer=agent_pb2.ExecuteResponse.FromString,
+        )
+
+        async def scribes_trace(metadata: tuple[tuple[str, str], ...] | None) -> str:
+            payload = {"agent": "scribe", "action": "write", "payload": {"topic": "w3c"}}
+            request = agent_pb2.ExecuteRequest(message=new_message("delegate", payload))
+            reply = await execute(request, timeout=20, metadata=metadata)
+            trace_id: str = struct_to_dict(reply.response.result)["result"]["trace_id"]
+            return trace_id
+
+        caller = os.urandom(16).hex()
+        # An unsampled caller: nothing is recorded anywhere, and its trace still reaches the scribe.
+        assert await scribes_trace((("traceparent", f"00-{caller}-{os.urandom(8).hex()}-00"),)) == caller
+        # A caller with no trace context: Zeus starts a trace, a new one for each call.
+        first, second = await scribes_trace(None), await scribes_trace(None)
+    assert len(first) == 32
+    assert int(first, 16) != 0
+    assert first != second
+    assert caller not in (first, second)
