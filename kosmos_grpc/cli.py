@@ -24,6 +24,7 @@ from kosmos_grpc.errors import KosmosError
 from kosmos_grpc.launcher import run_mesh, serve_agent, serve_broker
 from kosmos_grpc.tables import format_table
 from kosmos_grpc.telemetry.logs import LOG_FORMATS, configure_logging
+from kosmos_grpc.telemetry.tracing import configure_tracing, spans_exported
 
 __all__ = ["main"]
 
@@ -284,7 +285,13 @@ def main(argv: list[str] | None = None) -> int:
             "publish": _publish,
             "subscribe": _subscribe,
         }[args.command]
-        return asyncio.run(handler(config, args))
+        # A command sent where spans are exported starts the trace the agents continue.
+        provider = configure_tracing("kosmos-cli") if spans_exported() else None
+        try:
+            return asyncio.run(handler(config, args))
+        finally:
+            if provider is not None:
+                provider.shutdown()
     except KosmosError as exc:
         print(f"kosmos: {exc.code.name}: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE

@@ -131,12 +131,18 @@ def processes() -> Iterator[Processes]:
         procs.stop_all()
 
 
-async def run_tool(*args: str, limit: float = 20, stdin: str | None = None) -> tuple[int, str, str]:
-    """Run a command without blocking the event loop the in-process servers live in; killed on timeout."""
+async def run_tool(
+    *args: str, limit: float = 20, stdin: str | None = None, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run a command without blocking the event loop the in-process servers live in; killed on timeout.
+
+    ``env`` is added to this process's environment.
+    """
 
     process = await asyncio.create_subprocess_exec(
         *args,
         cwd=ROOT,
+        env={**os.environ, **env} if env else None,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

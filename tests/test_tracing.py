@@ -11,7 +11,7 @@ import pytest
 from kosmos_grpc import AGENT_SERVICE, Coordinator, new_message
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.envelope import struct_to_dict
-from tests.conftest import Processes, free_port, tool
+from tests.conftest import Processes, free_port, run_tool, tool
 from tests.helpers.otlp import OtlpReceiver, ReceivedSpan
 from tests.test_cli import Lines
 
@@ -146,6 +146,36 @@ async def test_one_trace_spans_every_process_hop_and_event(
     assert "exception" in failure.events
     served = next(s for s in received if s.trace_id == failed_trace and s.name == "execute.zeus.delegate")
     assert served.status_code == 2  # zeus passed the failure on
+
+    # `kosmos call` where spans are exported starts the trace itself.
+    code, _, err = await run_tool(
+        tool("kosmos"),
+        "--config",
+        str(config),
+        "call",
+        "zeus",
+        "delegate",
+        '{"agent": "scribe", "action": "write", "payload": {"topic": "cli"}}',
+        env=env,
+    )
+    assert code == 0, err
+
+    def from_the_cli(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        roots = [s for s in spans if s.name == "delegate.zeus.delegate"]
+        return [s for s in spans if roots and s.trace_id == roots[0].trace_id]
+
+    spans = from_the_cli(await receiver.wait_until(lambda spans: len(from_the_cli(spans)) >= 4))
+    cli = next(s for s in spans if s.name == "delegate.zeus.delegate")
+    assert cli.service == "kosmos-cli"
+    assert cli.parent_span_id == ""  # the root
+    zeus = next(s for s in spans if s.name == "execute.zeus.delegate")
+    assert zeus.parent_span_id == cli.span_id
+    assert {s.name for s in spans} == {
+        "delegate.zeus.delegate",
+        "execute.zeus.delegate",
+        "delegate.scribe.write",
+        "execute.scribe.write",
+    }
 
 
 LEAN_MESH = """

@@ -35,6 +35,7 @@ __all__ = [
     "extract",
     "finish_span",
     "publish_headers",
+    "spans_exported",
     "start_client_span",
     "start_consumer_span",
     "start_server_span",
@@ -77,7 +78,7 @@ def configure_tracing(service_name: str) -> TracerProvider | None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
-    exporting = any(os.environ.get(name) for name in _ENDPOINTS) and _exporter_name() in {"otlp", ""}
+    exporting = spans_exported()
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
     # Not exporting: record nothing of our own, but still make trace ids and follow a caller's decision.
     provider = TracerProvider(
@@ -102,8 +103,10 @@ def configure_tracing(service_name: str) -> TracerProvider | None:
     return provider
 
 
-def _exporter_name() -> str:
-    return os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+def spans_exported() -> bool:
+    """Whether the ``OTEL_*`` variables ask for spans to be exported (over OTLP)."""
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    return any(os.environ.get(name) for name in _ENDPOINTS) and exporter in {"otlp", ""}
 
 
 def trace_id_hex(span: Span) -> str:

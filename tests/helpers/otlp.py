@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,8 +80,12 @@ class OtlpReceiver:
 
     async def wait_for(self, names: set[str], within: float = 20) -> list[ReceivedSpan]:
         """Every span received once spans of all ``names`` have arrived (failing after ``within`` seconds)."""
+        return await self.wait_until(lambda spans: names <= {span.name for span in spans}, within)
+
+    async def wait_until(self, done: Callable[[list[ReceivedSpan]], bool], within: float = 20) -> list[ReceivedSpan]:
+        """Every span received once ``done`` says they are enough (failing after ``within`` seconds)."""
         async with asyncio.timeout(within):
-            while not names <= {span.name for span in self.spans}:
+            while not done(self.spans):
                 self.arrived.clear()
                 await self.arrived.wait()
         return list(self.spans)
