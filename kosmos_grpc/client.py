@@ -34,7 +34,7 @@ from kosmos_grpc.errors import (
 from kosmos_grpc.registry import Registry
 from kosmos_grpc.resilience import Resilience, ResiliencePolicy
 from kosmos_grpc.subjects import agent_requests, agent_responses
-from kosmos_grpc.telemetry.metrics import DelegationMetrics
+from kosmos_grpc.telemetry.metrics import UNKNOWN_LABEL, DelegationMetrics
 from kosmos_grpc.telemetry.tracing import end_span, start_client_span, trace_id_hex
 
 if TYPE_CHECKING:
@@ -268,6 +268,7 @@ class Coordinator:
         into: envelope_pb2.AgentMessage,
     ) -> float:
         """Fill the request's envelope in place; the call's timeout in seconds."""
+        self.registry.address(agent)  # AgentNotFound now, before a word of it is announced or counted
         if timeout_ms is None:
             timeout = math.inf
         elif timeout_ms > 0 and timeout_ms != math.inf:  # also false for NaN
@@ -335,10 +336,10 @@ class Coordinator:
         )
         started = time.monotonic()
         deadline = started + timeout
-        span, metadata = self._traced(agent, action, message)
         events = self.events
         if events is not None:
             await _announce(events, agent, action, message)
+        span, metadata = self._traced(agent, action, message)
 
         async def attempt(target: str) -> agent_pb2.ExecuteResponse:
             message.target_agent = target
@@ -350,7 +351,8 @@ class Coordinator:
                 raise _explain(exc, target, action, timeout) from None
             return reply
 
-        code, failure = "CANCELLED", None  # unless the call ends one way or the other
+        code = "CANCELLED"  # unless the call ends one way or the other
+        failure: BaseException | None = None
         try:
             resilience = self.resilience
             reply = await (attempt(agent) if resilience is None else resilience.call(agent, attempt, deadline))
@@ -360,8 +362,11 @@ class Coordinator:
             if events is not None:
                 await _outcome(events, agent, action, message, code, "")
             raise
+        except Exception as error:  # a fault on this side (cancellation is not an Exception)
+            code, failure = "UNKNOWN", error
+            raise
         finally:
-            if span is not None:
+            if self.metrics is not None:
                 self._done(span, agent, action, code, failure, started)
         response = reply.response
         if events is not None:
@@ -403,12 +408,12 @@ class Coordinator:
         )
         started = time.monotonic()
         deadline = started + timeout
-        span, metadata = self._traced(agent, action, message)
         events = self.events
         if events is not None:
             await _announce(events, agent, action, message)
+        span, metadata = self._traced(agent, action, message)
         outcome, answered = "CANCELLED", ""  # unless the stream ends one way or the other
-        failure: KosmosError | None = None
+        failure: BaseException | None = None
         target = agent
 
         async def start(to: str) -> tuple[_StreamCall, object]:
@@ -440,41 +445,52 @@ class Coordinator:
                     reply = await opened[0].read()
                 except grpc.aio.AioRpcError as exc:
                     raise _explain(exc, target, action, timeout) from None
-            outcome = "DATA_LOSS"
+            raise StreamBroken(f"the stream from {target}.{action} ended without its final marker")
         except KosmosError as error:
             outcome, failure = error.code.name, error
+            raise
+        except Exception as error:  # a fault on this side (cancellation is not an Exception)
+            outcome, failure = "UNKNOWN", error
             raise
         finally:
             if call is not None:
                 call.cancel()
-            if span is not None:
+            if self.metrics is not None:
                 self._done(span, agent, action, outcome, failure, started)
             if events is not None:
                 await _outcome(events, agent, action, message, outcome, answered)
-        raise StreamBroken(f"the stream from {target}.{action} ended without its final marker")
 
     def _traced(
         self, agent: str, action: str, message: envelope_pb2.AgentMessage
     ) -> tuple[Span | None, tuple[tuple[str, str], ...] | None]:
         """A delegation's span, child of the current one, and the metadata that passes it on.
 
-        The envelope's trace_id becomes the span's trace id.
+        The envelope's trace_id becomes the span's trace id. None without telemetry or tracing.
         """
         if self.metrics is None:
             return None, None
         span, metadata = start_client_span(
             f"delegate.{agent}.{action}",
-            {"agent.name": agent, "agent.action": action, "kosmos.correlation_id": message.correlation_id},
+            lambda: {"agent.name": agent, "agent.action": action, "kosmos.correlation_id": message.correlation_id},
         )
         trace_id = trace_id_hex(span)
         if trace_id:
             message.trace_id = trace_id
         return span, metadata
 
-    def _done(self, span: Span, agent: str, action: str, code: str, error: KosmosError | None, started: float) -> None:
+    def _done(
+        self, span: Span | None, agent: str, action: str, code: str, error: BaseException | None, started: float
+    ) -> None:
         """Record how a delegation ended, on its span and in the metrics."""
+        # An agent or action that does not exist is counted under one label, so that bad requests
+        # (a name in a payload, say) cannot make series without end.
+        if code == "NOT_FOUND":
+            agent = action = UNKNOWN_LABEL
+        elif code == "UNIMPLEMENTED":
+            action = UNKNOWN_LABEL
         self.metrics.record(agent, action, code, time.monotonic() - started)  # type: ignore[union-attr]
-        end_span(span, code, error)
+        if span is not None:
+            end_span(span, code, error)
 
     def scope(self, *, correlation_id: str | None = None, timeout_ms: float | None = None) -> ScopedClient:
         """A client for one workflow: every call shares a correlation_id (default: a new one) and,

@@ -39,7 +39,7 @@ from kosmos_grpc.resilience import CircuitState
 from kosmos_grpc.runtime import until
 from kosmos_grpc.telemetry.logs import current_call
 from kosmos_grpc.telemetry.metrics import CALLS_IN_FLIGHT, QUEUE_DEPTH, watch
-from kosmos_grpc.telemetry.tracing import finish_span, start_server_span
+from kosmos_grpc.telemetry.tracing import finish_span, start_server_span, trace_id_hex
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -117,9 +117,20 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._handlers: dict[str, Callable[..., Any]] = {
             name: getattr(agent, spec.attr) for name, spec in agent.actions.items()
         }
-        if telemetry:
-            watch(CALLS_IN_FLIGHT, self._name, lambda: self.in_flight)
-            watch(QUEUE_DEPTH, self._name, lambda: admission.waiting if admission is not None else 0)
+        self._unwatch = (
+            [
+                watch(CALLS_IN_FLIGHT, self._name, lambda: self.in_flight),
+                watch(QUEUE_DEPTH, self._name, lambda: admission.waiting if admission is not None else 0),
+            ]
+            if telemetry
+            else []
+        )
+
+    def close(self) -> None:
+        """Stop showing this servicer's calls in the gauges (its server has stopped)."""
+        for unwatch in self._unwatch:
+            unwatch()
+        self._unwatch = []
 
     def _make_card(self) -> agent_pb2.AgentCard:
         card = agent_pb2.AgentCard(name=self.agent.name, description=self.agent.description, version=self.agent.version)
@@ -214,27 +225,27 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except BaseException:
             if claimed is not None and executed is not None:  # cancelled: forgotten, so that a retry runs
                 executed.settle(message.message_id, claimed, None, None)
-            if traced is not None:
-                finish_span(traced, "CANCELLED")
+            finish_span(traced, "CANCELLED")
             raise
         else:
-            if traced is not None:
-                finish_span(traced, "OK")
+            finish_span(traced, "OK")
             return response
         if claimed is not None and executed is not None:
             # What the duplicates get: the failure if the call finished with it, else nothing (they run).
             executed.settle(message.message_id, claimed, None, error if is_final(error) else None)
-        if traced is not None:
-            finish_span(traced, error.code.name, error)
+        finish_span(traced, error.code.name, error)
         await self._abort(context, error)
 
     def _trace(
         self, rpc: str, message: envelope_pb2.AgentMessage, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> tuple[Span, object]:
-        """The call's SERVER span, continuing the caller's trace, current while the handler runs."""
+    ) -> tuple[Span, object] | None:
+        """The call's SERVER span, continuing the caller's trace, current while the handler runs.
+
+        The envelope's trace_id becomes the trace's id. None when there is no trace to follow.
+        """
         action = message.action
         known = action in self._actions
-        return start_server_span(
+        traced = start_server_span(
             f"{rpc}.{self._name}.{action}" if known else f"{rpc}.{self._name}",
             context.invocation_metadata(),
             lambda: {
@@ -246,7 +257,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 "kosmos.message_id": message.message_id,
                 "kosmos.correlation_id": message.correlation_id,
             },
+            trace_id=message.trace_id,
         )
+        if traced is not None:
+            trace_id = trace_id_hex(traced[0])
+            if trace_id:
+                message.trace_id = trace_id
+        return traced
 
     async def _execute(self, spec: ActionSpec, ctx: Context, timer: float | None) -> agent_pb2.ExecuteResponse:
         """Run a unary action under admission control and its deadline; its reply."""
@@ -334,6 +351,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             error = _bare(exc)
         except Exception as exc:
             error = self._unexpected(exc, message)
+        except GeneratorExit:
+            # The caller went away while this waited at a yield; gRPC closes the generator from
+            # another task, whose context is not the one the span was made current in.
+            if traced is not None:
+                finish_span(traced, "CANCELLED", detach=False)
+                traced = None
+            raise
         finally:
             if running:
                 self.in_flight -= 1
@@ -618,6 +642,7 @@ class AgentServer:
     async def _stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        self._servicer.close()
         await self.coordinator.close()
         if self.bus is not None:
             await self.bus.close()

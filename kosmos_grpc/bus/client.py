@@ -128,9 +128,11 @@ class GrpcEventBus:
             into=event.message,
         )
         event.subject = subject
-        carried = publish_headers(subject, headers, BACKEND)
+        carried, trace_id = publish_headers(subject, headers, BACKEND)
         if carried:
             event.headers.update(carried)
+        if trace_id:
+            event.message.trace_id = trace_id
         published(BACKEND, subject).inc()
         if not acknowledge:
             if self._writer is None:

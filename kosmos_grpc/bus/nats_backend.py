@@ -187,7 +187,9 @@ class NatsEventBus:
             message_id=message_id,
             payload_limit=self.payload_limit,
         )
-        carried = publish_headers(subject, headers, "nats")
+        carried, trace_id = publish_headers(subject, headers, BACKEND)
+        if trace_id:
+            message.trace_id = trace_id
         if self.is_durable(subject):
             await self.publish_durable(subject, message, carried or {}, timeout_ms if acknowledge else None)
             return message.message_id

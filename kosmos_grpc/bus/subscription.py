@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from typing import TYPE_CHECKING, Generic, Self, TypeVar
 
@@ -154,14 +155,15 @@ class Subscription(Generic[T]):
                 except Exception as exc:
                     self.handler_errors += 1
                     log.exception("handler of subscription %r failed (the subscription goes on)", self.pattern)
-                    if traced is not None:
-                        finish_span(traced, "ERROR", exc)
+                    finish_span(traced, "ERROR", exc)
                 except BaseException:
-                    if traced is not None:
-                        finish_span(traced, "CANCELLED")
+                    finish_span(traced, "CANCELLED")
                     raise
                 else:
-                    if traced is not None:
-                        finish_span(traced, "OK")
+                    finish_span(traced, "OK")
 
-        self._handler_task = asyncio.create_task(run(), name=f"kosmos-subscription {self.pattern}")
+        # A context of its own: a subscription made while serving a call must not make every
+        # event's handling look like part of that call (its span, its log fields).
+        self._handler_task = asyncio.create_task(
+            run(), name=f"kosmos-subscription {self.pattern}", context=contextvars.Context()
+        )

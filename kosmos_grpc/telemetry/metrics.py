@@ -23,6 +23,7 @@ __all__ = [
     "DELEGATION_SECONDS",
     "DURATION_BUCKETS",
     "QUEUE_DEPTH",
+    "UNKNOWN_LABEL",
     "DelegationMetrics",
     "MetricsEndpoint",
     "serve_metrics",
@@ -48,9 +49,25 @@ CALLS_IN_FLIGHT = Gauge("kosmos_calls_in_flight", "Calls an agent is handling no
 QUEUE_DEPTH = Gauge("kosmos_queue_depth", "Calls waiting in an agent's priority queue.", ("agent",))
 
 
-def watch(gauge: Gauge, agent: str, read: Callable[[], float]) -> None:
-    """Have ``gauge{agent}`` show ``read()`` whenever it is scraped."""
-    gauge.labels(agent).set_function(read)
+#: The label of an agent or action that does not exist: bad requests must not make series without end.
+UNKNOWN_LABEL = "_unknown"
+
+# gauge name -> agent -> what each live server of that agent reads: a scrape shows their sum.
+_WATCHED: dict[Gauge, dict[str, list[Callable[[], float]]]] = {}
+
+
+def watch(gauge: Gauge, agent: str, read: Callable[[], float]) -> Callable[[], None]:
+    """Have ``gauge{agent}`` show ``read()`` (summed over every server of ``agent`` in this process)
+    whenever it is scraped; call what this returns when the server stops."""
+    reads = _WATCHED.setdefault(gauge, {}).setdefault(agent, [])
+    reads.append(read)
+    gauge.labels(agent).set_function(lambda: sum(each() for each in reads))
+
+    def unwatch() -> None:
+        if read in reads:
+            reads.remove(read)
+
+    return unwatch
 
 
 class DelegationMetrics:

@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from random import getrandbits
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -34,12 +44,14 @@ __all__ = [
     "end_span",
     "extract",
     "finish_span",
+    "parse_traceparent",
     "publish_headers",
     "spans_exported",
     "start_client_span",
     "start_consumer_span",
     "start_server_span",
     "trace_id_hex",
+    "tracing_on",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +61,7 @@ TRACER = trace.get_tracer("kosmos_grpc")
 
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _W3C = "tracecontext,baggage"
+_EMPTY = otel_context.Context()  # a new trace's parent: nothing, whatever is current
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
 
@@ -58,9 +71,11 @@ class _Shortcuts:
     ``w3c``: only W3C trace context travels (the default propagators), so it is read and written
     here. ``children``: the sampler follows the parent, so a child of an unsampled span is not
     recorded, and is made here. ``roots``: a new trace is never recorded either.
+    ``nothing_recorded``: nothing is exported, so even a sampled parent's child is made here
+    (keeping the parent's flags for the processes further on).
     """
 
-    w3c = children = roots = False
+    w3c = children = roots = nothing_recorded = False
 
 
 _SHORTCUTS = _Shortcuts()
@@ -100,6 +115,7 @@ def configure_tracing(service_name: str) -> TracerProvider | None:
         and "localParentNotSampled:AlwaysOffSampler" in sampler
     )
     _SHORTCUTS.roots = _SHORTCUTS.children and sampler.startswith("ParentBased{root:AlwaysOffSampler")
+    _SHORTCUTS.nothing_recorded = _SHORTCUTS.roots and not exporting
     return provider
 
 
@@ -115,34 +131,43 @@ def trace_id_hex(span: Span) -> str:
     return format(context.trace_id, "032x") if context.is_valid else ""
 
 
+def tracing_on() -> bool:
+    """Whether this process has a tracer provider (an SDK). Without one no span is made, and the
+    context a caller passed on is passed on unchanged, as the API's no-op tracer would."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def start_client_span(
-    name: str, attributes: dict[str, Any], kind: SpanKind = SpanKind.CLIENT
+    name: str, attributes: Callable[[], dict[str, Any]], kind: SpanKind = SpanKind.CLIENT
 ) -> tuple[Span, tuple[tuple[str, str], ...] | None]:
-    """A span of a call out, child of the current one, and the gRPC metadata that passes its context on."""
+    """A span of a call out, child of the current one, and the gRPC metadata that passes its context on.
+
+    ``attributes`` is only called for a span that is recorded.
+    """
     shortcuts = _SHORTCUTS
-    if not shortcuts.w3c:
-        span = TRACER.start_span(name, kind=kind, attributes=attributes)
-        if not span.get_span_context().is_valid:
-            return span, None  # no tracing set up in this process
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        return span, tuple(carrier.items())
     current = otel_context.get_current()
-    if baggage.get_all(current):
-        span = TRACER.start_span(name, kind=kind, attributes=attributes)
-        carrier = {}
+    if not tracing_on():
+        context = trace.get_current_span(current).get_span_context()
+        if not context.is_valid:
+            return INVALID_SPAN, None
+        return NonRecordingSpan(context), _w3c(context)  # the caller's span, not ours to end
+    if not shortcuts.w3c or baggage.get_all(current):
+        span = TRACER.start_span(name, kind=kind, attributes=attributes())
+        if not span.get_span_context().is_valid:
+            return span, None
+        carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span, current))
         return span, tuple(carrier.items())
     parent = trace.get_current_span(current).get_span_context()
     if parent.is_valid:
-        if shortcuts.children and not parent.trace_flags.sampled:
+        if shortcuts.children and (shortcuts.nothing_recorded or not parent.trace_flags.sampled):
             span = _unrecorded(parent.trace_id, parent.trace_flags, parent.trace_state)
         else:
-            span = TRACER.start_span(name, kind=kind, attributes=attributes)
+            span = TRACER.start_span(name, kind=kind, attributes=attributes())
     elif shortcuts.roots:
         span = _unrecorded(_random_id(128), _UNSAMPLED, None)
     else:
-        span = TRACER.start_span(name, kind=kind, attributes=attributes)
+        span = TRACER.start_span(name, kind=kind, attributes=attributes())
     return span, _w3c(span.get_span_context())
 
 
@@ -151,35 +176,66 @@ def start_server_span(
     carrier: Iterable[tuple[str, Any]] | dict[str, str] | None,
     attributes: Callable[[], dict[str, Any]],
     kind: SpanKind = SpanKind.SERVER,
-) -> tuple[Span, object]:
+    trace_id: str = "",
+) -> tuple[Span, object] | None:
     """A span continuing the trace ``carrier`` (gRPC metadata, event headers) names, made current.
 
+    Without trace context in ``carrier``, a caller's ``trace_id`` (the envelope's, 32 hex
+    digits) is continued, else a new trace begins; never the context that happens to be current.
     End it with :func:`finish_span`. ``attributes`` is only called for a span that is recorded.
+    None when this process does not trace and the caller passed no context on.
     """
     pairs = carrier.items() if isinstance(carrier, dict) else carrier or ()
     shortcuts = _SHORTCUTS
-    found = _parse_w3c(pairs) if shortcuts.w3c else "baggage"
-    if isinstance(found, str):  # "baggage"
-        parent = extract(pairs)
-    elif found is None:  # a new trace
-        if shortcuts.roots:
+    if not tracing_on():
+        passed = parse_traceparent(pairs)
+        if not isinstance(passed, _Remote):
+            return None
+        relayed: Span = NonRecordingSpan(SpanContext(passed.trace_id, passed.span_id, True, passed.flags, passed.state))
+        return relayed, otel_context.attach(trace.set_span_in_context(relayed, _EMPTY))
+    found = parse_traceparent(pairs) if shortcuts.w3c else "baggage"
+    if isinstance(found, str):  # "baggage": the propagators read it all
+        parent = extract(pairs) or _EMPTY
+    elif found is None:  # no trace context: the envelope's trace, or a new one
+        remote = _remote_from_trace_id(trace_id)
+        if remote is None and shortcuts.roots:
             span = _unrecorded(_random_id(128), _UNSAMPLED, None)
-            return span, otel_context.attach(trace.set_span_in_context(span))
-        parent = None
+            return span, otel_context.attach(trace.set_span_in_context(span, _EMPTY))
+        parent = _EMPTY if remote is None else trace.set_span_in_context(NonRecordingSpan(remote), _EMPTY)
     else:
-        if shortcuts.children and not found.flags.sampled:
+        if shortcuts.children and (shortcuts.nothing_recorded or not found.flags.sampled):
             span = _unrecorded(found.trace_id, found.flags, found.state)
-            return span, otel_context.attach(trace.set_span_in_context(span))
+            return span, otel_context.attach(trace.set_span_in_context(span, _EMPTY))
         remote = SpanContext(found.trace_id, found.span_id, True, found.flags, found.state)
-        parent = trace.set_span_in_context(NonRecordingSpan(remote))
+        parent = trace.set_span_in_context(NonRecordingSpan(remote), _EMPTY)
     span = TRACER.start_span(name, context=parent, kind=kind, attributes=attributes())
     return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
 
-def finish_span(traced: tuple[Span, object], code: str, error: BaseException | None = None) -> None:
-    """End a span made current by :func:`start_server_span`, with its call's outcome."""
+def _remote_from_trace_id(trace_id: str) -> SpanContext | None:
+    """A caller known only by the envelope's trace_id: that trace, its span unknown (an id of ours)."""
+    if len(trace_id) != 32:
+        return None
+    try:
+        value = int(trace_id, 16)
+    except ValueError:
+        return None
+    return SpanContext(value, _random_id(64), True, _UNSAMPLED) if value else None
+
+
+def finish_span(
+    traced: tuple[Span, object] | None, code: str, error: BaseException | None = None, *, detach: bool = True
+) -> None:
+    """End a span made current by :func:`start_server_span` (if it made one), with its call's outcome.
+
+    ``detach=False`` leaves the context as it is: for a generator closed from another task,
+    where the context it was made current in is no longer the current one.
+    """
+    if traced is None:
+        return
     span, token = traced
-    otel_context.detach(token)  # type: ignore[arg-type]
+    if detach:
+        otel_context.detach(token)  # type: ignore[arg-type]
     end_span(span, code, error)
 
 
@@ -193,21 +249,24 @@ def end_span(span: Span, code: str, error: KosmosError | BaseException | None = 
     span.end()
 
 
-def publish_headers(subject: str, headers: Mapping[str, str] | None, system: str) -> dict[str, str] | None:
-    """Event headers carrying a new PRODUCER span's context: the publish of an event on ``subject``.
+def publish_headers(subject: str, headers: Mapping[str, str] | None, system: str) -> tuple[dict[str, str] | None, str]:
+    """Event headers carrying a new PRODUCER span's context (the publish of an event on ``subject``),
+    and its trace id for the envelope.
 
     The span covers handing the event over and ends at once; a subscriber's span continues it.
     """
     span, metadata = start_client_span(
-        f"publish {subject}", {"messaging.system": system, "messaging.destination.name": subject}, SpanKind.PRODUCER
+        f"publish {subject}",
+        lambda: {"messaging.system": system, "messaging.destination.name": subject},
+        SpanKind.PRODUCER,
     )
     span.end()
     if not metadata:
-        return dict(headers) if headers else None
-    return {**headers, **dict(metadata)} if headers else dict(metadata)
+        return (dict(headers) if headers else None), ""
+    return ({**headers, **dict(metadata)} if headers else dict(metadata)), trace_id_hex(span)
 
 
-def start_consumer_span(subject: str, headers: dict[str, str], system: str) -> tuple[Span, object]:
+def start_consumer_span(subject: str, headers: dict[str, str], system: str) -> tuple[Span, object] | None:
     """The CONSUMER span of a handler taking an event, child of its publish; end it with :func:`finish_span`."""
     return start_server_span(
         f"process {subject}",
@@ -222,9 +281,9 @@ def extract(pairs: Iterable[tuple[str, Any]] | Mapping[str, str] | None) -> otel
     if not pairs:
         return None
     carrier = pairs if isinstance(pairs, dict) else dict(pairs)
-    if "traceparent" not in carrier:
+    if "traceparent" not in carrier and "baggage" not in carrier:
         return None
-    return propagate.extract(carrier)
+    return propagate.extract(carrier, context=_EMPTY)
 
 
 def _unrecorded(trace_id: int, flags: TraceFlags, state: TraceState | None) -> Span:
@@ -259,9 +318,17 @@ class _Remote(NamedTuple):
     state: TraceState | None
 
 
-def _parse_w3c(pairs: Iterable[tuple[str, Any]]) -> _Remote | Literal["baggage"] | None:
-    """The caller's span from a W3C ``traceparent``; None when there is none (or it is malformed:
-    a new trace then), "baggage" when baggage comes too (the propagators then read it all)."""
+# The W3C grammar, as OpenTelemetry's TraceContextTextMapPropagator reads it: lower-case hex,
+# blanks around, and (from a later version) fields after the flags.
+_TRACEPARENT = re.compile(r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?[ \t]*$")
+
+
+def parse_traceparent(pairs: Iterable[tuple[str, Any]]) -> _Remote | Literal["baggage"] | None:
+    """The caller's span from W3C ``traceparent`` (and ``tracestate``) among ``pairs``.
+
+    None when there is none or it is not valid (a new trace then), "baggage" when baggage
+    comes too (the propagators then read it all). Reads as OpenTelemetry's W3C propagator does.
+    """
     header = state = None
     for key, value in pairs:
         if key == "traceparent":
@@ -270,14 +337,16 @@ def _parse_w3c(pairs: Iterable[tuple[str, Any]]) -> _Remote | Literal["baggage"]
             state = value
         elif key == "baggage":
             return "baggage"
-    if not isinstance(header, str) or len(header) != 55 or header.count("-") != 3:
+    if not isinstance(header, str):
         return None
-    version, trace_hex, span_hex, flags_hex = header.split("-")
-    try:
-        trace_id, span_id, flags = int(trace_hex, 16), int(span_hex, 16), int(flags_hex, 16)
-    except ValueError:
+    match = _TRACEPARENT.match(header)
+    if match is None:
         return None
-    if version != "00" or not trace_id or not span_id:
+    version, trace_hex, span_hex, flags_hex, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
         return None
     trace_state = TraceState.from_header([state]) if isinstance(state, str) and state else None
-    return _Remote(trace_id, span_id, TraceFlags(flags & 1), trace_state)
+    return _Remote(trace_id, span_id, TraceFlags(int(flags_hex, 16)), trace_state)

@@ -45,6 +45,7 @@ class Echo(Agent):
             "message_id": ctx.message.message_id,
             "priority": ctx.priority.name,
             "time_remaining": ctx.time_remaining(),
+            "trace_id": ctx.message.trace_id,
         }
 
     @action
