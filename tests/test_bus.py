@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from kosmos_grpc import DeadlineExceeded, InvalidEnvelope, from_rpc_error, new_message
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
@@ -478,3 +480,22 @@ async def test_a_subscriber_that_stopped_reading_never_holds_up_publishers(broke
         at_broker = broker.servicer.bus._trie.match(USER_ACTION)
         assert any(s.dropped > 0 for s in at_broker), "the stuck subscriber's buffer at the broker overflowed"
         stuck.cancel()
+
+
+async def test_a_handler_continues_the_publishers_trace(bus: Bus) -> None:
+    tracer = TracerProvider().get_tracer("test")
+    seen: list[tuple[int, str]] = []
+    done = asyncio.Event()
+
+    async def handler(event: Event) -> None:
+        seen.append((trace.get_current_span().get_span_context().trace_id, event.message.trace_id))
+        done.set()
+
+    subscription = await bus.subscribe(USER_ACTION, handler)
+    with tracer.start_as_current_span("publisher") as publisher:
+        await bus.publish(USER_ACTION, {"traced": True}, acknowledge=True)
+    await asyncio.wait_for(done.wait(), 5)
+    await subscription.unsubscribe()
+    trace_id = publisher.get_span_context().trace_id
+    # The handler runs in the publisher's trace, which the event's envelope names too.
+    assert seen == [(trace_id, format(trace_id, "032x"))]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
 from kosmos_grpc.bus import Event, NatsEventBus
 from kosmos_grpc.envelope import new_message_id
 from kosmos_grpc.subjects import AUDIT_LOG
@@ -108,3 +111,20 @@ async def test_durable_events_published_while_the_server_was_down_are_not_lost(n
         # Nothing lost, in order. A nats_server killed before it stored the first ack may hand that
         # event over again: durable delivery is at least once, and the message_id tells them apart.
         assert recorder.distinct_payloads() == [{"n": 0}, {"n": 1}]
+
+
+async def test_a_durable_handler_continues_the_publishers_trace(nats_server: NatsServer) -> None:
+    tracer = TracerProvider().get_tracer("test")
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(event: Event) -> None:
+        seen.append(trace.get_current_span().get_span_context().trace_id)
+        done.set()
+
+    async with NatsEventBus(nats_server.url, source_agent="test") as bus:
+        await bus.subscribe_durable(AUDIT_LOG, "tracer", handler)
+        with tracer.start_as_current_span("publisher") as publisher:
+            await bus.publish(AUDIT_LOG, {"traced": True}, acknowledge=True)
+        await asyncio.wait_for(done.wait(), 10)
+    assert seen == [publisher.get_span_context().trace_id]

@@ -89,6 +89,24 @@ async def test_one_trace_spans_every_process_hop_and_event(
         reply = await via_zeus("plan", trace_id)
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await via_zeus("no_such_action", failed_trace)
+        # A stream relayed through Zeus: the same chain, on Stream.
+        streamed_trace = os.urandom(16).hex()
+        relay = channel.unary_stream(
+            f"/{AGENT_SERVICE}/Stream",
+            request_serializer=agent_pb2.StreamRequest.SerializeToString,
+            response_deserializer=agent_pb2.StreamResponse.FromString,
+        )
+        payload = {"agent": "scribe", "action": "recite"}
+        chunks = [
+            struct_to_dict(reply.chunk.data)
+            async for reply in relay(
+                agent_pb2.StreamRequest(message=new_message("relay", payload)),
+                timeout=20,
+                metadata=(("traceparent", f"00-{streamed_trace}-{root}-01"),),
+            )
+            if not reply.chunk.final
+        ]
+    assert [chunk["trace_id"] for chunk in chunks] == [streamed_trace] * 3
     assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
     answer = struct_to_dict(reply.response.result)
     # The envelope's trace_id is the OpenTelemetry trace id, on every hop.
@@ -137,6 +155,17 @@ async def test_one_trace_spans_every_process_hop_and_event(
     assert delegation["agent.name"] == "scribe"
     assert delegation["agent.action"] == "write"
     assert delegation["agent.response.status"] == "OK"
+
+    streamed = {
+        s.name: s
+        for s in await receiver.wait_until(lambda spans: len([s for s in spans if s.trace_id == streamed_trace]) >= 3)
+        if s.trace_id == streamed_trace
+    }
+    assert set(streamed) == {"stream.zeus.relay", "delegate.scribe.recite", "stream.scribe.recite"}
+    assert streamed["stream.zeus.relay"].parent_span_id == root
+    assert streamed["delegate.scribe.recite"].parent_span_id == streamed["stream.zeus.relay"].span_id
+    assert streamed["stream.scribe.recite"].parent_span_id == streamed["delegate.scribe.recite"].span_id
+    assert streamed["stream.scribe.recite"].attributes["agent.response.status"] == "OK"
 
     # A failed delegation: its span says how it ended, is an error, and records the exception.
     failure = next(s for s in received if s.name == "delegate.planner.no_such_action")

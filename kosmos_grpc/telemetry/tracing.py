@@ -75,7 +75,7 @@ class _Shortcuts:
     (keeping the parent's flags for the processes further on).
     """
 
-    w3c = children = roots = nothing_recorded = False
+    w3c = children = roots = nothing_recorded = sdk = False
 
 
 _SHORTCUTS = _Shortcuts()
@@ -134,7 +134,11 @@ def trace_id_hex(span: Span) -> str:
 def tracing_on() -> bool:
     """Whether this process has a tracer provider (an SDK). Without one no span is made, and the
     context a caller passed on is passed on unchanged, as the API's no-op tracer would."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    if _SHORTCUTS.sdk:
+        return True
+    # A provider, once set, is set for good: after the first yes, nothing is asked again.
+    _SHORTCUTS.sdk = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return _SHORTCUTS.sdk
 
 
 def start_client_span(

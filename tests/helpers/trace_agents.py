@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from kosmos_grpc import Agent, Context, action
@@ -35,6 +36,12 @@ class Scribe(Agent):
     async def write(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
         """Write about payload.topic; say which trace the call belonged to."""
         return {"text": f"on {payload.get('topic')}", "trace_id": ctx.message.trace_id}
+
+    @action
+    async def recite(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream three lines, each saying which trace the call belonged to."""
+        for line in range(3):
+            yield {"line": line, "trace_id": ctx.message.trace_id}
 
     @action
     async def listen(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
