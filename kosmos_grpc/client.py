@@ -470,8 +470,10 @@ class Coordinator:
         if self.metrics is None:
             return None, None
         span, metadata = start_client_span(
-            f"delegate.{agent}.{action}",
-            lambda: {"agent.name": agent, "agent.action": action, "kosmos.correlation_id": message.correlation_id},
+            lambda: (
+                f"delegate.{agent}.{action}",
+                {"agent.name": agent, "agent.action": action, "kosmos.correlation_id": message.correlation_id},
+            )
         )
         trace_id = trace_id_hex(span)
         if trace_id:

@@ -243,12 +243,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
         The envelope's trace_id becomes the trace's id. None when there is no trace to follow.
         """
-        action = message.action
-        known = action in self._actions
-        traced = start_server_span(
-            f"{rpc}.{self._name}.{action}" if known else f"{rpc}.{self._name}",
-            context.invocation_metadata(),
-            lambda: {
+
+        def describe() -> tuple[str, dict[str, Any]]:
+            action = message.action
+            known = action in self._actions
+            return f"{rpc}.{self._name}.{action}" if known else f"{rpc}.{self._name}", {
                 "rpc.system": "grpc",
                 "rpc.service": AGENT_SERVICE,
                 "rpc.method": rpc.title(),
@@ -256,7 +255,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 "agent.action": action if known else "",
                 "kosmos.message_id": message.message_id,
                 "kosmos.correlation_id": message.correlation_id,
-            },
+            }
+
+        traced = start_server_span(
+            describe,
+            context.invocation_metadata(),
             trace_id=message.trace_id,
         )
         if traced is not None:

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
     from kosmos_grpc.errors import KosmosError
 
+    # What a span is, asked only of a span that is recorded: its name and attributes.
+    Describe = Callable[[], tuple[str, dict[str, Any]]]
+
 __all__ = [
     "TRACER",
     "SpanKind",
@@ -72,13 +75,16 @@ class _Shortcuts:
     here. ``children``: the sampler follows the parent, so a child of an unsampled span is not
     recorded, and is made here. ``roots``: a new trace is never recorded either.
     ``nothing_recorded``: nothing is exported, so even a sampled parent's child is made here
-    (keeping the parent's flags for the processes further on).
+    (keeping the parent's flags for the processes further on). ``sdk``: a tracer provider is set.
     """
 
     w3c = children = roots = nothing_recorded = sdk = False
+    unasked = 0  # calls left before tracing_on asks again whether there is an SDK
 
 
 _SHORTCUTS = _Shortcuts()
+# Calls that go on without spans after a provider is set (a provider is set once, at start-up).
+_ASK_EVERY = 256
 
 
 def configure_tracing(service_name: str) -> TracerProvider | None:
@@ -105,6 +111,7 @@ def configure_tracing(service_name: str) -> TracerProvider | None:
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    _SHORTCUTS.sdk = True
     ours = trace.get_tracer_provider() is provider  # else another provider was set first
     sampler = provider.sampler.get_description()
     _SHORTCUTS.w3c = ours and os.environ.get("OTEL_PROPAGATORS", _W3C).replace(" ", "") == _W3C
@@ -134,20 +141,23 @@ def trace_id_hex(span: Span) -> str:
 def tracing_on() -> bool:
     """Whether this process has a tracer provider (an SDK). Without one no span is made, and the
     context a caller passed on is passed on unchanged, as the API's no-op tracer would."""
-    if _SHORTCUTS.sdk:
+    shortcuts = _SHORTCUTS
+    if shortcuts.sdk:
         return True
-    # A provider, once set, is set for good: after the first yes, nothing is asked again.
-    _SHORTCUTS.sdk = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-    return _SHORTCUTS.sdk
+    # A provider, once set, is set for good: after the first yes, nothing is asked again. Until
+    # then asking costs more than the rest of a call's tracing, so a no holds for a while.
+    shortcuts.unasked -= 1
+    if shortcuts.unasked > 0:
+        return False
+    shortcuts.unasked = _ASK_EVERY
+    shortcuts.sdk = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return shortcuts.sdk
 
 
 def start_client_span(
-    name: str, attributes: Callable[[], dict[str, Any]], kind: SpanKind = SpanKind.CLIENT
+    describe: Describe, kind: SpanKind = SpanKind.CLIENT
 ) -> tuple[Span, tuple[tuple[str, str], ...] | None]:
-    """A span of a call out, child of the current one, and the gRPC metadata that passes its context on.
-
-    ``attributes`` is only called for a span that is recorded.
-    """
+    """A span of a call out, child of the current one, and the gRPC metadata that passes its context on."""
     shortcuts = _SHORTCUTS
     current = otel_context.get_current()
     if not tracing_on():
@@ -156,7 +166,7 @@ def start_client_span(
             return INVALID_SPAN, None
         return NonRecordingSpan(context), _w3c(context)  # the caller's span, not ours to end
     if not shortcuts.w3c or baggage.get_all(current):
-        span = TRACER.start_span(name, kind=kind, attributes=attributes())
+        span = _sdk_span(describe, kind, None)
         if not span.get_span_context().is_valid:
             return span, None
         carrier: dict[str, str] = {}
@@ -167,18 +177,17 @@ def start_client_span(
         if shortcuts.children and (shortcuts.nothing_recorded or not parent.trace_flags.sampled):
             span = _unrecorded(parent.trace_id, parent.trace_flags, parent.trace_state)
         else:
-            span = TRACER.start_span(name, kind=kind, attributes=attributes())
+            span = _sdk_span(describe, kind, None)
     elif shortcuts.roots:
         span = _unrecorded(_random_id(128), _UNSAMPLED, None)
     else:
-        span = TRACER.start_span(name, kind=kind, attributes=attributes())
+        span = _sdk_span(describe, kind, None)
     return span, _w3c(span.get_span_context())
 
 
 def start_server_span(
-    name: str,
+    describe: Describe,
     carrier: Iterable[tuple[str, Any]] | dict[str, str] | None,
-    attributes: Callable[[], dict[str, Any]],
     kind: SpanKind = SpanKind.SERVER,
     trace_id: str = "",
 ) -> tuple[Span, object] | None:
@@ -186,8 +195,8 @@ def start_server_span(
 
     Without trace context in ``carrier``, a caller's ``trace_id`` (the envelope's, 32 hex
     digits) is continued, else a new trace begins; never the context that happens to be current.
-    End it with :func:`finish_span`. ``attributes`` is only called for a span that is recorded.
-    None when this process does not trace and the caller passed no context on.
+    End it with :func:`finish_span`. None when this process does not trace and the caller passed
+    no context on.
     """
     pairs = carrier.items() if isinstance(carrier, dict) else carrier or ()
     shortcuts = _SHORTCUTS
@@ -212,8 +221,14 @@ def start_server_span(
             return span, otel_context.attach(trace.set_span_in_context(span, _EMPTY))
         remote = SpanContext(found.trace_id, found.span_id, True, found.flags, found.state)
         parent = trace.set_span_in_context(NonRecordingSpan(remote), _EMPTY)
-    span = TRACER.start_span(name, context=parent, kind=kind, attributes=attributes())
+    span = _sdk_span(describe, kind, parent)
     return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+
+def _sdk_span(describe: Describe, kind: SpanKind, parent: otel_context.Context | None) -> Span:
+    """A span the SDK makes (and samples), child of ``parent`` (None: of the current span)."""
+    name, attributes = describe()
+    return TRACER.start_span(name, context=parent, kind=kind, attributes=attributes)
 
 
 def _remote_from_trace_id(trace_id: str) -> SpanContext | None:
@@ -260,8 +275,7 @@ def publish_headers(subject: str, headers: Mapping[str, str] | None, system: str
     The span covers handing the event over and ends at once; a subscriber's span continues it.
     """
     span, metadata = start_client_span(
-        f"publish {subject}",
-        lambda: {"messaging.system": system, "messaging.destination.name": subject},
+        lambda: (f"publish {subject}", {"messaging.system": system, "messaging.destination.name": subject}),
         SpanKind.PRODUCER,
     )
     span.end()
@@ -273,9 +287,8 @@ def publish_headers(subject: str, headers: Mapping[str, str] | None, system: str
 def start_consumer_span(subject: str, headers: dict[str, str], system: str) -> tuple[Span, object] | None:
     """The CONSUMER span of a handler taking an event, child of its publish; end it with :func:`finish_span`."""
     return start_server_span(
-        f"process {subject}",
+        lambda: (f"process {subject}", {"messaging.system": system, "messaging.destination.name": subject}),
         headers,
-        lambda: {"messaging.system": system, "messaging.destination.name": subject},
         SpanKind.CONSUMER,
     )
 
