@@ -6,6 +6,7 @@ stdout once listening, and serves until stdin closes or SIGTERM (``wait_for_stop
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -96,6 +97,41 @@ async def alternate(sides: dict[str, Call], rounds: int, calls: int, inflight: i
             await concurrent(sides[name], calls, inflight, results[name])
         print(f"round {round_ + 1}/{rounds} done", file=sys.stderr)
     return results
+
+
+def on_off_arguments(parser: argparse.ArgumentParser, serve: list[str]) -> None:
+    """The arguments of an on-against-off benchmark; ``serve`` names its hidden server kinds."""
+    parser.add_argument("--rounds", type=int, default=15, help="rounds, on and off in each (default 15)")
+    parser.add_argument("--calls", type=int, default=1280, help="calls per side per scenario per round (default 1280)")
+    parser.add_argument("--inflight", type=int, default=64, help="concurrent calls in flight (default 64)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave CPUs to the scheduler")
+    parser.add_argument("--serve", choices=serve, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+
+
+def on_off_report(results: dict[str, Result], inflight: int, target: float) -> None:
+    """Print the "on" side against the "off" side: p50 (against ``target``), p99, calls/s, per-round spread."""
+    on, off = results["on"], results["off"]
+    p50_ratios, rate_ratios = ratios(on.p50s, off.p50s), ratios(on.rates, off.rates)
+    p50_ratio, rate_ratio = statistics.median(p50_ratios), statistics.median(rate_ratios)
+    print(line("off p50", statistics.median(off.p50s), "ms"))
+    print(
+        line(
+            "on p50",
+            statistics.median(on.p50s),
+            "ms",
+            p50_ratio,
+            f"target <= {target:.2f}x: {mark(p50_ratio <= target)}",
+        )
+    )
+    print(line("off p99", off.p(0.99), "ms"))
+    print(line("on p99", on.p(0.99), "ms", on.p(0.99) / off.p(0.99)))
+    print(line(f"off calls/s, {inflight} in flight", off.rate, "calls/s"))
+    print(line(f"on calls/s, {inflight} in flight", on.rate, "calls/s", rate_ratio))
+    print(
+        f"  per-round ratios on/off, min / median / max: p50 {min(p50_ratios):.2f} / {p50_ratio:.2f} / "
+        f"{max(p50_ratios):.2f}x, calls/s {min(rate_ratios):.2f} / {rate_ratio:.2f} / {max(rate_ratios):.2f}x"
+    )
 
 
 def columns(against: str) -> str:

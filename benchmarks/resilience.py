@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -34,13 +33,12 @@ from .harness import (
     alternate,
     columns,
     concurrent,
-    line,
-    mark,
+    on_off_arguments,
+    on_off_report,
     pin,
     pin_client,
     placement,
     processes,
-    ratios,
     sequential,
     wait_for_stop,
 )
@@ -94,9 +92,6 @@ async def main(args: argparse.Namespace) -> None:
         await on_client.close()
         await off_client.close()
 
-    r_on, r_off = results["on"], results["off"]
-    p50_ratios, rate_ratios = ratios(r_on.p50s, r_off.p50s), ratios(r_on.rates, r_off.rates)
-    p50_ratio, rate_ratio = statistics.median(p50_ratios), statistics.median(rate_ratios)
     print(
         f"\nKOSMOS resilience benchmark: {args.rounds} rounds x {args.calls} calls, {args.inflight} in flight; "
         f"agents on {runtime.event_loop_name()}; {placement(args.cpus, 'agents')}"
@@ -105,27 +100,13 @@ async def main(args: argparse.Namespace) -> None:
     print("one hop: client -> echo agent")
     print("  on:  Coordinator() (tenacity retry policy + circuit breaker) -> agent with idempotency 300 s")
     print("  off: Coordinator(resilience=False)                          -> agent with idempotency_seconds=None")
-    print(line("off p50", statistics.median(r_off.p50s), "ms"))
-    print(line("on p50", statistics.median(r_on.p50s), "ms", p50_ratio, f"target <= 1.10x: {mark(p50_ratio <= 1.10)}"))
-    print(line("off p99", r_off.p(0.99), "ms"))
-    print(line("on p99", r_on.p(0.99), "ms", r_on.p(0.99) / r_off.p(0.99)))
-    print(line(f"off calls/s, {args.inflight} in flight", r_off.rate, "calls/s"))
-    print(line(f"on calls/s, {args.inflight} in flight", r_on.rate, "calls/s", rate_ratio))
-    print(
-        f"  per-round ratios on/off, min / median / max: p50 {min(p50_ratios):.2f} / {p50_ratio:.2f} / "
-        f"{max(p50_ratios):.2f}x, calls/s {min(rate_ratios):.2f} / {rate_ratio:.2f} / {max(rate_ratios):.2f}x"
-    )
+    on_off_report(results, args.inflight, 1.10)
     print(f"  the on side's breaker at the end: {breaker.current().name}, {breaker.failures} failures in a row")
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=15, help="rounds, on and off in each (default 15)")
-    parser.add_argument("--calls", type=int, default=1280, help="calls per side per scenario per round (default 1280)")
-    parser.add_argument("--inflight", type=int, default=64, help="concurrent calls in flight (default 64)")
-    parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave CPUs to the scheduler")
-    parser.add_argument("--serve", choices=["on", "off"], help=argparse.SUPPRESS)
-    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    on_off_arguments(parser, ["on", "off"])
     args = parser.parse_args()
     if args.serve:  # one of the two agents, in a process of its own, on the loop `kosmos serve` uses
         pin(args.cpu)  # before gRPC starts any thread: its threads inherit it
