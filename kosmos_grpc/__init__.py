@@ -63,6 +63,7 @@ from kosmos_grpc.resilience import (
     RetryPolicy,
 )
 from kosmos_grpc.server import AGENT_SERVICE, AgentServer, serve_forever
+from kosmos_grpc.telemetry import configure_logging, configure_tracing
 
 __all__ = [
     "AGENT_SERVICE",
@@ -114,6 +115,8 @@ __all__ = [
     "StreamBroken",
     "WrongCallKind",
     "action",
+    "configure_logging",
+    "configure_tracing",
     "from_rpc_error",
     "load_agent",
     "load_config",

@@ -64,6 +64,8 @@ PUBLIC = [
     "StreamBroken",
     "WrongCallKind",
     "action",
+    "configure_logging",
+    "configure_tracing",
     "from_rpc_error",
     "load_agent",
     "load_config",

@@ -10,7 +10,6 @@ context on, so a process that does export downstream still sees one trace.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from random import getrandbits
@@ -56,8 +55,6 @@ __all__ = [
     "trace_id_hex",
     "tracing_on",
 ]
-
-log = logging.getLogger(__name__)
 
 #: The mesh's tracer; a proxy until a tracer provider is set, so it may be taken at import.
 TRACER = trace.get_tracer("kosmos_grpc")
