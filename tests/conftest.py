@@ -86,6 +86,14 @@ def tool(name: str) -> str:
     return found
 
 
+def environment(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment for a child, less the developer's own OTEL_* settings, plus ``extra``.
+
+    A test that wants spans exported says where; none inherits an exporter from the shell.
+    """
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, **extra}
+
+
 class Processes:
     """Processes a test starts, each stopped by its PID when the test ends."""
 
@@ -94,7 +102,7 @@ class Processes:
         self.pids: list[int] = []
 
     def start(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
+        env = environment({"PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})})
         process = subprocess.Popen(
             list(args), cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
         )
@@ -142,7 +150,7 @@ async def run_tool(
     process = await asyncio.create_subprocess_exec(
         *args,
         cwd=ROOT,
-        env={**os.environ, **env} if env else None,
+        env=environment(env or {}),
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

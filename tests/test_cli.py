@@ -18,7 +18,7 @@ import pytest
 from kosmos_grpc import Coordinator
 from kosmos_grpc.bus import GrpcEventBus
 
-from .conftest import ROOT, Processes, run_tool, tool
+from .conftest import ROOT, Processes, environment, run_tool, tool
 
 MESH = """
 [mesh]
@@ -89,6 +89,7 @@ def kosmos(config: Path, *args: str, timeout: float = 30) -> subprocess.Complete
     return subprocess.run(
         [tool("kosmos"), "--config", str(config), *args],
         cwd=ROOT,
+        env=environment({}),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -254,6 +255,7 @@ async def test_serve_drains_the_call_in_flight_on_a_signal(tmp_path: Path, sig: 
         "serve",
         "echo",
         cwd=ROOT,
+        env=environment({}),
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
     )

@@ -20,7 +20,7 @@ from kosmos_grpc.config import load_config
 from kosmos_grpc.telemetry import JsonFormatter, TextFormatter, configure_logging
 from tests.helpers.agents import Narrator
 
-from .conftest import ROOT, Mesh, Processes, tool
+from .conftest import ROOT, Mesh, Processes, environment, tool
 
 NARRATOR = '[agents.narrator]\nobject = "tests.helpers.agents:Narrator"\naddress = "127.0.0.1:0"\n'
 
@@ -184,6 +184,7 @@ async def test_serve_with_log_format_json_writes_json_lines(tmp_path: Path) -> N
         "serve",
         "narrator",
         cwd=ROOT,
+        env=environment({}),
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
     )

@@ -181,13 +181,16 @@ async def test_the_circuit_state_is_a_gauge(mesh: Mesh) -> None:
     flaky = Flaky()
     await mesh.serve(flaky)
     labels = {"source": "gauge-test", "target": "flaky"}
-    policy = ResiliencePolicy(retry=FAST, breaker=BreakerPolicy(failure_threshold=1))
-    async with mesh.client(resilience=Resilience(policy, source="gauge-test", clock=ManualClock())) as client:
+    policy = ResiliencePolicy(retry=FAST, breaker=BreakerPolicy(failure_threshold=1, recovery_timeout=30))
+    clock = ManualClock()
+    async with mesh.client(resilience=Resilience(policy, source="gauge-test", clock=clock)) as client:
         await client.delegate("flaky", "fail_then_succeed")
         assert REGISTRY.get_sample_value("kosmos_circuit_state", labels) == 0
         with pytest.raises(ActionFailed):
             await client.delegate("flaky", "fail_then_succeed", {"times": 100, "error": "internal"})
         assert REGISTRY.get_sample_value("kosmos_circuit_state", labels) == 2
+        clock.advance(31)  # no call since: the gauge still tells the truth
+        assert REGISTRY.get_sample_value("kosmos_circuit_state", labels) == 1
 
 
 async def test_a_fallback_answers_when_the_target_is_down_and_says_who_answered(mesh: Mesh) -> None:

@@ -57,8 +57,6 @@ async def test_one_trace_spans_every_process_hop_and_event(
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: the spans leave soon after they end
     }
-    for name in ("OTEL_SDK_DISABLED", "OTEL_SERVICE_NAME", "OTEL_TRACES_EXPORTER", "OTEL_TRACES_SAMPLER"):
-        env[name] = os.environ.get(name, "") if name != "OTEL_SDK_DISABLED" else "false"
     up = processes.start(tool("kosmos"), "--config", str(config), "up", env=env)
     output = Lines(up)
     lines = output.until("mesh up")
@@ -224,8 +222,7 @@ async def test_without_an_exporter_every_hop_still_carries_the_callers_trace(
     ports = {name: free_port() for name in ("zeus", "scribe")}
     config = tmp_path / "kosmos.toml"
     config.write_text(LEAN_MESH.format(**ports))
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "", "OTEL_SDK_DISABLED": "false"}
-    up = processes.start(tool("kosmos"), "--config", str(config), "up", env=env)
+    up = processes.start(tool("kosmos"), "--config", str(config), "up")  # no OTEL_* set: nothing exported
     lines = Lines(up).until("mesh up")
     for line in lines[lines.index(next(x for x in lines if x.startswith("AGENT"))) + 1 : -1]:
         processes.adopt(int(line.split()[3]))

@@ -81,7 +81,9 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probes = 0
-        CIRCUIT_STATE.labels(source, target).set(0)
+        # Read when scraped: an open circuit whose recovery timeout has passed shows half-open
+        # without waiting for a call, and the calls themselves pay nothing for the gauge.
+        CIRCUIT_STATE.labels(source, target).set_function(lambda: int(self.current()))
 
     @property
     def failures(self) -> int:
@@ -156,7 +158,6 @@ class CircuitBreaker:
 
     def _move(self, state: CircuitState) -> None:
         self.state = state
-        CIRCUIT_STATE.labels(self.source, self.target).set(int(state))
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.target!r}, state={self.state.name}, failures={self._failures})"
