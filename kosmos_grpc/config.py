@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import os
 import sys
 import tomllib
@@ -119,7 +120,7 @@ def _optional(table: dict[str, Any], key: str, kind: type | tuple[type, ...], wh
 
 def _at_least(value: Any, minimum: float, key: str, where: str, *, above: bool = False) -> Any:
     """``value`` when it is at least (or, with ``above``, above) ``minimum``, else ConfigError."""
-    if value is not None and (value <= minimum if above else value < minimum):
+    if value is not None and (not math.isfinite(value) or (value <= minimum if above else value < minimum)):
         bound = f"above {minimum}" if above else f"at least {minimum}"
         raise ConfigError(f"{where}.{key} must be {bound}, not {value}")
     return value

@@ -10,7 +10,7 @@ the same class on the client::
     ├── AgentNotFound                NOT_FOUND
     ├── ActionNotFound               UNIMPLEMENTED
     ├── WrongCallKind                FAILED_PRECONDITION
-    ├── DuplicateMessage             ALREADY_EXISTS     (a stream already ran under that message_id)
+    ├── DuplicateMessage             ALREADY_EXISTS     (a stream, or a call with a huge reply, ran already)
     ├── DeadlineExceeded             DEADLINE_EXCEEDED  (also a TimeoutError)
     ├── AgentUnavailable             UNAVAILABLE
     │   └── CircuitOpen                (the caller's breaker refused the call without sending it)
@@ -131,7 +131,8 @@ class WrongCallKind(KosmosError):
 
 
 class DuplicateMessage(KosmosError):
-    """A stream already ran under this message_id: its chunks cannot be replayed, nor the action re-run."""
+    """A call already ran under this message_id and cannot be answered again, nor run again: a
+    stream (its chunks are not kept), or a call whose reply was too large to keep."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
     reason = "DUPLICATE_MESSAGE"
@@ -232,9 +233,14 @@ _BY_CODE: dict[grpc.StatusCode, type[KosmosError]] = {
 
 def is_final(error: KosmosError) -> bool:
     """Whether a call that ended in ``error`` finished for good: an agent keeps such an outcome
-    for its message_id. The rest (retryable, past a deadline, cancelled) did not finish, so
-    their outcome is unknown and a retry under the same message_id runs them."""
-    return not (error.retryable or isinstance(error, DeadlineExceeded | Cancelled))
+    for its message_id. The rest (retryable, unavailable, an open circuit, past a deadline,
+    cancelled) did not finish, so their outcome is unknown and a retry under the same
+    message_id runs them."""
+    return not (error.retryable or error.code in _UNFINISHED)
+
+
+# The statuses of a call whose outcome is unknown: it may not have run, or not to its end.
+_UNFINISHED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 
 
 def to_status(error: KosmosError) -> grpc.Status:

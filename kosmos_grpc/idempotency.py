@@ -6,6 +6,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from kosmos_grpc.errors import DuplicateMessage
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -74,6 +76,9 @@ class ExecutedCalls(Generic[R]):
         self._clock = clock
         # Insertion order is expiry order, as every entry lives for the same window.
         self._calls: dict[str, ExecutedCall[R]] = {}
+        # The entries that keep a reply, oldest first: only they are let go to stay within max_bytes
+        # (a call still running, or a stream, holds no bytes and must not be forgotten for them).
+        self._sized: dict[str, ExecutedCall[R]] = {}
         self._claims = 0
 
     def __len__(self) -> int:
@@ -105,16 +110,31 @@ class ExecutedCalls(Generic[R]):
         calls = self._calls
         if calls.get(message_id) is entry:
             if reply is None and error is None:
-                del calls[message_id]
+                self._forget(message_id)
+            elif size > self.max_bytes:
+                # Kept, or the call would run again on a retry; its reply cannot be kept.
+                reply, error = (
+                    None,
+                    DuplicateMessage(
+                        f"the call under message_id {message_id!r} ran, but its reply ({size} bytes) was too "
+                        "large to keep for a retry; send it again under a new message_id",
+                        metadata={"field": "message_id"},
+                    ),
+                )
             elif size:
                 entry.size = size
                 self.bytes += size
+                sized = self._sized
+                sized[message_id] = entry
                 while self.bytes > self.max_bytes:
-                    self._forget(next(iter(calls)))  # the oldest, this one last
+                    self._forget(next(iter(sized)))  # the oldest reply, this one last
         entry._settle(reply, error)
 
     def _forget(self, message_id: str) -> None:
-        self.bytes -= self._calls.pop(message_id).size
+        entry = self._calls.pop(message_id)
+        if entry.size:
+            self.bytes -= entry.size
+            del self._sized[message_id]
 
     def _sweep(self, now: float) -> None:
         calls = self._calls

@@ -19,7 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from kosmos_grpc.client import DEFAULT_TIMEOUT_MS, Coordinator, ScopedClient
 from kosmos_grpc.envelope import new_message_id
-from kosmos_grpc.errors import DeadlineExceeded, InvalidEnvelope, KosmosError, is_final
+from kosmos_grpc.errors import ORIGIN, DeadlineExceeded, InvalidEnvelope, KosmosError, is_final
 from kosmos_grpc.subjects import AUDIT_LOG
 
 if TYPE_CHECKING:
@@ -274,7 +274,8 @@ class SagaFailed(KosmosError):
         )
         super().__init__(
             f"saga {saga_id} failed at step {step.name}: {cause}; {undone}",
-            metadata={"saga_id": saga_id, "step": step.name},
+            # The failing agent stays named: a caller must not blame (or retry) the saga's runner.
+            metadata={"saga_id": saga_id, "step": step.name, **({ORIGIN: cause.origin} if cause.origin else {})},
         )
         self.code = cause.code
         self.saga_id = saga_id
@@ -299,10 +300,12 @@ async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
     # Waiting is bounded: undoing is made of calls with their own timeouts and a bounded retry.
     while not task.done():
         try:
-            await asyncio.shield(task)
+            await asyncio.wait({task})  # never cancels the task, never raises its failure
         except asyncio.CancelledError as exc:
             cancelled = exc
     if cancelled is not None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("undoing a cancelled saga failed: %r", task.exception())
         raise cancelled
     return task.result()
 

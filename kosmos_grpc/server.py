@@ -322,9 +322,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if admission is not None:
                 timer = await self._wait_turn(admission, spec, ctx, timer)
                 admitted = True
-            if entry is not None:
-                executed.settle(message.message_id, entry, None, _STREAMED)  # type: ignore[union-attr]
-                entry = None
             self.in_flight += 1
             running = True
             handler = self._handlers[spec.name]
@@ -342,7 +339,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     response = _chunk(agent, message_id, correlation_id, sequence)
                     _fill(response.chunk.data, item, agent, action)
                     sequence += 1
+                    if entry is not None:  # the first chunk: from now on, a retry must not run it again
+                        executed.settle(message_id, entry, None, _STREAMED)  # type: ignore[union-attr]
+                        entry = None
                     yield response
+            if entry is not None:
+                executed.settle(message_id, entry, None, _STREAMED)  # type: ignore[union-attr]
+                entry = None
             final = _chunk(agent, message_id, correlation_id, sequence)
             final.chunk.final = True
             yield final
@@ -366,8 +369,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 self.in_flight -= 1
             if admitted:
                 admission.release()  # type: ignore[union-attr]
-            if entry is not None:  # claimed but never started: forgotten, so that a retry runs
-                executed.settle(message.message_id, entry, None, None)  # type: ignore[union-attr]
+            if entry is not None:  # ended before its first chunk
+                if not running or (error is not None and not is_final(error)):
+                    # Never started, or failed in a way a retry may mend (its own UNAVAILABLE,
+                    # say): forgotten, so that the retry runs, as for Execute.
+                    executed.settle(message.message_id, entry, None, None)  # type: ignore[union-attr]
+                else:  # it ran (the caller went away, or it failed for good): never again
+                    executed.settle(message.message_id, entry, None, error or _STREAMED)  # type: ignore[union-attr]
             if traced is not None:  # failed, or the caller went away (cancelled) mid-stream
                 finish_span(traced, "CANCELLED" if error is None else error.code.name, error)
         assert error is not None

@@ -48,6 +48,7 @@ def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
         (f"{_AGENT}max_concurrency = 0\n", "agents.a.max_concurrency must be at least 1, not 0"),
         (f"{_AGENT}queue_limit = -1\n", "agents.a.queue_limit must be at least 0, not -1"),
         (f"[mesh]\nidempotency_seconds = 0\n{_AGENT}", "mesh.idempotency_seconds must be above 0, not 0"),
+        (f"[mesh]\nidempotency_seconds = nan\n{_AGENT}", "mesh.idempotency_seconds must be above 0, not nan"),
         (f"[mesh]\nidempotency_bytes = 0\n{_AGENT}", "mesh.idempotency_bytes must be at least 1, not 0"),
         (f"[mesh]\nlog_format = 'xml'\n{_AGENT}", "mesh.log_format must be 'text' or 'json', not 'xml'"),
         (f"[mesh]\nlog_format = 1\n{_AGENT}", "mesh.log_format has the wrong type"),

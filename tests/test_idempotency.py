@@ -12,6 +12,7 @@ from kosmos_grpc import (
     AgentUnavailable,
     Coordinator,
     DuplicateMessage,
+    InvalidEnvelope,
     Registry,
     ResourceExhausted,
 )
@@ -193,17 +194,15 @@ async def test_a_kept_failure_holds_no_traceback(mesh: Mesh) -> None:
     server = await mesh.serve(flaky)
     message_id = new_message_id()
     async with mesh.client(resilience=False) as client:
-        with pytest.raises(ActionFailed):
-            await client.delegate(
-                "flaky", "fail_then_succeed", {"times": 1, "error": "internal"}, message_id=message_id
-            )
+        with pytest.raises(InvalidEnvelope):  # raised by the handler itself, so it has a traceback to lose
+            await client.delegate("flaky", "fail_then_succeed", {"times": 1, "error": "invalid"}, message_id=message_id)
     executed = server._servicer.executed
     assert executed is not None
     first, entry = executed.claim(message_id)
     assert not first
     assert entry.outcome is not None
     kept = entry.outcome[1]
-    assert isinstance(kept, ActionFailed)
+    assert isinstance(kept, InvalidEnvelope)
     # A traceback would hold the handler's frames, and its payload, for the whole window.
     assert kept.__traceback__ is None
     assert kept.__context__ is None
@@ -251,3 +250,40 @@ async def test_a_stream_whose_connection_breaks_before_its_first_chunk_is_not_ru
         await server.stop(0)
     assert flaky.effects == 1  # the retry reached the agent and was refused, not run
     assert len(flaky.calls) == 1
+
+
+async def test_keeping_within_the_byte_limit_never_forgets_a_running_call_or_a_stream() -> None:
+    calls: ExecutedCalls[str] = ExecutedCalls(window=60, limit=1000, max_bytes=100, clock=ManualClock())
+    _, stream = calls.claim("stream")
+    calls.settle("stream", stream, None, DuplicateMessage("a stream ran"))
+    calls.claim("running")  # not settled yet
+    for name in ("small-1", "small-2"):
+        _, entry = calls.claim(name)
+        calls.settle(name, entry, name, None, 60)
+    assert calls.bytes == 60  # small-1 went to make room for small-2
+    assert calls.claim("small-1")[0]
+    assert not calls.claim("stream")[0]
+    assert not calls.claim("running")[0]
+
+
+async def test_a_reply_too_large_to_keep_is_never_run_again() -> None:
+    calls: ExecutedCalls[str] = ExecutedCalls(window=60, limit=1000, max_bytes=100, clock=ManualClock())
+    _, entry = calls.claim("huge")
+    calls.settle("huge", entry, "a very large reply", None, 150)
+    first, again = calls.claim("huge")
+    assert not first  # kept: a retry must not run it twice
+    assert again.outcome is not None
+    assert again.outcome[0] is None
+    assert isinstance(again.outcome[1], DuplicateMessage)
+    assert "too large to keep" in str(again.outcome[1])
+    assert calls.bytes == 0
+
+
+async def test_a_stream_that_fails_before_its_first_chunk_in_a_way_a_retry_mends_is_retried(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    async with mesh.client(resilience=FAST) as client:
+        chunks = [c.data async for c in client.stream("flaky", "stream_after_failures", {"times": 1})]
+    assert chunks == [{"attempt": 2, "i": 0}, {"attempt": 2, "i": 1}]
+    assert len(flaky.calls) == 2
+    assert len(set(flaky.calls)) == 1  # the retry reused the message_id, and ran

@@ -10,14 +10,25 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from kosmos_grpc import ActionFailed, AgentNotFound, Coordinator, DeadlineExceeded, ResourceExhausted, Response
+from kosmos_grpc import (
+    ActionFailed,
+    AgentNotFound,
+    AgentUnavailable,
+    CircuitOpen,
+    Coordinator,
+    DeadlineExceeded,
+    ResourceExhausted,
+    Response,
+)
 from kosmos_grpc.bus import BrokerServer, Event, GrpcEventBus
+from kosmos_grpc.errors import is_final
 from kosmos_grpc.patterns import (
     Call,
     Saga,
     SagaFailed,
     SagaStep,
     Step,
+    _to_the_end,
     parallel,
     scatter_gather,
     sequential,
@@ -334,3 +345,35 @@ async def test_an_audit_bus_that_fails_never_changes_the_saga_s_outcome(
             result = await Saga([reserve("alpha", "seat")], bus=bus).run(client)
     assert [r.result for r in result.responses] == [{"reservation": "alpha-seat"}]
     assert sum("could not publish" in r.getMessage() for r in caplog.records) == 3, "started, completed, outcome"
+
+
+def test_a_failed_saga_still_names_the_agent_whose_failure_it_was() -> None:
+    cause = AgentUnavailable("athena is down", metadata={"origin": "athena"})
+    failed = SagaFailed(
+        "saga-1", SagaStep("athena", "answer"), cause, responses=[], compensated=[], compensation_failures={}
+    )
+    # Whoever called the agent that ran the saga must not blame (nor retry) that agent for it.
+    assert failed.origin == "athena"
+    assert failed.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_open_circuit_is_no_final_answer() -> None:
+    # A compensation retried after one keeps its message_id: the call may well have run before.
+    assert not is_final(CircuitOpen("the circuit to 'athena' is open", retry_after=1.0))
+    assert not is_final(AgentUnavailable("down"))
+    assert is_final(ActionFailed("athena.answer failed: RuntimeError"))
+
+
+async def test_undoing_a_cancelled_saga_ends_in_the_cancellation_even_when_undoing_fails() -> None:
+    started = asyncio.Event()
+
+    async def failing_undo() -> None:
+        started.set()
+        await asyncio.sleep(0.05)
+        raise RuntimeError("the channel closed while undoing")
+
+    runner = asyncio.create_task(_to_the_end(failing_undo()))
+    await asyncio.wait_for(started.wait(), 5)
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(runner, 5)

@@ -225,6 +225,15 @@ class Flaky(Agent):
         if payload.get("fail"):
             raise AgentUnavailable("flaky lost its way mid-stream")
 
+    @action
+    async def stream_after_failures(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Fail UNAVAILABLE for the first payload.times calls, before any chunk; then stream two."""
+        self.calls.append(ctx.message.message_id)
+        if len(self.calls) <= int(payload.get("times", 0)):
+            raise AgentUnavailable("flaky is not ready to stream")
+        for i in range(2):
+            yield {"attempt": len(self.calls), "i": i}
+
 
 class Queued(Agent):
     """Records the order its calls start in; each waits for the gate."""
