@@ -94,6 +94,22 @@ def environment(extra: dict[str, str]) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, **extra}
 
 
+async def kosmos_serve(config: Path, agent: str, *options: str) -> asyncio.subprocess.Process:
+    """`kosmos [options] serve agent` in a process of its own, its stderr piped (the caller stops it)."""
+    return await asyncio.create_subprocess_exec(
+        tool("kosmos"),
+        "--config",
+        str(config),
+        *options,
+        "serve",
+        agent,
+        cwd=ROOT,
+        env=environment({}),
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+
+
 class Processes:
     """Processes a test starts, each stopped by its PID when the test ends."""
 

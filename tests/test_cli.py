@@ -18,7 +18,7 @@ import pytest
 from kosmos_grpc import Coordinator
 from kosmos_grpc.bus import GrpcEventBus
 
-from .conftest import ROOT, Processes, environment, run_tool, tool
+from .conftest import ROOT, Processes, environment, kosmos_serve, run_tool, tool
 
 MESH = """
 [mesh]
@@ -248,17 +248,7 @@ def test_serve_on_a_taken_address_is_one_readable_line(tmp_path: Path) -> None:
 async def test_serve_drains_the_call_in_flight_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
     config = tmp_path / "kosmos.toml"
     config.write_text('[agents.echo]\nobject = "tests.helpers.agents:Echo"\naddress = "127.0.0.1:0"\n')
-    process = await asyncio.create_subprocess_exec(
-        tool("kosmos"),
-        "--config",
-        str(config),
-        "serve",
-        "echo",
-        cwd=ROOT,
-        env=environment({}),
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
+    process = await kosmos_serve(config, "echo")
     try:
         assert process.stderr is not None
         line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()

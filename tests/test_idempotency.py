@@ -15,6 +15,7 @@ from kosmos_grpc import (
     InvalidEnvelope,
     Registry,
     ResourceExhausted,
+    Response,
 )
 from kosmos_grpc.envelope import new_message_id
 from kosmos_grpc.idempotency import ExecutedCalls
@@ -63,16 +64,24 @@ async def test_a_call_that_did_not_finish_is_forgotten_so_its_retry_runs(mesh: M
     assert response.result == {"attempt": 2}
 
 
+async def _first_and_a_waiting_duplicate(
+    client: Coordinator, flaky: Flaky, message_id: str
+) -> tuple[asyncio.Task[Response], asyncio.Task[Response]]:
+    """A call held at flaky's gate, and a duplicate of it that has had time to arrive."""
+    first = asyncio.create_task(client.delegate("flaky", "effect", message_id=message_id))
+    await asyncio.wait_for(flaky.ran.wait(), 5)
+    second = asyncio.create_task(client.delegate("flaky", "effect", message_id=message_id))
+    await asyncio.sleep(0.1)
+    return first, second
+
+
 async def test_a_duplicate_that_arrives_while_the_first_runs_waits_for_it(mesh: Mesh) -> None:
     flaky = Flaky()
     flaky.gate.clear()
     await mesh.serve(flaky)
     message_id = new_message_id()
     async with mesh.client(resilience=False) as client:
-        first = asyncio.create_task(client.delegate("flaky", "effect", message_id=message_id))
-        await asyncio.wait_for(flaky.ran.wait(), 5)
-        second = asyncio.create_task(client.delegate("flaky", "effect", message_id=message_id))
-        await asyncio.sleep(0.1)
+        first, second = await _first_and_a_waiting_duplicate(client, flaky, message_id)
         assert not second.done()  # waiting for the first, not answered and not run
         flaky.gate.set()
         results = await asyncio.wait_for(asyncio.gather(first, second), 5)
@@ -142,10 +151,7 @@ async def test_a_duplicate_waiting_on_a_first_call_that_is_cancelled_runs_itself
     await mesh.serve(flaky)
     message_id = new_message_id()
     async with mesh.client(resilience=False) as client:
-        first = asyncio.create_task(client.delegate("flaky", "effect", message_id=message_id))
-        await asyncio.wait_for(flaky.ran.wait(), 5)
-        second = asyncio.create_task(client.delegate("flaky", "effect", message_id=message_id))
-        await asyncio.sleep(0.1)
+        first, second = await _first_and_a_waiting_duplicate(client, flaky, message_id)
         assert not second.done()  # waiting on the first
         first.cancel()
         for _ in range(250):  # bounded: until the duplicate has claimed the id and runs

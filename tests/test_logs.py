@@ -20,7 +20,7 @@ from kosmos_grpc.config import load_config
 from kosmos_grpc.telemetry import JsonFormatter, TextFormatter, configure_logging
 from tests.helpers.agents import Narrator
 
-from .conftest import ROOT, Mesh, Processes, environment, tool
+from .conftest import Mesh, Processes, kosmos_serve, tool
 
 NARRATOR = '[agents.narrator]\nobject = "tests.helpers.agents:Narrator"\naddress = "127.0.0.1:0"\n'
 
@@ -175,19 +175,7 @@ def test_the_flag_beats_the_environment_which_beats_the_config(tmp_path: Path, m
 async def test_serve_with_log_format_json_writes_json_lines(tmp_path: Path) -> None:
     config = tmp_path / "kosmos.toml"
     config.write_text(NARRATOR)
-    process = await asyncio.create_subprocess_exec(
-        tool("kosmos"),
-        "--config",
-        str(config),
-        "--log-format",
-        "json",
-        "serve",
-        "narrator",
-        cwd=ROOT,
-        env=environment({}),
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
+    process = await kosmos_serve(config, "narrator", "--log-format", "json")
     try:
         assert process.stderr is not None
         serving = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
