@@ -77,7 +77,7 @@ async def workload(kind: str, count: int) -> None:
         await channel.close()
         await server.stop(0)
         return
-    agent = AgentServer(BenchEcho(), address="127.0.0.1:0")
+    agent = AgentServer(BenchEcho())
     await agent.start()
     async with Coordinator({"echo": agent.address}) as client:
         if kind == "mesh-unary":

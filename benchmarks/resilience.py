@@ -52,11 +52,11 @@ async def serve(idempotent: bool) -> None:
 
     Prints its address once listening, then serves until stdin closes or SIGTERM.
     """
-    from kosmos_grpc import AgentServer
+    from kosmos_grpc import AgentServer, Idempotency, ServerSettings
 
     from .agents import BenchEcho
 
-    server = AgentServer(BenchEcho(), address="127.0.0.1:0", idempotency_seconds=300.0 if idempotent else None)
+    server = AgentServer(BenchEcho(), ServerSettings(idempotency=Idempotency() if idempotent else None))
     await server.start()
     print(server.address, flush=True)
     await wait_for_stop()

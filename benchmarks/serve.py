@@ -105,7 +105,7 @@ async def broker() -> None:
 
 async def agent(spec: str, registry: dict[str, str]) -> None:
     """A mesh agent on a free port, knowing ``registry``."""
-    server = AgentServer(load_agent(spec), address="127.0.0.1:0", registry=registry)
+    server = AgentServer(load_agent(spec), registry=registry)
     await server.start()
     print(server.address, flush=True)
     await wait_for_stop()

@@ -61,13 +61,13 @@ async def serve(kind: str) -> None:
         await wait_for_stop()
         await server.stop(0)
         return
-    from kosmos_grpc import AgentServer
+    from kosmos_grpc import AgentServer, ServerSettings
     from kosmos_grpc.telemetry import configure_tracing
 
     from .agents import BenchEcho
 
     provider = configure_tracing("echo") if kind == "on" else None
-    agent = AgentServer(BenchEcho(), address="127.0.0.1:0", telemetry=kind == "on")
+    agent = AgentServer(BenchEcho(), ServerSettings(telemetry=kind == "on"))
     await agent.start()
     print(agent.address, flush=True)
     await wait_for_stop()

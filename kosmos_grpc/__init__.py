@@ -4,18 +4,21 @@ Agents are gRPC servers speaking one generic ``kosmos.v1.AgentService``; a :clas
 delegates to them by name under deadlines, and streams their answers chunk by chunk.
 """
 
-from kosmos_grpc.agent import ActionSpec, Agent, Context, action
-from kosmos_grpc.client import (
-    ActionInfo,
-    AgentCard,
-    CallScope,
-    Chunk,
-    CircuitInfo,
-    Coordinator,
-    Response,
-    ScopedClient,
+from kosmos_grpc.agent import ActionSpec, Agent, action, load_agent
+from kosmos_grpc.calls import ActionInfo, AgentCard, CallScope, Chunk, CircuitInfo, Envelope, Response
+from kosmos_grpc.client import Coordinator, ScopedClient
+from kosmos_grpc.config import (
+    AgentConfig,
+    BusConfig,
+    Idempotency,
+    InterceptorsConfig,
+    MeshConfig,
+    MeshLimits,
+    ServerSettings,
+    TelemetryConfig,
+    load_config,
 )
-from kosmos_grpc.config import AgentConfig, ConfigError, MeshConfig, load_agent, load_config
+from kosmos_grpc.context import Context
 from kosmos_grpc.envelope import (
     DEFAULT_PAYLOAD_LIMIT,
     DEFAULT_TTL_MS,
@@ -31,20 +34,23 @@ from kosmos_grpc.errors import (
     AgentUnavailable,
     Cancelled,
     CircuitOpen,
+    ConfigError,
     DeadlineExceeded,
     DuplicateMessage,
     InvalidEnvelope,
     KosmosError,
     PayloadTooLarge,
     ResourceExhausted,
+    SagaFailed,
     StreamBroken,
     WrongCallKind,
     from_rpc_error,
 )
+from kosmos_grpc.interceptors.inbound import InboundInterceptor, ServedCall
+from kosmos_grpc.interceptors.outbound import Delegation, OutboundInterceptor
 from kosmos_grpc.patterns import (
     Call,
     Saga,
-    SagaFailed,
     SagaResult,
     SagaStep,
     ScatterResult,
@@ -81,6 +87,7 @@ __all__ = [
     "AgentServer",
     "AgentUnavailable",
     "BreakerPolicy",
+    "BusConfig",
     "Call",
     "CallScope",
     "Cancelled",
@@ -93,10 +100,17 @@ __all__ = [
     "Context",
     "Coordinator",
     "DeadlineExceeded",
+    "Delegation",
     "DuplicateMessage",
+    "Envelope",
+    "Idempotency",
+    "InboundInterceptor",
+    "InterceptorsConfig",
     "InvalidEnvelope",
     "KosmosError",
     "MeshConfig",
+    "MeshLimits",
+    "OutboundInterceptor",
     "PayloadTooLarge",
     "Priority",
     "Registry",
@@ -111,8 +125,11 @@ __all__ = [
     "SagaStep",
     "ScatterResult",
     "ScopedClient",
+    "ServedCall",
+    "ServerSettings",
     "Step",
     "StreamBroken",
+    "TelemetryConfig",
     "WrongCallKind",
     "action",
     "configure_logging",

@@ -1,25 +1,21 @@
-"""The Agent base class, the ``@action`` decorator and the context a handler runs with."""
+"""The Agent base class, the ``@action`` decorator, and loading an agent named ``module:Class``."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
-import time
+import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, overload
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
-from kosmos_grpc.client import CallScope, Coordinator, ScopedClient
-from kosmos_grpc.config import ConfigError
-from kosmos_grpc.envelope import Priority, struct_to_dict
+from kosmos_grpc.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
-    from kosmos_grpc.bus.protocol import EventBus
+__all__ = ["ActionSpec", "Agent", "action", "import_object", "load_agent"]
 
-__all__ = ["ActionSpec", "Agent", "Context", "action"]
-
-JSON: TypeAlias = dict[str, Any]
 _MARK = "__kosmos_action__"
 
 
@@ -100,65 +96,24 @@ class Agent:
         """Called after the server has drained its calls."""
 
 
-class Context:
-    """What a handler knows of the call it serves: the envelope, the deadline, a client to delegate."""
+def import_object(spec: str, search_path: Path | None = None, *, form: str = "module:name") -> Any:
+    """What ``module:name`` names; the config's folder (``search_path``) and cwd are importable."""
+    for folder in (search_path, Path.cwd()):
+        if folder is not None and str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"object {spec!r} should be {form!r}")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load {spec!r}: {exc}") from None
 
-    __slots__ = ("_bus", "_client", "_coordinator", "_payload", "agent_name", "deadline", "message")
 
-    def __init__(
-        self,
-        message: envelope_pb2.AgentMessage,
-        agent_name: str,
-        deadline: float | None,
-        coordinator: Coordinator,
-        bus: EventBus | None = None,
-    ) -> None:
-        self.message = message
-        self._bus = bus
-        self.agent_name = agent_name
-        #: When the call must be answered, on the ``time.monotonic`` clock.
-        self.deadline = deadline
-        self._coordinator = coordinator
-        self._client: ScopedClient | None = None
-        self._payload: JSON | None = None
-
-    @property
-    def payload(self) -> JSON:
-        """The envelope's payload as a dict."""
-        if self._payload is None:
-            self._payload = struct_to_dict(self.message.payload)
-        return self._payload
-
-    @property
-    def correlation_id(self) -> str:
-        """The workflow this call belongs to."""
-        return self.message.correlation_id
-
-    @property
-    def priority(self) -> Priority:
-        """The call's priority (UNSPECIFIED read as NORMAL)."""
-        return Priority(self.message.priority) or Priority.NORMAL
-
-    @property
-    def bus(self) -> EventBus:
-        """The mesh's event bus, to publish and subscribe (ConfigError when the mesh has none)."""
-        if self._bus is None:
-            raise ConfigError(f"agent {self.agent_name!r} has no event bus: the config names no [bus]")
-        return self._bus
-
-    def time_remaining(self) -> float | None:
-        """Seconds left before the deadline, or None when the call has none."""
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-    @property
-    def client(self) -> ScopedClient:
-        """A client whose calls inherit this call's deadline and correlation_id."""
-        if self._client is None:
-            scope = CallScope(
-                deadline=self.deadline,
-                correlation_id=self.message.correlation_id,
-                source_agent=self.agent_name,
-                trace_id=self.message.trace_id,
-            )
-            self._client = ScopedClient(self._coordinator, scope)
-        return self._client
+def load_agent(spec: str, search_path: Path | None = None) -> Agent:
+    """Import ``module:Class`` and instantiate it; the config's folder and cwd are importable."""
+    target = import_object(spec, search_path, form="module:Class")
+    agent = target() if isinstance(target, type) else target
+    if not isinstance(agent, Agent):
+        raise ConfigError(f"{spec!r} is not a kosmos_grpc.Agent")
+    return agent

@@ -13,11 +13,11 @@ import math
 import os
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from kosmos_grpc import runtime
 from kosmos_grpc.bus import Event, Subscription, open_bus
-from kosmos_grpc.client import CircuitInfo, Coordinator
+from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import MeshConfig, load_config
 from kosmos_grpc.envelope import Priority
 from kosmos_grpc.errors import KosmosError
@@ -25,6 +25,9 @@ from kosmos_grpc.launcher import run_mesh, serve_agent, serve_broker
 from kosmos_grpc.tables import format_table
 from kosmos_grpc.telemetry.logs import LOG_FORMATS, configure_logging
 from kosmos_grpc.telemetry.tracing import configure_tracing, spans_exported
+
+if TYPE_CHECKING:
+    from kosmos_grpc.calls import CircuitInfo
 
 __all__ = ["main"]
 
@@ -50,7 +53,7 @@ def _payload(text: str | None) -> dict[str, Any]:
 
 def _client(config: MeshConfig) -> Coordinator:
     return Coordinator(
-        config.addresses(), source_agent="cli", payload_limit=config.payload_limit, resilience=config.resilience
+        config.addresses(), source_agent="cli", payload_limit=config.limits.payload_limit, resilience=config.resilience
     )
 
 
@@ -120,7 +123,7 @@ def _circuit(circuit: CircuitInfo) -> str:
 async def _publish(config: MeshConfig, args: argparse.Namespace) -> int:
     payload = _payload(args.payload)
     headers = dict(_header(h) for h in args.header)
-    bus = await open_bus(config, "cli")
+    bus = await open_bus(config.bus, "cli", config.limits.payload_limit)
     try:
         message_id = await bus.publish(
             args.subject, payload, headers=headers, acknowledge=True, timeout_ms=args.timeout_ms
@@ -133,7 +136,7 @@ async def _publish(config: MeshConfig, args: argparse.Namespace) -> int:
 
 async def _subscribe(config: MeshConfig, args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
-    bus = await open_bus(config, "cli")
+    bus = await open_bus(config.bus, "cli", config.limits.payload_limit)
     try:
         subscription = await bus.subscribe(args.pattern, queue=args.queue)
         print(f"subscribed to {args.pattern}; Ctrl-C stops", file=sys.stderr, flush=True)
@@ -200,7 +203,7 @@ def _log_format(flag: str | None, config: MeshConfig) -> str:
         return flag
     env = os.environ.get("KOSMOS_LOG_FORMAT", "").strip()
     if not env:
-        return config.log_format
+        return config.telemetry.log_format
     if env not in LOG_FORMATS:
         raise UsageError(f"KOSMOS_LOG_FORMAT={env!r} should be 'text' or 'json'")
     return env

@@ -1,18 +1,18 @@
-"""The coordinator client: delegate and stream to agents by name, under deadlines, over reused channels."""
+"""The coordinator client: delegate and stream to agents by name, under deadlines, through an interceptor chain."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import contextlib
 import math
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
+from kosmos_grpc.calls import ActionInfo, AgentCard, CallScope, Chunk, CircuitInfo, Response
+from kosmos_grpc.deadlines import time_left
 from kosmos_grpc.envelope import (
     DEFAULT_PAYLOAD_LIMIT,
     DEFAULT_TTL_MS,
@@ -21,175 +21,34 @@ from kosmos_grpc.envelope import (
     new_message_id,
     struct_to_dict,
 )
-from kosmos_grpc.errors import (
-    ORIGIN,
-    ActionFailed,
-    DeadlineExceeded,
-    InvalidEnvelope,
-    KosmosError,
-    PayloadTooLarge,
-    StreamBroken,
-    from_rpc_error,
-)
+from kosmos_grpc.errors import InvalidEnvelope
+from kosmos_grpc.interceptors.client_chain import client_chain
+from kosmos_grpc.interceptors.outbound import Delegation, OutboundInterceptor
 from kosmos_grpc.registry import Registry
 from kosmos_grpc.resilience import Resilience, ResiliencePolicy
-from kosmos_grpc.subjects import agent_requests, agent_responses
-from kosmos_grpc.telemetry.metrics import UNKNOWN_LABEL, DelegationMetrics
-from kosmos_grpc.telemetry.tracing import end_span, start_client_span, trace_id_hex
+from kosmos_grpc.transport import Transport, explain
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Mapping, Sequence
     from types import TracebackType
-
-    from google.protobuf import struct_pb2
-    from opentelemetry.trace import Span
 
     from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
     from kosmos_grpc.bus.protocol import EventBus
+    from kosmos_grpc.interceptors.client_chain import OutboundFactory
 
-__all__ = [
-    "DEFAULT_TIMEOUT_MS",
-    "ActionInfo",
-    "AgentCard",
-    "CallScope",
-    "Chunk",
-    "CircuitInfo",
-    "Coordinator",
-    "Response",
-    "ScopedClient",
-    "channel_options",
-]
-
-log = logging.getLogger(__name__)
+__all__ = ["DEFAULT_TIMEOUT_MS", "Coordinator", "ScopedClient"]
 
 DEFAULT_TIMEOUT_MS = 30_000
-# Headroom over the payload limit for the rest of the envelope, so the limit is ours to report.
-_ENVELOPE_HEADROOM = 64 * 1024
-
-
-def channel_options(payload_limit: int = DEFAULT_PAYLOAD_LIMIT, *, server: bool = False) -> list[tuple[str, Any]]:
-    """gRPC options that let a payload at the limit through, envelope included.
-
-    A server takes in up to twice the limit, so that an oversized payload from any client
-    (grpcurl, another language) reaches the envelope check and is refused naming the field;
-    past that, gRPC refuses it itself, still with RESOURCE_EXHAUSTED.
-    """
-    size = payload_limit + _ENVELOPE_HEADROOM
-    receive = 2 * payload_limit + _ENVELOPE_HEADROOM if server else size
-    options: list[tuple[str, Any]] = [
-        ("grpc.max_send_message_length", size),
-        ("grpc.max_receive_message_length", receive),
-    ]
-    if not server:
-        # gRPC's reconnect backoff grows to 120 s by default: an agent that restarts would stay
-        # unreachable long after it is back. Agents of a mesh come back within seconds.
-        options += [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2_000)]
-    return options
-
-
-# Response and Chunk are made once per call or chunk: plain slotted dataclasses, as a frozen
-# one's __init__ costs several times more.
-@dataclass(slots=True)
-class Response:
-    """An agent's answer: which agent answered, to which message, and the result.
-
-    ``fallback_for`` names the agent asked for when another answered in its place.
-    """
-
-    agent: str
-    request_message_id: str
-    correlation_id: str
-    result: dict[str, Any]
-    fallback_for: str | None = None
-
-
-class Chunk:
-    """One chunk of a streamed answer.
-
-    ``data`` is converted from the wire on first use; a streaming action that yields a Chunk it
-    received passes it on without converting it at all (how Zeus relays).
-    """
-
-    __slots__ = ("_data", "_wire", "agent", "sequence")
-
-    def __init__(
-        self, agent: str, sequence: int, data: dict[str, Any] | None = None, *, wire: struct_pb2.Struct | None = None
-    ) -> None:
-        self.agent = agent
-        self.sequence = sequence
-        self._data = data
-        self._wire = wire
-
-    @property
-    def data(self) -> dict[str, Any]:
-        """The chunk's content."""
-        if self._data is None:
-            self._data = {} if self._wire is None else struct_to_dict(self._wire)
-        return self._data
-
-    @property
-    def wire(self) -> struct_pb2.Struct | None:
-        """The Struct as received, while ``data`` has not been touched (so it cannot differ)."""
-        return self._wire if self._data is None else None
-
-    def __repr__(self) -> str:
-        return f"Chunk(agent={self.agent!r}, sequence={self.sequence}, data={self.data!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Chunk):
-            return NotImplemented
-        return (self.agent, self.sequence, self.data) == (other.agent, other.sequence, other.data)
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-@dataclass(frozen=True, slots=True)
-class ActionInfo:
-    """One action on an agent's card."""
-
-    name: str
-    description: str
-    streaming: bool
-    input_schema: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class CircuitInfo:
-    """An agent's circuit breaker to one target: ``state`` is closed, half_open or open."""
-
-    target: str
-    state: str
-    failures: int
-    retry_in: float
-
-
-@dataclass(frozen=True, slots=True)
-class AgentCard:
-    """What an agent says of itself through Describe, with its circuits to the agents it calls."""
-
-    name: str
-    description: str
-    version: str
-    actions: list[ActionInfo] = field(default_factory=list)
-    circuits: list[CircuitInfo] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class CallScope:
-    """The call a delegation is made from: its deadline (``time.monotonic``) and its correlation_id."""
-
-    deadline: float | None
-    correlation_id: str
-    source_agent: str
-    trace_id: str = ""
 
 
 class Coordinator:
     """Delegates actions to agents by name; one channel per agent address, reused by every call.
 
-    The effective deadline of a call is the smaller of ``timeout_ms``, the TTL and, inside a
-    handler, the remaining deadline of the call being served. Failures raise :class:`KosmosError`
-    subclasses.
+    Every delegation goes through one chain of interceptors (see
+    :mod:`kosmos_grpc.interceptors.client_chain` for their order): telemetry, announcements on
+    ``events``, the caller's own ``interceptors``, resilience, then the transport. The effective
+    deadline of a call is the smaller of ``timeout_ms``, the TTL and, inside a handler, the
+    remaining deadline of the call being served. Failures raise :class:`KosmosError` subclasses.
     """
 
     def __init__(
@@ -201,12 +60,21 @@ class Coordinator:
         events: EventBus | None = None,
         resilience: Resilience | ResiliencePolicy | bool = True,
         telemetry: bool = True,
+        interceptors: Sequence[OutboundFactory] = (),
+        grpc_interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
+        """Args:
+        registry: Agent name -> address.
+        source_agent: Who the calls come from (the envelope's ``source_agent``).
+        payload_limit: The largest payload, in bytes, a call may carry.
+        events: Where each delegation is announced (None: nowhere).
+        resilience: Retries, breakers and fallbacks: a policy, True for the defaults, False for none.
+        telemetry: Whether each delegation gets a span and is counted.
+        interceptors: The caller's own outbound interceptors, each made from the next link.
+        grpc_interceptors: Standard ``grpc.aio`` client interceptors, given to every channel.
+        """
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.source_agent = source_agent
-        #: Each delegation's span (``delegate.<agent>.<action>``, its context passed on in the
-        #: call's metadata) and metrics; None when ``telemetry=False``.
-        self.metrics = DelegationMetrics(source_agent) if telemetry else None
         #: Retries, a circuit breaker per target and fallbacks, applied to every delegate and stream;
         #: None when ``resilience=False`` asked for calls exactly as made.
         self.resilience: Resilience | None
@@ -216,12 +84,26 @@ class Coordinator:
             self.resilience = Resilience(resilience, source=source_agent)
         else:
             self.resilience = Resilience(source=source_agent) if resilience else None
-        #: Where each delegation announces itself on ``kosmos.agents.<target>.requests`` and its
-        #: outcome on ``.responses``; None turns that off.
+        self.telemetry = telemetry
+        self._interceptors = tuple(interceptors)
+        self._transport = Transport(self.registry, payload_limit, grpc_interceptors)
         self.events = events
-        self._options = channel_options(payload_limit)
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[str, _AgentStub] = {}
+        self._chain = self._build()
+
+    def _build(self) -> OutboundInterceptor:
+        return client_chain(
+            self._transport,
+            source=self.source_agent,
+            telemetry=self.telemetry,
+            events=self.events,
+            interceptors=self._interceptors,
+            resilience=self.resilience,
+        )
+
+    def announce_on(self, events: EventBus | None) -> None:
+        """Announce every delegation from now on on ``events`` (None: nowhere)."""
+        self.events = events
+        self._chain = self._build()
 
     async def __aenter__(self) -> Self:
         return self
@@ -232,27 +114,12 @@ class Coordinator:
         await self.close()
 
     async def close(self) -> None:
-        """Close every channel."""
-        channels, self._channels, self._stubs = self._channels, {}, {}
-        for channel in channels.values():
-            await channel.close()
+        """Close the chain: every interceptor's, and the transport's channels."""
+        await self._chain.close()
 
     def channel(self, agent: str) -> grpc.aio.Channel:
         """The channel to ``agent``'s current address, made on first use."""
-        address = self.registry.address(agent)
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
-            self._channels[address] = channel
-        return channel
-
-    def _stub(self, agent: str) -> _AgentStub:
-        address = self.registry.address(agent)
-        stub = self._stubs.get(address)
-        if stub is None:
-            stub = _AgentStub(self.channel(agent))
-            self._stubs[address] = stub
-        return stub
+        return self._transport.channel(agent)
 
     def _prepare(
         self,
@@ -276,10 +143,7 @@ class Coordinator:
         else:
             raise InvalidEnvelope("timeout_ms", f"timeout_ms must be a number above zero, or None; got {timeout_ms}")
         if scope is not None and scope.deadline is not None:
-            left = scope.deadline - time.monotonic()
-            if left <= 0:
-                raise DeadlineExceeded(f"no time left to call {agent}.{action}: the caller's deadline has passed")
-            timeout = min(timeout, left)
+            timeout = min(timeout, time_left(scope.deadline, agent, action))
         if ttl_ms is None:
             ttl_ms = DEFAULT_TTL_MS if math.isinf(timeout) else max(1, math.ceil(timeout * 1000))
         new_message(
@@ -330,47 +194,11 @@ class Coordinator:
                 AgentNotFound, ActionNotFound, InvalidEnvelope or DeadlineExceeded.
         """
         request = agent_pb2.ExecuteRequest()
-        message = request.message
         timeout = self._prepare(
-            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, message
+            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, request.message
         )
-        started = time.monotonic()
-        deadline = started + timeout
-        events = self.events
-        if events is not None:
-            await _announce(events, agent, action, message)
-        span, metadata = self._traced(agent, action, message)
-
-        async def attempt(target: str) -> agent_pb2.ExecuteResponse:
-            message.target_agent = target
-            try:
-                reply: agent_pb2.ExecuteResponse = await self._stub(target).Execute(
-                    request, timeout=_left(deadline, target, action), metadata=metadata
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise _explain(exc, target, action, timeout) from None
-            return reply
-
-        code = "CANCELLED"  # unless the call ends one way or the other
-        failure: BaseException | None = None
-        try:
-            resilience = self.resilience
-            reply = await (attempt(agent) if resilience is None else resilience.call(agent, attempt, deadline))
-            code = "OK"
-        except KosmosError as error:
-            code, failure = error.code.name, error
-            if events is not None:
-                await _outcome(events, agent, action, message, code, "")
-            raise
-        except Exception as error:  # a fault on this side (cancellation is not an Exception)
-            code, failure = "UNKNOWN", error
-            raise
-        finally:
-            if self.metrics is not None:
-                self._done(span, agent, action, code, failure, started)
-        response = reply.response
-        if events is not None:
-            await _outcome(events, agent, action, message, "OK", response.agent)
+        call = Delegation(agent, action, request, time.monotonic() + timeout, timeout, agent)
+        response = (await self._chain.delegate(call)).response
         return Response(
             agent=response.agent,
             request_message_id=response.request_message_id,
@@ -402,97 +230,14 @@ class Coordinator:
                 StreamBroken when it ends without its final marker.
         """
         request = agent_pb2.StreamRequest()
-        message = request.message
         timeout = self._prepare(
-            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, message
+            agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, request.message
         )
-        started = time.monotonic()
-        deadline = started + timeout
-        events = self.events
-        if events is not None:
-            await _announce(events, agent, action, message)
-        span, metadata = self._traced(agent, action, message)
-        outcome, answered = "CANCELLED", ""  # unless the stream ends one way or the other
-        failure: BaseException | None = None
-        target = agent
-
-        async def start(to: str) -> tuple[_StreamCall, object]:
-            # Resilience covers a stream until its first reply: after that, chunks have been seen.
-            nonlocal target
-            message.target_agent = target = to
-            call = self._stub(to).Stream(request, timeout=_left(deadline, to, action), metadata=metadata)
-            try:
-                return call, await call.read()
-            except grpc.aio.AioRpcError as exc:
-                raise _explain(exc, to, action, timeout) from None
-            except asyncio.CancelledError:
-                call.cancel()
-                raise
-
-        call: _StreamCall | None = None
-        try:
-            resilience = self.resilience
-            call, reply = opened = await (
-                start(agent) if resilience is None else resilience.call(agent, start, deadline)
-            )
-            while reply is not grpc.aio.EOF:
-                chunk = reply.chunk  # type: ignore[attr-defined]
-                if chunk.final:
-                    outcome, answered = "OK", chunk.agent
-                    return
+        call = Delegation(agent, action, request, time.monotonic() + timeout, timeout, agent)
+        # Closed on the way out, so that leaving the loop early cancels the call now.
+        async with contextlib.aclosing(self._chain.stream(call)) as chunks:
+            async for chunk in chunks:
                 yield Chunk(chunk.agent, chunk.sequence, wire=chunk.data)
-                try:
-                    reply = await opened[0].read()
-                except grpc.aio.AioRpcError as exc:
-                    raise _explain(exc, target, action, timeout) from None
-            raise StreamBroken(f"the stream from {target}.{action} ended without its final marker")
-        except KosmosError as error:
-            outcome, failure = error.code.name, error
-            raise
-        except Exception as error:  # a fault on this side (cancellation is not an Exception)
-            outcome, failure = "UNKNOWN", error
-            raise
-        finally:
-            if call is not None:
-                call.cancel()
-            if self.metrics is not None:
-                self._done(span, agent, action, outcome, failure, started)
-            if events is not None:
-                await _outcome(events, agent, action, message, outcome, answered)
-
-    def _traced(
-        self, agent: str, action: str, message: envelope_pb2.AgentMessage
-    ) -> tuple[Span | None, tuple[tuple[str, str], ...] | None]:
-        """A delegation's span, child of the current one, and the metadata that passes it on.
-
-        The envelope's trace_id becomes the span's trace id. None without telemetry or tracing.
-        """
-        if self.metrics is None:
-            return None, None
-        span, metadata = start_client_span(
-            lambda: (
-                f"delegate.{agent}.{action}",
-                {"agent.name": agent, "agent.action": action, "kosmos.correlation_id": message.correlation_id},
-            )
-        )
-        trace_id = trace_id_hex(span)
-        if trace_id:
-            message.trace_id = trace_id
-        return span, metadata
-
-    def _done(
-        self, span: Span | None, agent: str, action: str, code: str, error: BaseException | None, started: float
-    ) -> None:
-        """Record how a delegation ended, on its span and in the metrics."""
-        # An agent or action that does not exist is counted under one label, so that bad requests
-        # (a name in a payload, say) cannot make series without end.
-        if code == "NOT_FOUND":
-            agent = action = UNKNOWN_LABEL
-        elif code == "UNIMPLEMENTED":
-            action = UNKNOWN_LABEL
-        self.metrics.record(agent, action, code, time.monotonic() - started)  # type: ignore[union-attr]
-        if span is not None:
-            end_span(span, code, error)
 
     def scope(self, *, correlation_id: str | None = None, timeout_ms: float | None = None) -> ScopedClient:
         """A client for one workflow: every call shares a correlation_id (default: a new one) and,
@@ -503,11 +248,11 @@ class Coordinator:
 
     async def describe(self, agent: str, *, timeout_ms: float = 5_000) -> AgentCard:
         """The agent's card: name, version and actions."""
-        stub = self._stub(agent)
+        stub = self._transport.stub(agent)
         try:
             reply = await stub.Describe(agent_pb2.DescribeRequest(), timeout=timeout_ms / 1000)
         except grpc.aio.AioRpcError as exc:
-            raise _explain(exc, agent, "Describe", timeout_ms / 1000) from None
+            raise explain(exc, agent, "Describe", timeout_ms / 1000) from None
         card = reply.card
         return AgentCard(
             name=card.name,
@@ -539,7 +284,7 @@ class Coordinator:
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_ms / 1000)
         except grpc.aio.AioRpcError as exc:
-            raise _explain(exc, agent, "health", timeout_ms / 1000) from None
+            raise explain(exc, agent, "health", timeout_ms / 1000) from None
         name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         return name
 
@@ -598,110 +343,3 @@ class ScopedClient:
         return self._coordinator.stream(
             agent, action, payload, timeout_ms=timeout_ms, priority=priority, scope=self._scope
         )
-
-
-_StreamCall = grpc.aio.UnaryStreamCall[agent_pb2.StreamRequest, agent_pb2.StreamResponse]
-
-
-def _left(deadline: float, agent: str, action: str) -> float:
-    """Seconds left before ``deadline``, or DeadlineExceeded when none are."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise DeadlineExceeded(f"no time left to call {agent}.{action}: the deadline has passed")
-    return left
-
-
-_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
-
-
-class _AgentStub:
-    """AgentService's three calls on one channel.
-
-    The generated stub makes "registered method" calls, which in grpcio 1.85's asyncio client
-    cost a couple of dozen more Python calls per RPC than these plain ones.
-    """
-
-    __slots__ = ("Describe", "Execute", "Stream")
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.Execute: grpc.aio.UnaryUnaryMultiCallable[agent_pb2.ExecuteRequest, agent_pb2.ExecuteResponse] = (
-            channel.unary_unary(
-                f"/{_SERVICE}/Execute",
-                request_serializer=agent_pb2.ExecuteRequest.SerializeToString,
-                response_deserializer=agent_pb2.ExecuteResponse.FromString,
-            )
-        )
-        self.Stream: grpc.aio.UnaryStreamMultiCallable[agent_pb2.StreamRequest, agent_pb2.StreamResponse] = (
-            channel.unary_stream(
-                f"/{_SERVICE}/Stream",
-                request_serializer=agent_pb2.StreamRequest.SerializeToString,
-                response_deserializer=agent_pb2.StreamResponse.FromString,
-            )
-        )
-        self.Describe: grpc.aio.UnaryUnaryMultiCallable[agent_pb2.DescribeRequest, agent_pb2.DescribeResponse] = (
-            channel.unary_unary(
-                f"/{_SERVICE}/Describe",
-                request_serializer=agent_pb2.DescribeRequest.SerializeToString,
-                response_deserializer=agent_pb2.DescribeResponse.FromString,
-            )
-        )
-
-
-async def _announce(events: EventBus, agent: str, action: str, message: envelope_pb2.AgentMessage) -> None:
-    """Publish a delegation on ``kosmos.agents.<agent>.requests`` (not its payload: only what it is)."""
-    payload = {
-        "action": action,
-        "message_id": message.message_id,
-        "source_agent": message.source_agent,
-        "target_agent": agent,
-    }
-    await _tell(events, agent_requests, agent, payload, message.correlation_id)
-
-
-async def _outcome(
-    events: EventBus, agent: str, action: str, message: envelope_pb2.AgentMessage, status: str, answered: str
-) -> None:
-    """Publish how a delegation ended on ``kosmos.agents.<agent>.responses``."""
-    payload = {"action": action, "message_id": message.message_id, "status": status, "answered_by": answered}
-    await _tell(events, agent_responses, agent, payload, message.correlation_id)
-
-
-async def _tell(
-    events: EventBus,
-    subject: Callable[[str], str],
-    agent: str,
-    payload: dict[str, Any],
-    correlation_id: str,
-) -> None:
-    # Announcing never changes a delegation's own outcome: a failure here is logged, no more.
-    try:
-        await events.publish(subject(agent), payload, correlation_id=correlation_id)
-    except Exception as exc:
-        log.warning("could not announce a delegation to %s on the event bus: %s", agent, exc)
-
-
-def _explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float) -> KosmosError:
-    """The mesh error for a failed call, with the agent named where the transport said little.
-
-    Its ``origin`` is the agent whose failure it is: the one called, unless that one passed on
-    the failure of an agent it called in turn (which set its own ``origin``).
-    """
-    error = from_rpc_error(exc)
-    explained = bool(error.metadata) or isinstance(error, ActionFailed)  # by the agent itself
-    error.metadata.setdefault(ORIGIN, agent)
-    if explained:
-        return error
-    code = exc.code()
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Sent message larger than max" in (exc.details() or ""):
-        # This channel refused to send it: the payload is far over the limit the mesh allows.
-        return PayloadTooLarge(
-            f"the payload to {agent}.{action} is over the limit ({exc.details()})", metadata={"field": "payload"}
-        )
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        error.message = f"{agent}.{action} did not answer within {timeout * 1000:.0f} ms"
-    elif code == grpc.StatusCode.UNAVAILABLE:
-        error.message = f"agent {agent!r} is unavailable: {exc.details()}"
-    else:
-        error.message = f"{agent}.{action} failed: {error.message}"
-    error.args = (error.message,)
-    return error

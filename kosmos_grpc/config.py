@@ -3,41 +3,70 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT
-from kosmos_grpc.errors import KosmosError
+from kosmos_grpc.errors import ConfigError
 from kosmos_grpc.resilience import BreakerPolicy, ResiliencePolicy, RetryPolicy
 from kosmos_grpc.subjects import pattern_tokens
 from kosmos_grpc.telemetry.logs import LOG_FORMATS
 
-if TYPE_CHECKING:
-    from kosmos_grpc.agent import Agent
-
-__all__ = ["AgentConfig", "ConfigError", "MeshConfig", "load_agent", "load_config"]
+__all__ = [
+    "AgentConfig",
+    "BusConfig",
+    "Idempotency",
+    "InterceptorsConfig",
+    "MeshConfig",
+    "MeshLimits",
+    "ServerSettings",
+    "TelemetryConfig",
+    "load_config",
+]
 
 DEFAULT_CONFIG = "kosmos.toml"
 
 
-class ConfigError(KosmosError):
-    """The mesh config is missing or wrong."""
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """How long, for how many calls and for how many reply bytes at most, a server remembers executed message_ids."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "CONFIG_INVALID"
+    seconds: float = 300.0
+    entries: int = 10_000
+    bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """How one agent is served: where, with which limits, and which of the mesh's concerns are on."""
+
+    address: str = "127.0.0.1:0"
+    #: The largest payload, in bytes, an envelope may carry.
+    payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+    #: How long a stop lets in-flight calls finish.
+    grace_seconds: float = 10.0
+    #: More RPCs at once are refused by gRPC itself (None: no limit).
+    max_concurrent_rpcs: int | None = None
+    #: Handlers run at once; more calls wait in a priority queue of ``queue_limit`` (None: no queue).
+    max_concurrency: int | None = None
+    queue_limit: int = 100
+    #: The memory of executed message_ids, so a retry runs once (None: off).
+    idempotency: Idempotency | None = field(default_factory=Idempotency)
+    #: Whether the agent's delegations are announced on ``kosmos.agents.<agent>.requests|responses``.
+    delegation_events: bool = True
+    #: Whether its calls and delegations get spans and metrics.
+    telemetry: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
-    """One agent of the mesh: ``object`` is ``module:Class``, ``address`` is ``host:port``."""
+    """One agent of the mesh (``[agents.<name>]``): ``object`` is ``module:Class``, ``address`` is ``host:port``."""
 
     name: str
     object: str
@@ -53,46 +82,74 @@ class AgentConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class MeshConfig:
-    """The whole mesh: its agents and the limits every server applies."""
+class MeshLimits:
+    """``[mesh]``: the limits every server of the mesh applies."""
 
-    agents: dict[str, AgentConfig]
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
     grace_seconds: float = 10.0
     max_concurrent_rpcs: int | None = 1024
-    #: Where the embedded event broker listens (``[bus] address``), when the mesh has one.
-    bus_address: str | None = None
-    #: Where the broker's process serves Prometheus ``/metrics`` (``[bus] metrics_port``), on its host.
-    bus_metrics_port: int | None = None
-    #: Whether each delegation is announced on ``kosmos.agents.<agent>.requests|responses``.
-    delegation_events: bool = True
-    #: A NATS server's URL (``[bus] nats``): events go through NATS, the broker bridges to it.
+    idempotency: Idempotency = field(default_factory=Idempotency)
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    """``[bus]``: the embedded broker's address, or a NATS server, and what the bus carries."""
+
+    #: Where the embedded event broker listens (``address``), when the mesh has one.
+    address: str | None = None
+    #: Where the broker's process serves Prometheus ``/metrics``, on its host.
+    metrics_port: int | None = None
+    #: A NATS server's URL (``nats``): events go through NATS, the broker bridges to it.
     nats_url: str | None = None
-    #: Subjects kept by JetStream when on NATS (``[bus] durable``), and how often a durable
-    #: subscription's handler may fail on one event before it is dead-lettered.
+    #: Subjects kept by JetStream when on NATS, and how often a durable subscription's handler
+    #: may fail on one event before it is dead-lettered.
     durable: tuple[str, ...] = ("kosmos.events.audit.log",)
     max_deliveries: int = 5
-    #: Retry and breaker policies for calls to each agent, and the fallbacks.
-    resilience: ResiliencePolicy = field(default_factory=ResiliencePolicy)
-    #: How long, for how many calls and how many reply bytes at most, a server remembers
-    #: executed message_ids.
-    idempotency_seconds: float = 300.0
-    idempotency_entries: int = 10_000
-    idempotency_bytes: int = 64 * 1024 * 1024
-    #: How the ``kosmos`` processes log (``[mesh] log_format``): "text", or "json" for a JSON object a line.
-    log_format: str = "text"
-    path: Path | None = field(default=None, compare=False)
+    #: Whether each delegation is announced on ``kosmos.agents.<agent>.requests|responses``.
+    delegation_events: bool = True
 
     @property
-    def has_bus(self) -> bool:
+    def configured(self) -> bool:
         """Whether the mesh has an event bus at all."""
-        return self.bus_address is not None or self.nats_url is not None
+        return self.address is not None or self.nats_url is not None
 
-    def bus(self) -> str:
-        """The broker's address, or ConfigError saying the config names none."""
-        if self.bus_address is None:
+    def broker_address(self) -> str:
+        """The embedded broker's address, or ConfigError saying the config names none."""
+        if self.address is None:
             raise ConfigError("the config has no [bus] address for the event broker")
-        return self.bus_address
+        return self.address
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """How the mesh's processes log (``[mesh] log_format``) and trace (``[telemetry]``)."""
+
+    #: "text", or "json" for a JSON object a line.
+    log_format: str = "text"
+    #: Whether opentelemetry-instrumentation-grpc's interceptors go into every process too.
+    grpc_instrumentation: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptorsConfig:
+    """``[interceptors]``: import paths (``module:factory``) of the interceptors every agent adds to its chains."""
+
+    inbound: tuple[str, ...] = ()
+    outbound: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """The whole mesh: its agents, the limits every server applies, the bus, telemetry and resilience."""
+
+    agents: dict[str, AgentConfig]
+    limits: MeshLimits = field(default_factory=MeshLimits)
+    bus: BusConfig = field(default_factory=BusConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    #: Retry and breaker policies for calls to each agent, and the fallbacks.
+    resilience: ResiliencePolicy = field(default_factory=ResiliencePolicy)
+    interceptors: InterceptorsConfig = field(default_factory=InterceptorsConfig)
+    path: Path | None = field(default=None, compare=False)
 
     def addresses(self) -> dict[str, str]:
         """Agent name -> address, the registry every process starts from."""
@@ -105,6 +162,20 @@ class MeshConfig:
         except KeyError:
             known = ", ".join(sorted(self.agents)) or "none"
             raise ConfigError(f"no agent named {name!r} in the config (agents: {known})") from None
+
+    def server(self, name: str) -> ServerSettings:
+        """How agent ``name`` is served: its own settings over the mesh's limits."""
+        agent, limits = self.agent(name), self.limits
+        return ServerSettings(
+            address=agent.address,
+            payload_limit=limits.payload_limit,
+            grace_seconds=limits.grace_seconds,
+            max_concurrent_rpcs=agent.max_concurrent_rpcs or limits.max_concurrent_rpcs,
+            max_concurrency=agent.max_concurrency,
+            queue_limit=agent.queue_limit,
+            idempotency=limits.idempotency,
+            delegation_events=self.bus.delegation_events,
+        )
 
 
 def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -225,66 +296,96 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
         )
     if not agents:
         raise ConfigError(f"{path}: no [agents.<name>] tables")
-    kwargs: dict[str, Any] = {"resilience": _resilience(data, agents, path)}
-    for key, attr, kind, minimum in (
-        ("payload_limit_bytes", "payload_limit", int, 1),
-        ("grace_seconds", "grace_seconds", (int, float), 0),
-        ("max_concurrent_rpcs", "max_concurrent_rpcs", int, 1),
-        ("idempotency_seconds", "idempotency_seconds", (int, float), 0),
-        ("idempotency_entries", "idempotency_entries", int, 1),
-        ("idempotency_bytes", "idempotency_bytes", int, 1),
+    return MeshConfig(
+        agents=agents,
+        limits=_limits(mesh),
+        bus=_bus(data.get("bus", {}), path),
+        telemetry=_telemetry(mesh, _table(data, "telemetry"), path),
+        resilience=_resilience(data, agents, path),
+        interceptors=_interceptors(_table(data, "interceptors")),
+        path=path.resolve(),
+    )
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    table: dict[str, Any] = _typed(data, key, dict, "config") if key in data else {}
+    return table
+
+
+def _limits(mesh: dict[str, Any]) -> MeshLimits:
+    values: dict[str, Any] = {}
+    for key, kind, minimum in (
+        ("payload_limit_bytes", int, 1),
+        ("grace_seconds", (int, float), 0),
+        ("max_concurrent_rpcs", int, 1),
+        ("idempotency_seconds", (int, float), 0),
+        ("idempotency_entries", int, 1),
+        ("idempotency_bytes", int, 1),
     ):
         if key in mesh:
-            kwargs[attr] = _at_least(
+            values[key] = _at_least(
                 _typed(mesh, key, kind, "mesh"), minimum, key, "mesh", above=key == "idempotency_seconds"
             )
-    if "log_format" in mesh:
-        log_format = _typed(mesh, "log_format", str, "mesh")
-        if log_format not in LOG_FORMATS:
-            raise ConfigError(f"{path}: mesh.log_format must be 'text' or 'json', not {log_format!r}")
-        kwargs["log_format"] = log_format
-    bus = data.get("bus", {})
+    default = Idempotency()
+    return MeshLimits(
+        payload_limit=values.get("payload_limit_bytes", DEFAULT_PAYLOAD_LIMIT),
+        grace_seconds=values.get("grace_seconds", 10.0),
+        max_concurrent_rpcs=values.get("max_concurrent_rpcs", 1024),
+        idempotency=Idempotency(
+            seconds=values.get("idempotency_seconds", default.seconds),
+            entries=values.get("idempotency_entries", default.entries),
+            bytes=values.get("idempotency_bytes", default.bytes),
+        ),
+    )
+
+
+def _bus(bus: dict[str, Any] | str, path: Path) -> BusConfig:
     if isinstance(bus, str):  # the short form: bus = "nats://host:port"
         if not bus.startswith(("nats://", "tls://")):
             raise ConfigError(f"{path}: bus = {bus!r} should be a nats:// URL, or a [bus] table")
         bus = {"nats": bus}
+    values: dict[str, Any] = {}
     if "address" in bus:
-        kwargs["bus_address"] = _typed(bus, "address", str, "bus")
+        values["address"] = _typed(bus, "address", str, "bus")
     if "nats" in bus:
-        kwargs["nats_url"] = _typed(bus, "nats", str, "bus")
+        values["nats_url"] = _typed(bus, "nats", str, "bus")
     if "metrics_port" in bus:
         if "address" not in bus:
             raise ConfigError(f"{path}: bus.metrics_port is for the embedded broker, which needs a bus.address")
-        kwargs["bus_metrics_port"] = _port(bus, "metrics_port", "bus")
+        values["metrics_port"] = _port(bus, "metrics_port", "bus")
     if "durable" in bus:
         durable = _typed(bus, "durable", list, "bus")
         for subject in durable:
             if not isinstance(subject, str):
                 raise ConfigError(f"{path}: bus.durable holds subjects (strings), not {subject!r}")
             pattern_tokens(subject)
-        kwargs["durable"] = tuple(durable)
+        values["durable"] = tuple(durable)
     if "max_deliveries" in bus:
-        kwargs["max_deliveries"] = _typed(bus, "max_deliveries", int, "bus")
+        values["max_deliveries"] = _typed(bus, "max_deliveries", int, "bus")
     if "delegation_events" in bus:
-        kwargs["delegation_events"] = _typed(bus, "delegation_events", bool, "bus")
-    return MeshConfig(agents=agents, path=path.resolve(), **kwargs)
+        values["delegation_events"] = _typed(bus, "delegation_events", bool, "bus")
+    return BusConfig(**values)
 
 
-def load_agent(spec: str, search_path: Path | None = None) -> Agent:
-    """Import ``module:Class`` and instantiate it; the config's folder and cwd are importable."""
-    from kosmos_grpc.agent import Agent
+def _telemetry(mesh: dict[str, Any], telemetry: dict[str, Any], path: Path) -> TelemetryConfig:
+    values: dict[str, Any] = {}
+    if "log_format" in mesh:
+        log_format = _typed(mesh, "log_format", str, "mesh")
+        if log_format not in LOG_FORMATS:
+            raise ConfigError(f"{path}: mesh.log_format must be 'text' or 'json', not {log_format!r}")
+        values["log_format"] = log_format
+    if "grpc_instrumentation" in telemetry:
+        values["grpc_instrumentation"] = _typed(telemetry, "grpc_instrumentation", bool, "telemetry")
+    return TelemetryConfig(**values)
 
-    for folder in (search_path, Path.cwd()):
-        if folder is not None and str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"object {spec!r} should be 'module:Class'")
-    try:
-        target = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot load agent object {spec!r}: {exc}") from None
-    agent = target() if isinstance(target, type) else target
-    if not isinstance(agent, Agent):
-        raise ConfigError(f"{spec!r} is not a kosmos_grpc.Agent")
-    return agent
+
+def _interceptors(table: dict[str, Any]) -> InterceptorsConfig:
+    values: dict[str, tuple[str, ...]] = {}
+    for key in ("inbound", "outbound"):
+        if key in table:
+            paths = _typed(table, key, list, "interceptors")
+            for spec in paths:
+                if not isinstance(spec, str) or ":" not in spec:
+                    raise ConfigError(f"interceptors.{key} holds import paths ('module:factory'), not {spec!r}")
+            values[key] = tuple(paths)
+    return InterceptorsConfig(**values)

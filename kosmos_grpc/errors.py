@@ -10,6 +10,7 @@ the same class on the client::
     ├── AgentNotFound                NOT_FOUND
     ├── ActionNotFound               UNIMPLEMENTED
     ├── WrongCallKind                FAILED_PRECONDITION
+    ├── ConfigError                  FAILED_PRECONDITION (the mesh config is missing or wrong)
     ├── DuplicateMessage             ALREADY_EXISTS     (a stream, or a call with a huge reply, ran already)
     ├── DeadlineExceeded             DEADLINE_EXCEEDED  (also a TimeoutError)
     ├── AgentUnavailable             UNAVAILABLE
@@ -18,6 +19,7 @@ the same class on the client::
     │   └── PayloadTooLarge
     ├── Cancelled                    CANCELLED
     ├── StreamBroken                 DATA_LOSS
+    ├── SagaFailed                   the failing step's code (its steps done before were compensated)
     └── ActionFailed                 INTERNAL           (the handler raised; no traceback leaks)
 
 An error that crossed the wire names in its ``origin`` metadata the agent whose failure it is,
@@ -26,7 +28,7 @@ so that an agent passing on the failure of an agent it called is not blamed (nor
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -42,12 +44,14 @@ __all__ = [
     "AgentUnavailable",
     "Cancelled",
     "CircuitOpen",
+    "ConfigError",
     "DeadlineExceeded",
     "DuplicateMessage",
     "InvalidEnvelope",
     "KosmosError",
     "PayloadTooLarge",
     "ResourceExhausted",
+    "SagaFailed",
     "StreamBroken",
     "WrongCallKind",
     "from_rpc_error",
@@ -65,6 +69,9 @@ class KosmosError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: ClassVar[str] = "INTERNAL"
+    #: Whether every error of the class travels as ``code``; False when each has its own (a saga's
+    #: is its failing step's), so that the reason alone names the class on the way back.
+    fixed_code: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -128,6 +135,13 @@ class WrongCallKind(KosmosError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "WRONG_CALL_KIND"
+
+
+class ConfigError(KosmosError):
+    """The mesh config is missing or wrong."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "CONFIG_INVALID"
 
 
 class DuplicateMessage(KosmosError):
@@ -198,6 +212,56 @@ class ActionFailed(KosmosError):
     reason = "ACTION_FAILED"
 
 
+class SagaFailed(KosmosError):
+    """A saga step failed; the steps completed before it were compensated, as far as possible.
+
+    ``code`` is the failing step's (ABORTED when it is not known). ``compensation_failures``
+    holds the steps that could not be undone (after retries): when it is not empty, the saga has
+    left state behind. The steps and responses are those of :mod:`kosmos_grpc.patterns`; an error
+    rebuilt from the wire keeps only its message, code and metadata (``saga_id``, ``step``).
+    """
+
+    code = grpc.StatusCode.ABORTED
+    reason = "SAGA_FAILED"
+    fixed_code = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        metadata: dict[str, str] | None = None,
+        retry_after: float | None = None,
+        cause: KosmosError | None = None,
+        step: Any = None,
+        responses: list[Any] | None = None,
+        compensated: list[Any] | None = None,
+        compensation_failures: dict[Any, KosmosError] | None = None,
+    ) -> None:
+        super().__init__(message, metadata=metadata, retry_after=retry_after)
+        if cause is not None:
+            self.code = cause.code
+            if cause.origin:  # the failing agent stays named: a caller must not blame (or retry) the saga's runner
+                self.metadata.setdefault(ORIGIN, cause.origin)
+        self.cause = cause
+        #: The step that failed (a ``SagaStep``), None when rebuilt from the wire.
+        self.step = step
+        #: The responses of the steps that completed before the failure, in order.
+        self.responses: list[Any] = responses or []
+        #: The steps compensated, in the order they were (the reverse of the saga's).
+        self.compensated: list[Any] = compensated or []
+        self.compensation_failures: dict[Any, KosmosError] = compensation_failures or {}
+
+    @property
+    def saga_id(self) -> str:
+        """The saga's id."""
+        return self.metadata.get("saga_id", "")
+
+    @property
+    def retryable(self) -> bool:
+        """A saga left half undone must not simply be run again."""
+        return not self.compensation_failures and super().retryable
+
+
 _BY_REASON: dict[str, type[KosmosError]] = {
     cls.reason: cls
     for cls in (
@@ -206,6 +270,7 @@ _BY_REASON: dict[str, type[KosmosError]] = {
         AgentNotFound,
         ActionNotFound,
         WrongCallKind,
+        ConfigError,
         DuplicateMessage,
         DeadlineExceeded,
         AgentUnavailable,
@@ -215,6 +280,7 @@ _BY_REASON: dict[str, type[KosmosError]] = {
         Cancelled,
         StreamBroken,
         ActionFailed,
+        SagaFailed,
     )
 }
 _BY_CODE: dict[grpc.StatusCode, type[KosmosError]] = {
@@ -291,8 +357,9 @@ def from_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> KosmosError:
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             metadata = dict(info.metadata)
-            if info.domain == DOMAIN and _BY_REASON.get(info.reason, cls).code == code:
-                cls = _BY_REASON.get(info.reason, cls)
+            named = _BY_REASON.get(info.reason, cls) if info.domain == DOMAIN else cls
+            if not named.fixed_code or named.code == code:
+                cls = named
         elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             retry = error_details_pb2.RetryInfo()
             detail.Unpack(retry)

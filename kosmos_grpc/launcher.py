@@ -19,20 +19,32 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
+from kosmos_grpc.agent import import_object, load_agent
 from kosmos_grpc.bus import BrokerServer, open_bus
 from kosmos_grpc.client import Coordinator
-from kosmos_grpc.config import AgentConfig, ConfigError, MeshConfig, load_agent
-from kosmos_grpc.errors import KosmosError
+from kosmos_grpc.errors import ConfigError, KosmosError
 from kosmos_grpc.runtime import until
 from kosmos_grpc.server import AgentServer, serve_forever
 from kosmos_grpc.tables import format_table
+from kosmos_grpc.telemetry.instrumentation import grpc_client_interceptors, grpc_server_interceptors
 from kosmos_grpc.telemetry.metrics import serve_metrics
 from kosmos_grpc.telemetry.tracing import configure_tracing
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["BROKER_NAME", "READY_MARK", "START_TIMEOUT", "MeshProcess", "run_mesh", "serve_agent", "serve_broker"]
+    from kosmos_grpc.config import AgentConfig, MeshConfig
+
+__all__ = [
+    "BROKER_NAME",
+    "READY_MARK",
+    "START_TIMEOUT",
+    "MeshProcess",
+    "agent_server",
+    "run_mesh",
+    "serve_agent",
+    "serve_broker",
+]
 
 #: Seconds the whole mesh has to start: every agent bound, addresses exchanged, SERVING.
 START_TIMEOUT = 60.0
@@ -79,28 +91,29 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
         await _serve_agent(config, spec, metrics, handshake=handshake)
 
 
-async def _serve_agent(config: MeshConfig, spec: AgentConfig, metrics: str | None, *, handshake: bool) -> None:
-    name = spec.name
-    agent = load_agent(spec.object, config.path.parent if config.path else None)
-    server = AgentServer(
-        agent,
-        address=spec.address,
+def agent_server(config: MeshConfig, name: str) -> AgentServer:
+    """Agent ``name`` of ``config``, loaded and ready to start, with the interceptors the config names."""
+    folder = config.path.parent if config.path else None
+    grpc_instrumentation = config.telemetry.grpc_instrumentation
+    return AgentServer(
+        load_agent(config.agent(name).object, folder),
+        config.server(name),
         registry=config.addresses(),
-        payload_limit=config.payload_limit,
-        grace_seconds=config.grace_seconds,
-        max_concurrent_rpcs=spec.max_concurrent_rpcs or config.max_concurrent_rpcs,
-        delegation_events=config.delegation_events,
-        max_concurrency=spec.max_concurrency,
-        queue_limit=spec.queue_limit,
-        idempotency_seconds=config.idempotency_seconds,
-        idempotency_entries=config.idempotency_entries,
-        idempotency_bytes=config.idempotency_bytes,
         resilience=config.resilience,
+        interceptors=[import_object(spec, folder) for spec in config.interceptors.inbound],
+        client_interceptors=[import_object(spec, folder) for spec in config.interceptors.outbound],
+        grpc_interceptors=grpc_server_interceptors() if grpc_instrumentation else (),
+        grpc_client_interceptors=grpc_client_interceptors() if grpc_instrumentation else (),
     )
 
+
+async def _serve_agent(config: MeshConfig, spec: AgentConfig, metrics: str | None, *, handshake: bool) -> None:
+    name = spec.name
+    server = agent_server(config, name)
+
     async def attach(broker: str | None) -> None:
-        if config.has_bus:
-            server.attach_bus(await open_bus(config, name, broker=broker))
+        if config.bus.configured:
+            server.attach_bus(await open_bus(config.bus, name, config.limits.payload_limit, broker=broker))
 
     if not handshake:
         if metrics is not None:
@@ -128,18 +141,19 @@ async def _serve_agent(config: MeshConfig, spec: AgentConfig, metrics: str | Non
 async def serve_broker(config: MeshConfig, *, handshake: bool = False) -> None:
     """Run the embedded event broker at the config's ``[bus] address`` until SIGTERM/SIGINT (or stdin closes)."""
     with contextlib.ExitStack() as stack:
-        metrics = _observe(stack, "kosmos-broker", config.bus(), config.bus_metrics_port)
+        metrics = _observe(stack, "kosmos-broker", config.bus.broker_address(), config.bus.metrics_port)
         await _serve_broker(config, metrics, handshake=handshake)
 
 
 async def _serve_broker(config: MeshConfig, metrics: str | None, *, handshake: bool) -> None:
+    bus = config.bus
     broker = BrokerServer(
-        address=config.bus(),
-        payload_limit=config.payload_limit,
+        address=bus.broker_address(),
+        payload_limit=config.limits.payload_limit,
         grace_seconds=1.0,
-        nats_url=config.nats_url,
-        durable=config.durable,
-        max_deliveries=config.max_deliveries,
+        nats_url=bus.nats_url,
+        durable=bus.durable,
+        max_deliveries=bus.max_deliveries,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -201,7 +215,7 @@ async def _start(config: MeshConfig, children: list[MeshProcess], out: TextIO, o
     """Start the broker and every agent, each in its own process, into ``children`` (so a failure
     leaves them to stop), and hand out the addresses. ``options`` go before each child's command."""
     assert config.path is not None
-    commands = [(BROKER_NAME, ["broker"])] if config.bus_address is not None else []
+    commands = [(BROKER_NAME, ["broker"])] if config.bus.address is not None else []
     commands += [(name, ["serve", name]) for name in config.agents]
     for name, command in commands:
         process = await asyncio.create_subprocess_exec(
@@ -319,7 +333,7 @@ async def run_mesh(config: MeshConfig, out: TextIO = sys.stdout, *, options: Seq
             )
         return 1 if died else 0
     finally:
-        await _stop(children, config.grace_seconds)
+        await _stop(children, config.limits.grace_seconds)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         if children:

@@ -14,12 +14,11 @@ import time
 from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-import grpc
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from kosmos_grpc.client import DEFAULT_TIMEOUT_MS, Coordinator, ScopedClient
 from kosmos_grpc.envelope import new_message_id
-from kosmos_grpc.errors import ORIGIN, DeadlineExceeded, InvalidEnvelope, KosmosError, is_final
+from kosmos_grpc.errors import DeadlineExceeded, InvalidEnvelope, KosmosError, SagaFailed, is_final
 from kosmos_grpc.subjects import AUDIT_LOG
 
 if TYPE_CHECKING:
@@ -28,13 +27,12 @@ if TYPE_CHECKING:
     from tenacity.wait import wait_base
 
     from kosmos_grpc.bus.protocol import EventBus
-    from kosmos_grpc.client import Response
+    from kosmos_grpc.calls import Response
 
 __all__ = [
     "AUDIT_TIMEOUT_MS",
     "Call",
     "Saga",
-    "SagaFailed",
     "SagaResult",
     "SagaStep",
     "ScatterResult",
@@ -247,52 +245,6 @@ class SagaResult:
     responses: list[Response]
 
 
-class SagaFailed(KosmosError):
-    """A saga step failed; the steps completed before it were compensated, as far as possible.
-
-    ``code`` is the failing step's. ``compensation_failures`` holds the steps that could not be
-    undone (after retries): when it is not empty, the saga has left state behind.
-    """
-
-    code = grpc.StatusCode.ABORTED
-    reason = "SAGA_FAILED"
-
-    def __init__(
-        self,
-        saga_id: str,
-        step: SagaStep,
-        cause: KosmosError,
-        *,
-        responses: list[Response],
-        compensated: list[SagaStep],
-        compensation_failures: dict[SagaStep, KosmosError],
-    ) -> None:
-        undone = (
-            f"could not compensate {', '.join(s.name for s in compensation_failures)}"
-            if compensation_failures
-            else f"compensated {len(compensated)} completed step(s)"
-        )
-        super().__init__(
-            f"saga {saga_id} failed at step {step.name}: {cause}; {undone}",
-            # The failing agent stays named: a caller must not blame (or retry) the saga's runner.
-            metadata={"saga_id": saga_id, "step": step.name, **({ORIGIN: cause.origin} if cause.origin else {})},
-        )
-        self.code = cause.code
-        self.saga_id = saga_id
-        self.step = step
-        self.cause = cause
-        #: The responses of the steps that completed before the failure, in order.
-        self.responses = responses
-        #: The steps compensated, in the order they were (the reverse of the saga's).
-        self.compensated = compensated
-        self.compensation_failures = compensation_failures
-
-    @property
-    def retryable(self) -> bool:
-        """A saga left half undone must not simply be run again."""
-        return not self.compensation_failures and super().retryable
-
-
 async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
     """Run ``work`` in a task of its own to its end, shielded; a cancellation meanwhile is raised after."""
     task = asyncio.create_task(work)
@@ -380,10 +332,16 @@ class Saga:
         compensated, failures = await self._compensate(scoped, saga_id, done)
         outcome = "failed" if failures else "rolled_back"
         await self._audit(scoped, saga_id, "", outcome, error=cause.code.name, failed_step=failed_step.name)
+        undone = (
+            f"could not compensate {', '.join(s.name for s in failures)}"
+            if failures
+            else f"compensated {len(compensated)} completed step(s)"
+        )
         return SagaFailed(
-            saga_id,
-            failed_step,
-            cause,
+            f"saga {saga_id} failed at step {failed_step.name}: {cause}; {undone}",
+            metadata={"saga_id": saga_id, "step": failed_step.name},
+            cause=cause,
+            step=failed_step,
             responses=[response for _, response in done],
             compensated=compensated,
             compensation_failures=failures,

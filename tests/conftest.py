@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kosmos_grpc import Agent, AgentServer, Coordinator, Registry
+from kosmos_grpc import Agent, AgentServer, Coordinator, Registry, ResiliencePolicy, ServerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -51,8 +51,11 @@ class Mesh:
         self.registry = Registry()
         self.servers: list[AgentServer] = []
 
-    async def serve(self, agent: Agent, **kwargs: Any) -> AgentServer:
-        server = AgentServer(agent, address="127.0.0.1:0", registry=self.registry, grace_seconds=1, **kwargs)
+    async def serve(self, agent: Agent, *, resilience: ResiliencePolicy | bool = True, **settings: Any) -> AgentServer:
+        """Serve ``agent`` on a free port; ``settings`` are :class:`ServerSettings` fields."""
+        server = AgentServer(
+            agent, ServerSettings(grace_seconds=1, **settings), registry=self.registry, resilience=resilience
+        )
         await server.start()
         self.servers.append(server)
         return server

@@ -19,7 +19,7 @@ _AGENT = "[agents.a]\nobject='m:C'\naddress='h:1'\n"
 def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
     config = load_config(ROOT / "kosmos.toml")
     assert set(config.agents) == {"zeus", "athena", "dionysus"}
-    assert config.payload_limit == 4 * 1024 * 1024
+    assert config.limits.payload_limit == 4 * 1024 * 1024
     assert config.resilience.chain("athena") == ["athena", "dionysus"]
     assert config.agent("zeus").max_concurrency == 64
     agent = load_agent(config.agent("athena").object)
@@ -94,11 +94,11 @@ def test_the_bus_section_names_the_broker_nats_and_the_durable_subjects(tmp_path
         "durable = ['kosmos.events.audit.log', 'kosmos.commands.>']\nmax_deliveries = 7\ndelegation_events = false\n"
     )
     config = load_config(path)
-    assert config.bus() == "127.0.0.1:0"
-    assert config.nats_url == "nats://127.0.0.1:4222"
-    assert config.durable == ("kosmos.events.audit.log", "kosmos.commands.>")
-    assert config.max_deliveries == 7
-    assert config.delegation_events is False
+    assert config.bus.broker_address() == "127.0.0.1:0"
+    assert config.bus.nats_url == "nats://127.0.0.1:4222"
+    assert config.bus.durable == ("kosmos.events.audit.log", "kosmos.commands.>")
+    assert config.bus.max_deliveries == 7
+    assert config.bus.delegation_events is False
     path.write_text("[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n[bus]\ndurable = ['a.>.b']\n")
     with pytest.raises(InvalidEnvelope, match="before its last token"):
         load_config(path)
@@ -109,11 +109,11 @@ def test_metrics_ports_are_per_agent_and_for_the_broker_and_optional(tmp_path: P
     path.write_text(f"{_AGENT}metrics_port = 0\n[agents.b]\nobject='m:C'\naddress='h:2'\n[bus]\naddress = 'h:3'\n")
     config = load_config(path)
     assert (config.agent("a").metrics_port, config.agent("b").metrics_port) == (0, None)
-    assert config.bus_metrics_port is None
+    assert config.bus.metrics_port is None
     path.write_text(f"{_AGENT}[bus]\naddress = 'h:3'\nmetrics_port = 9463\n")
-    assert load_config(path).bus_metrics_port == 9463
+    assert load_config(path).bus.metrics_port == 9463
     shipped = load_config(ROOT / "kosmos.toml")
-    ports = [agent.metrics_port for agent in shipped.agents.values()] + [shipped.bus_metrics_port]
+    ports = [agent.metrics_port for agent in shipped.agents.values()] + [shipped.bus.metrics_port]
     assert None not in ports
     assert len(set(ports)) == len(ports), "every process of the shipped mesh has a port of its own"
 
@@ -122,8 +122,8 @@ def test_bus_may_be_just_a_nats_url(tmp_path: Path) -> None:
     path = tmp_path / "kosmos.toml"
     path.write_text("bus = 'nats://127.0.0.1:4222'\n[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n")
     config = load_config(path)
-    assert config.nats_url == "nats://127.0.0.1:4222"
-    assert config.has_bus
+    assert config.bus.nats_url == "nats://127.0.0.1:4222"
+    assert config.bus.configured
     path.write_text("bus = 'http://nope'\n[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n")
     with pytest.raises(ConfigError, match="should be a nats:// URL"):
         load_config(path)

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kosmos_grpc import AGENT_SERVICE, AgentServer
+from kosmos_grpc import AGENT_SERVICE, AgentServer, ServerSettings
 
 from .conftest import Mesh
 from .helpers.agents import Echo, Probe
@@ -36,7 +36,7 @@ async def test_unknown_health_service_is_not_found(mesh: Mesh) -> None:
 
 
 async def test_watch_sees_not_serving_until_ready_then_serving_then_not_serving_on_shutdown() -> None:
-    server = AgentServer(Echo(), address="127.0.0.1:0", grace_seconds=1)
+    server = AgentServer(Echo(), ServerSettings(grace_seconds=1))
     try:
         await server.start(serving=False)
         async with grpc.aio.insecure_channel(server.address) as channel:
@@ -84,6 +84,6 @@ async def test_stop_called_twice_at_once_waits_for_the_one_drain(mesh: Mesh) -> 
 
 async def test_a_second_server_on_a_taken_address_says_so(mesh: Mesh) -> None:
     taken = await mesh.serve(Echo())
-    late = AgentServer(Echo(), address=taken.address)
+    late = AgentServer(Echo(), ServerSettings(address=taken.address))
     with pytest.raises(OSError, match=f"cannot listen on {taken.address}"):
         await late.start()

@@ -16,6 +16,7 @@ from kosmos_grpc import (
     Registry,
     ResourceExhausted,
     Response,
+    ServerSettings,
 )
 from kosmos_grpc.envelope import new_message_id
 from kosmos_grpc.idempotency import ExecutedCalls
@@ -92,7 +93,7 @@ async def test_a_duplicate_that_arrives_while_the_first_runs_waits_for_it(mesh: 
 async def test_a_call_whose_connection_breaks_after_the_handler_ran_is_retried_and_runs_once() -> None:
     flaky = Flaky()
     registry = Registry()
-    server = AgentServer(flaky, registry=registry, grace_seconds=0)
+    server = AgentServer(flaky, ServerSettings(grace_seconds=0), registry=registry)
     await server.start()
     proxy = Proxy(server.address)
     await proxy.start()
@@ -202,7 +203,7 @@ async def test_a_kept_failure_holds_no_traceback(mesh: Mesh) -> None:
     async with mesh.client(resilience=False) as client:
         with pytest.raises(InvalidEnvelope):  # raised by the handler itself, so it has a traceback to lose
             await client.delegate("flaky", "fail_then_succeed", {"times": 1, "error": "invalid"}, message_id=message_id)
-    executed = server._servicer.executed
+    executed = server.servicer.executed
     assert executed is not None
     first, entry = executed.claim(message_id)
     assert not first
@@ -228,7 +229,7 @@ async def test_the_memory_of_executed_calls_is_bounded_in_bytes() -> None:
 async def test_a_stream_whose_connection_breaks_before_its_first_chunk_is_not_run_twice_by_the_retry() -> None:
     flaky = Flaky()
     flaky.gate.clear()
-    server = AgentServer(flaky, registry=Registry(), grace_seconds=0)
+    server = AgentServer(flaky, ServerSettings(grace_seconds=0), registry=Registry())
     await server.start()
     proxy = Proxy(server.address)
     await proxy.start()

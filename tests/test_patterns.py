@@ -349,9 +349,7 @@ async def test_an_audit_bus_that_fails_never_changes_the_saga_s_outcome(
 
 def test_a_failed_saga_still_names_the_agent_whose_failure_it_was() -> None:
     cause = AgentUnavailable("athena is down", metadata={"origin": "athena"})
-    failed = SagaFailed(
-        "saga-1", SagaStep("athena", "answer"), cause, responses=[], compensated=[], compensation_failures={}
-    )
+    failed = SagaFailed("saga saga-1 failed at step athena", cause=cause, step=SagaStep("athena", "answer"))
     # Whoever called the agent that ran the saga must not blame (nor retry) that agent for it.
     assert failed.origin == "athena"
     assert failed.code == grpc.StatusCode.UNAVAILABLE

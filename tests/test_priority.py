@@ -16,7 +16,7 @@ from tests.helpers.agents import Queued
 
 async def _waiting(server_queue: Queued, mesh: Mesh, count: int) -> None:
     """Until ``count`` calls wait in the queued agent's admission queue (bounded)."""
-    admission = mesh.servers[-1]._servicer.admission
+    admission = mesh.servers[-1].servicer.admission
     assert admission is not None
     for _ in range(250):
         if admission.waiting == count:

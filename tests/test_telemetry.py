@@ -84,10 +84,10 @@ async def test_a_stream_left_mid_way_ends_without_a_context_error(mesh: Mesh, ca
                     if chunk.sequence == 2:
                         break
     for _ in range(250):  # bounded: until the server has closed every stream
-        if server._servicer.in_flight == 0:
+        if server.servicer.in_flight == 0:
             break
         await asyncio.sleep(0.02)
-    assert server._servicer.in_flight == 0
+    assert server.servicer.in_flight == 0
     assert not [r for r in caplog.records if r.name == "opentelemetry.context"], caplog.text
 
 

@@ -17,10 +17,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kosmos_grpc._grpc import server_options
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus.local import LocalBus
 from kosmos_grpc.bus.nats_backend import DEFAULT_DURABLE, DEFAULT_MAX_DELIVERIES, NatsEventBus
-from kosmos_grpc.client import channel_options
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate
 from kosmos_grpc.errors import KosmosError, to_status
 from kosmos_grpc.subjects import check_subject, validate_headers
@@ -216,7 +216,7 @@ class BrokerServer:
         self.health = health.aio.HealthServicer()
         self.grace_seconds = grace_seconds
         self._requested = address
-        self._server = grpc.aio.server(options=[*channel_options(payload_limit, server=True), ("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(options=server_options(payload_limit))
         add_bus_servicer(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection([BUS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server)

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 
+from kosmos_grpc._grpc import channel_options
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus.broker import BUS_SERVICE, MAX_BATCH, MAX_BATCH_BYTES
 from kosmos_grpc.bus.event import Event, event_message
 from kosmos_grpc.bus.metrics import published, received
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
-from kosmos_grpc.client import channel_options
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS
 from kosmos_grpc.errors import KosmosError, from_rpc_error
 from kosmos_grpc.telemetry.tracing import publish_headers

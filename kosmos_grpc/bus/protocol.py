@@ -1,4 +1,4 @@
-"""What every event bus backend offers, and how a process gets the one its config names."""
+"""What every event bus backend offers: the EventBus protocol."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ if TYPE_CHECKING:
 
     from kosmos_grpc.bus.event import Event
     from kosmos_grpc.bus.subscription import Subscription
-    from kosmos_grpc.config import MeshConfig
 
-__all__ = ["EventBus", "open_bus"]
+__all__ = ["EventBus"]
 
 
 class EventBus(Protocol):
@@ -52,23 +51,3 @@ class EventBus(Protocol):
     async def close(self) -> None:
         """Send what is pending, end every subscription, disconnect."""
         ...
-
-
-async def open_bus(config: MeshConfig, source_agent: str, *, broker: str | None = None) -> EventBus:
-    """The bus the config names, connected: NATS when ``[bus] nats`` is set, else the embedded broker.
-
-    ``broker`` overrides the embedded broker's address (``kosmos up`` hands out the real one).
-    """
-    from kosmos_grpc.bus.client import GrpcEventBus
-    from kosmos_grpc.bus.nats_backend import NatsEventBus
-
-    if config.nats_url:
-        nats = NatsEventBus(
-            config.nats_url,
-            source_agent=source_agent,
-            payload_limit=config.payload_limit,
-            durable=config.durable,
-            max_deliveries=config.max_deliveries,
-        )
-        return await nats.connect()
-    return GrpcEventBus(broker or config.bus(), source_agent=source_agent, payload_limit=config.payload_limit)

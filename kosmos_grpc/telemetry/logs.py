@@ -15,36 +15,55 @@ import logging
 import sys
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import trace
 
 if TYPE_CHECKING:
     from typing import TextIO
 
-    from kosmos_grpc.agent import Context
+    from kosmos_grpc.calls import Envelope
 
-__all__ = ["LOG_FORMATS", "TEXT_FORMAT", "JsonFormatter", "TextFormatter", "configure_logging", "current_call"]
+__all__ = [
+    "LOG_FORMATS",
+    "TEXT_FORMAT",
+    "JsonFormatter",
+    "LoggedCall",
+    "TextFormatter",
+    "configure_logging",
+    "current_call",
+]
 
 #: The formats ``configure_logging``, ``kosmos --log-format`` and ``[mesh] log_format`` accept.
 LOG_FORMATS = ("text", "json")
 #: The human line, before the call's fields.
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+
+class LoggedCall(Protocol):
+    """What a line logged during a call says of it (a handler's ``Context`` is one)."""
+
+    @property
+    def agent_name(self) -> str: ...
+
+    @property
+    def envelope(self) -> Envelope: ...
+
+
 #: The call the running handler serves; set by the agent server for each call (each runs in a task of its own).
-current_call: ContextVar[Context | None] = ContextVar("kosmos_current_call", default=None)
+current_call: ContextVar[LoggedCall | None] = ContextVar("kosmos_current_call", default=None)
 
 # Marks the handler configure_logging installed, so a second call replaces it instead of adding one.
 _HANDLER_NAME = "kosmos"
 
 
-def _call_fields(call: Context) -> dict[str, str]:
+def _call_fields(call: LoggedCall) -> dict[str, str]:
     """The fields that tie a line to ``call``: who serves it, what it is, and its trace."""
-    message = call.message
+    message = call.envelope
     fields = {
         "agent": call.agent_name,
         "action": message.action,
-        "correlation_id": call.correlation_id,
+        "correlation_id": message.correlation_id,
         "message_id": message.message_id,
     }
     span = trace.get_current_span().get_span_context()

@@ -42,10 +42,10 @@ class Echo(Agent):
         """What the handler sees of the call."""
         return {
             "correlation_id": ctx.correlation_id,
-            "message_id": ctx.message.message_id,
+            "message_id": ctx.envelope.message_id,
             "priority": ctx.priority.name,
             "time_remaining": ctx.time_remaining(),
-            "trace_id": ctx.message.trace_id,
+            "trace_id": ctx.envelope.trace_id,
         }
 
     @action
@@ -192,7 +192,7 @@ class Flaky(Agent):
 
         With payload.only, only the agent of that name fails.
         """
-        self.calls.append(ctx.message.message_id)
+        self.calls.append(ctx.envelope.message_id)
         if payload.get("only", self.name) == self.name and len(self.calls) <= int(payload.get("times", 0)):
             kind = payload.get("error", "unavailable")
             if kind == "unavailable":
@@ -207,7 +207,7 @@ class Flaky(Agent):
     @action
     async def effect(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
         """Perform a side effect (count it), then wait for the gate and answer."""
-        self.calls.append(ctx.message.message_id)
+        self.calls.append(ctx.envelope.message_id)
         self.effects += 1
         self.ran.set()
         await self.gate.wait()
@@ -216,7 +216,7 @@ class Flaky(Agent):
     @action
     async def effect_stream(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Perform a side effect (count it), stream payload.chunks chunks, then fail if payload.fail."""
-        self.calls.append(ctx.message.message_id)
+        self.calls.append(ctx.envelope.message_id)
         self.effects += 1
         self.ran.set()
         for i in range(int(payload.get("chunks", 2))):
@@ -228,7 +228,7 @@ class Flaky(Agent):
     @action
     async def stream_after_failures(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Fail UNAVAILABLE for the first payload.times calls, before any chunk; then stream two."""
-        self.calls.append(ctx.message.message_id)
+        self.calls.append(ctx.envelope.message_id)
         if len(self.calls) <= int(payload.get("times", 0)):
             raise AgentUnavailable("flaky is not ready to stream")
         for i in range(2):
@@ -271,7 +271,7 @@ def _seen_trace(ctx: Context) -> dict[str, str]:
     span = trace.get_current_span().get_span_context()
     if span.is_valid:
         return {"trace_id": format(span.trace_id, "032x"), "span_id": format(span.span_id, "016x")}
-    return {"trace_id": ctx.message.trace_id}
+    return {"trace_id": ctx.envelope.trace_id}
 
 
 class Narrator(Agent):

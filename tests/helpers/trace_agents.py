@@ -21,7 +21,7 @@ class Planner(Agent):
         """Delegate to scribe.write, then publish one event (acknowledged by the bus)."""
         written = await ctx.client.delegate("scribe", "write", {"topic": payload.get("topic", "")})
         await ctx.bus.publish(EVENT_SUBJECT, {"planned": True}, acknowledge=True)
-        return {"trace_id": ctx.message.trace_id, "scribe": written.result}
+        return {"trace_id": ctx.envelope.trace_id, "scribe": written.result}
 
 
 class Scribe(Agent):
@@ -35,13 +35,13 @@ class Scribe(Agent):
     @action
     async def write(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
         """Write about payload.topic; say which trace the call belonged to."""
-        return {"text": f"on {payload.get('topic')}", "trace_id": ctx.message.trace_id}
+        return {"text": f"on {payload.get('topic')}", "trace_id": ctx.envelope.trace_id}
 
     @action
     async def recite(self, ctx: Context, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Stream three lines, each saying which trace the call belonged to."""
         for line in range(3):
-            yield {"line": line, "trace_id": ctx.message.trace_id}
+            yield {"line": line, "trace_id": ctx.envelope.trace_id}
 
     @action
     async def listen(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:

@@ -103,7 +103,7 @@ class Worker(Agent):
     async def release(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
         """Undo a reservation; first stalls past any deadline, then fails, as often as this agent was told to."""
         self.journal.releases.append((self.name, payload))
-        self.journal.release_message_ids.append(ctx.message.message_id)
+        self.journal.release_message_ids.append(ctx.envelope.message_id)
         if self.release_stalls > 0:
             self.release_stalls -= 1
             self.journal.entries.append(f"{self.name}.release_stalled")

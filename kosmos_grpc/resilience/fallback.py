@@ -1,4 +1,4 @@
-"""The client interceptor every delegation goes through: fallbacks, then a breaker and retries per target."""
+"""One caller's resilience: fallbacks, then a circuit breaker and retries per target agent."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from kosmos_grpc.errors import CircuitOpen, DeadlineExceeded, KosmosError
+from kosmos_grpc.deadlines import time_left
+from kosmos_grpc.errors import CircuitOpen, KosmosError
 from kosmos_grpc.resilience.breaker import CircuitBreaker
 from kosmos_grpc.resilience.policy import ResiliencePolicy
 
@@ -87,9 +88,9 @@ class Resilience:
 
     async def _once(self, target: str, attempt: Callable[[str], Awaitable[T]], deadline: float | None) -> T:
         """One attempt through the target's breaker, which learns how it went."""
-        if deadline is not None and time.monotonic() >= deadline:
+        if deadline is not None:
             # Our own deadline, not the target's failure: checked before the breaker sees a call.
-            raise DeadlineExceeded(f"no time left to call {target}: the deadline has passed")
+            time_left(deadline, target)
         breaker = self._breakers.get(target) or self.breaker(target)
         breaker.enter()
         try:

@@ -1,0 +1,144 @@
+"""The values a caller gets and a handler sees: responses, chunks, agent cards, call scopes, envelopes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from kosmos_grpc.envelope import DEFAULT_TTL_MS, Priority, struct_to_dict
+
+if TYPE_CHECKING:
+    from google.protobuf import struct_pb2
+
+    from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
+
+__all__ = ["ActionInfo", "AgentCard", "CallScope", "Chunk", "CircuitInfo", "Envelope", "Response"]
+
+
+# Response and Chunk are made once per call or chunk: plain slotted dataclasses, as a frozen
+# one's __init__ costs several times more.
+@dataclass(slots=True)
+class Response:
+    """An agent's answer: which agent answered, to which message, and the result.
+
+    ``fallback_for`` names the agent asked for when another answered in its place.
+    """
+
+    agent: str
+    request_message_id: str
+    correlation_id: str
+    result: dict[str, Any]
+    fallback_for: str | None = None
+
+
+class Chunk:
+    """One chunk of a streamed answer.
+
+    ``data`` is converted from the wire on first use; a streaming action that yields a Chunk it
+    received passes it on without converting it at all (how Zeus relays).
+    """
+
+    __slots__ = ("_data", "_wire", "agent", "sequence")
+
+    def __init__(
+        self, agent: str, sequence: int, data: dict[str, Any] | None = None, *, wire: struct_pb2.Struct | None = None
+    ) -> None:
+        self.agent = agent
+        self.sequence = sequence
+        self._data = data
+        self._wire = wire
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The chunk's content."""
+        if self._data is None:
+            self._data = {} if self._wire is None else struct_to_dict(self._wire)
+        return self._data
+
+    @property
+    def wire(self) -> struct_pb2.Struct | None:
+        """The Struct as received, while ``data`` has not been touched (so it cannot differ)."""
+        return self._wire if self._data is None else None
+
+    def __repr__(self) -> str:
+        return f"Chunk(agent={self.agent!r}, sequence={self.sequence}, data={self.data!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Chunk):
+            return NotImplemented
+        return (self.agent, self.sequence, self.data) == (other.agent, other.sequence, other.data)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionInfo:
+    """One action on an agent's card."""
+
+    name: str
+    description: str
+    streaming: bool
+    input_schema: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitInfo:
+    """An agent's circuit breaker to one target: ``state`` is closed, half_open or open."""
+
+    target: str
+    state: str
+    failures: int
+    retry_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCard:
+    """What an agent says of itself through Describe, with its circuits to the agents it calls."""
+
+    name: str
+    description: str
+    version: str
+    actions: list[ActionInfo] = field(default_factory=list)
+    circuits: list[CircuitInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CallScope:
+    """The call a delegation is made from: its deadline (``time.monotonic``) and its correlation_id."""
+
+    deadline: float | None
+    correlation_id: str
+    source_agent: str
+    trace_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The envelope of the call a handler serves, as a read-only value (its payload is ``ctx.payload``)."""
+
+    message_id: str
+    timestamp: datetime
+    source_agent: str
+    target_agent: str
+    action: str
+    correlation_id: str
+    trace_id: str
+    priority: Priority
+    ttl_ms: int
+
+    @classmethod
+    def of(cls, message: envelope_pb2.AgentMessage) -> Envelope:
+        """The value of a validated ``AgentMessage`` (its defaults filled in)."""
+        stamp = message.timestamp
+        return cls(
+            message_id=message.message_id,
+            timestamp=datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, UTC),
+            source_agent=message.source_agent,
+            target_agent=message.target_agent,
+            action=message.action,
+            correlation_id=message.correlation_id,
+            trace_id=message.trace_id,
+            priority=Priority(message.priority) or Priority.NORMAL,
+            ttl_ms=message.ttl_ms or DEFAULT_TTL_MS,
+        )

@@ -1,0 +1,54 @@
+"""The priority queue as a link of the server's chain: a call runs once :class:`Admission` gives it a turn."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+from kosmos_grpc.interceptors.inbound import InboundInterceptor
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
+    from kosmos_grpc._proto.kosmos.v1 import agent_pb2
+    from kosmos_grpc.admission import Admission
+    from kosmos_grpc.interceptors.inbound import ServedCall
+
+__all__ = ["AdmissionInterceptor"]
+
+
+class AdmissionInterceptor(InboundInterceptor):
+    """At most ``max_concurrency`` handlers at once; the rest wait by priority, or are shed."""
+
+    def __init__(self, next: InboundInterceptor, admission: Admission, agent: str) -> None:
+        super().__init__(next)
+        self.admission = admission
+        self.agent = agent
+
+    async def execute(self, call: ServedCall) -> agent_pb2.ExecuteResponse:
+        await self._wait_turn(call)
+        try:
+            return await self.next.execute(call)
+        finally:
+            self.admission.release()
+
+    async def stream(self, call: ServedCall) -> AsyncGenerator[agent_pb2.StreamResponse, None]:
+        await self._wait_turn(call)
+        try:
+            async with contextlib.aclosing(self.next.stream(call)) as replies:
+                async for reply in replies:
+                    yield reply
+        finally:
+            self.admission.release()
+
+    async def _wait_turn(self, call: ServedCall) -> None:
+        """Wait for a turn to run and take the wait off the call's timer (DeadlineExceeded when nothing is left)."""
+        admission, ctx = self.admission, call.ctx
+        what = f"{self.agent}.{call.spec.name}"
+        await admission.acquire(call.message.priority, ctx.time_remaining(), what)
+        if call.timer is not None and ctx.deadline is not None:
+            call.timer = ctx.deadline - time.monotonic()
+            if call.timer <= 0:
+                admission.release()
+                raise admission.expired(what)

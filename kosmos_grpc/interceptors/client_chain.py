@@ -1,0 +1,53 @@
+"""The order of the client's interceptors, set here and nowhere else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeAlias
+
+from kosmos_grpc.interceptors.announce import Announce
+from kosmos_grpc.interceptors.client_telemetry import ClientTelemetry
+from kosmos_grpc.interceptors.outbound import OutboundInterceptor
+from kosmos_grpc.interceptors.resilience import ResilienceInterceptor
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from kosmos_grpc.bus.protocol import EventBus
+    from kosmos_grpc.resilience import Resilience
+
+#: What makes an interceptor from the next link of the chain (an interceptor class itself, say).
+OutboundFactory: TypeAlias = Callable[[OutboundInterceptor], OutboundInterceptor]
+
+__all__ = ["OutboundFactory", "client_chain"]
+
+
+def client_chain(
+    transport: OutboundInterceptor,
+    *,
+    source: str,
+    telemetry: bool,
+    events: EventBus | None,
+    interceptors: Sequence[OutboundFactory],
+    resilience: Resilience | None,
+) -> OutboundInterceptor:
+    """The chain a delegation goes through, outermost first:
+
+    1. telemetry: the span covers everything below, retries and fallbacks included;
+    2. announcements: one per delegation, not per attempt;
+    3. the caller's own ``interceptors``, in the order given, each seeing the delegation once;
+    4. resilience: each attempt, to the target or a fallback, through its breaker, retried;
+    5. the transport: one gRPC call per attempt.
+
+    A concern that is off is left out of the chain, so that it costs nothing.
+    """
+    chain = transport
+    if resilience is not None:
+        chain = ResilienceInterceptor(chain, resilience)
+    for make in reversed(interceptors):
+        chain = make(chain)
+    if events is not None:
+        chain = Announce(chain, events)
+    if telemetry:
+        chain = ClientTelemetry(chain, source)
+    return chain

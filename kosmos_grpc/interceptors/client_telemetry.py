@@ -1,0 +1,97 @@
+"""The client's telemetry: a span per delegation (its context passed on in the call's metadata) and its metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+from kosmos_grpc.errors import KosmosError
+from kosmos_grpc.interceptors.outbound import OutboundInterceptor
+from kosmos_grpc.telemetry.metrics import UNKNOWN_LABEL, DelegationMetrics
+from kosmos_grpc.telemetry.tracing import end_span, start_client_span, trace_id_hex
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
+    from opentelemetry.trace import Span
+
+    from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
+    from kosmos_grpc.interceptors.outbound import Delegation
+
+__all__ = ["ClientTelemetry"]
+
+
+class ClientTelemetry(OutboundInterceptor):
+    """``delegate.<agent>.<action>`` spans, child of the current one, and ``agent_delegation_*`` metrics.
+
+    The span covers retries and fallbacks; the envelope's trace_id becomes the span's trace id.
+    """
+
+    def __init__(self, next: OutboundInterceptor, source: str) -> None:
+        super().__init__(next)
+        self.metrics = DelegationMetrics(source)
+
+    async def delegate(self, call: Delegation[agent_pb2.ExecuteRequest]) -> agent_pb2.ExecuteResponse:
+        span = self._start(call)
+        started = time.monotonic()
+        code = "CANCELLED"  # unless the call ends one way or the other
+        failure: BaseException | None = None
+        try:
+            reply = await self.next.delegate(call)
+            code = "OK"
+            return reply
+        except KosmosError as error:
+            code, failure = error.code.name, error
+            raise
+        except Exception as error:  # a fault on this side (cancellation is not an Exception)
+            code, failure = "UNKNOWN", error
+            raise
+        finally:
+            self._done(span, call.agent, call.action, code, failure, started)
+
+    async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+        span = self._start(call)
+        started = time.monotonic()
+        code = "CANCELLED"
+        failure: BaseException | None = None
+        try:
+            async with contextlib.aclosing(self.next.stream(call)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            code = "OK"
+        except KosmosError as error:
+            code, failure = error.code.name, error
+            raise
+        except Exception as error:
+            code, failure = "UNKNOWN", error
+            raise
+        finally:
+            self._done(span, call.agent, call.action, code, failure, started)
+
+    def _start(self, call: Delegation[agent_pb2.ExecuteRequest] | Delegation[agent_pb2.StreamRequest]) -> Span:
+        """The delegation's span; its context goes out in the call's metadata."""
+        agent, action, message = call.agent, call.action, call.request.message
+        span, call.metadata = start_client_span(
+            lambda: (
+                f"delegate.{agent}.{action}",
+                {"agent.name": agent, "agent.action": action, "kosmos.correlation_id": message.correlation_id},
+            )
+        )
+        trace_id = trace_id_hex(span)
+        if trace_id:
+            message.trace_id = trace_id
+        return span
+
+    def _done(
+        self, span: Span, agent: str, action: str, code: str, error: BaseException | None, started: float
+    ) -> None:
+        """Record how a delegation ended, on its span and in the metrics."""
+        # An agent or action that does not exist is counted under one label, so that bad requests
+        # (a name in a payload, say) cannot make series without end.
+        if code == "NOT_FOUND":
+            agent = action = UNKNOWN_LABEL
+        elif code == "UNIMPLEMENTED":
+            action = UNKNOWN_LABEL
+        self.metrics.record(agent, action, code, time.monotonic() - started)
+        end_span(span, code, error)

@@ -1,0 +1,74 @@
+"""The envelope's TTL enforced on the handler, where gRPC's own deadline (which cancels it) ends later."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from kosmos_grpc.deadlines import past_deadline
+from kosmos_grpc.interceptors.inbound import InboundInterceptor
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Awaitable
+
+    from kosmos_grpc._proto.kosmos.v1 import agent_pb2
+    from kosmos_grpc.interceptors.inbound import ServedCall
+
+__all__ = ["DeadlineInterceptor", "within"]
+
+
+class DeadlineInterceptor(InboundInterceptor):
+    """Cancels the handler when ``call.timer`` runs out, answering DEADLINE_EXCEEDED."""
+
+    def __init__(self, next: InboundInterceptor, agent: str) -> None:
+        super().__init__(next)
+        self.agent = agent
+
+    async def execute(self, call: ServedCall) -> agent_pb2.ExecuteResponse:
+        if call.timer is None:
+            return await self.next.execute(call)
+        reply: agent_pb2.ExecuteResponse = await within(self.next.execute(call), call.timer, self.agent, call.spec.name)
+        return reply
+
+    def stream(self, call: ServedCall) -> AsyncGenerator[agent_pb2.StreamResponse, None]:
+        replies = self.next.stream(call)
+        if call.timer is None:
+            return replies
+        deadline = asyncio.get_running_loop().time() + call.timer
+        return _bounded(replies, deadline, self.agent, call.spec.name)
+
+
+async def within(work: Awaitable[Any], seconds: float, agent: str, action: str) -> Any:
+    """Await ``work`` for at most ``seconds``, cancelling it then (a handler's own TimeoutError stays its own)."""
+    scope = asyncio.timeout(seconds)
+    try:
+        async with scope:
+            return await work
+    except TimeoutError:
+        if scope.expired():
+            raise past_deadline(agent, action) from None
+        raise
+
+
+async def _bounded(
+    items: AsyncGenerator[Any, None], deadline: float, agent: str, action: str
+) -> AsyncGenerator[Any, None]:
+    """``items`` until the loop clock reaches ``deadline``; then the action is cancelled.
+
+    The timer wraps each step of the action only, never a ``yield``: a timeout must not fire
+    while gRPC holds this generator suspended between chunks.
+    """
+    async with contextlib.aclosing(items):
+        while True:
+            scope = asyncio.timeout_at(deadline)
+            try:
+                async with scope:
+                    item = await anext(items)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if scope.expired():
+                    raise past_deadline(agent, action) from None
+                raise
+            yield item

@@ -1,0 +1,55 @@
+"""Resilience as a link of the client's chain: retries, a breaker per target and fallbacks around each call."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+from kosmos_grpc.interceptors.outbound import OutboundInterceptor
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
+    from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
+    from kosmos_grpc.interceptors.outbound import Delegation
+    from kosmos_grpc.resilience import Resilience
+
+__all__ = ["ResilienceInterceptor"]
+
+
+class ResilienceInterceptor(OutboundInterceptor):
+    """Each attempt goes on to ``next`` with ``target`` set, as :class:`Resilience` decides.
+
+    A stream is covered until its first chunk: after that, chunks have been seen, and a retry
+    would repeat them.
+    """
+
+    def __init__(self, next: OutboundInterceptor, resilience: Resilience) -> None:
+        super().__init__(next)
+        self.resilience = resilience
+
+    async def delegate(self, call: Delegation[agent_pb2.ExecuteRequest]) -> agent_pb2.ExecuteResponse:
+        async def attempt(target: str) -> agent_pb2.ExecuteResponse:
+            call.target = target
+            return await self.next.delegate(call)
+
+        return await self.resilience.call(call.agent, attempt, call.deadline)
+
+    async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+        async def start(
+            target: str,
+        ) -> tuple[AsyncGenerator[envelope_pb2.StreamChunk, None], envelope_pb2.StreamChunk | None]:
+            call.target = target
+            chunks = self.next.stream(call)
+            try:
+                return chunks, await anext(chunks)
+            except StopAsyncIteration:  # a stream of no chunks at all
+                return chunks, None
+
+        chunks, first = await self.resilience.call(call.agent, start, call.deadline)
+        async with contextlib.aclosing(chunks):
+            if first is None:
+                return
+            yield first
+            async for chunk in chunks:
+                yield chunk

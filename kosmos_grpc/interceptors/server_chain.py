@@ -1,0 +1,58 @@
+"""The order of the server's interceptors, set here and nowhere else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeAlias
+
+from kosmos_grpc.interceptors.admission import AdmissionInterceptor
+from kosmos_grpc.interceptors.deadline import DeadlineInterceptor
+from kosmos_grpc.interceptors.idempotency import IdempotencyInterceptor
+from kosmos_grpc.interceptors.inbound import InboundInterceptor
+from kosmos_grpc.interceptors.server_telemetry import ServerTelemetry
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from kosmos_grpc._proto.kosmos.v1 import agent_pb2
+    from kosmos_grpc.admission import Admission
+    from kosmos_grpc.idempotency import ExecutedCalls
+
+#: What makes an interceptor from the next link of the chain (an interceptor class itself, say).
+InboundFactory: TypeAlias = Callable[[InboundInterceptor], InboundInterceptor]
+
+__all__ = ["InboundFactory", "server_chain"]
+
+
+def server_chain(
+    handlers: InboundInterceptor,
+    *,
+    agent: str,
+    telemetry: bool,
+    interceptors: Sequence[InboundFactory],
+    executed: ExecutedCalls[agent_pb2.ExecuteResponse] | None,
+    admission: Admission | None,
+    running: Callable[[], float],
+) -> InboundInterceptor:
+    """The chain a served call goes through once its envelope is checked, outermost first:
+
+    1. telemetry: the SERVER span and the log fields cover everything below;
+    2. the agent's own ``interceptors``, in the order given (before anything is claimed or queued);
+    3. idempotency: a duplicate message_id is answered from memory, never run twice;
+    4. admission: the priority queue, when ``max_concurrency`` is set;
+    5. the deadline: the envelope's TTL, where gRPC's own deadline ends later;
+    6. the handlers, which run the action (``running`` counts them).
+
+    A concern that is off is left out of the chain, so that it costs nothing.
+    """
+    chain: InboundInterceptor = DeadlineInterceptor(handlers, agent)
+    if admission is not None:
+        chain = AdmissionInterceptor(chain, admission, agent)
+    if executed is not None:
+        chain = IdempotencyInterceptor(chain, executed, agent)
+    for make in reversed(interceptors):
+        chain = make(chain)
+    if telemetry:
+        waiting = (lambda: admission.waiting) if admission is not None else (lambda: 0)
+        chain = ServerTelemetry(chain, agent, running, waiting)
+    return chain

@@ -1,0 +1,106 @@
+"""The server's telemetry: a span per served call continuing the caller's trace, log fields, and gauges."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from kosmos_grpc._grpc import AGENT_SERVICE
+from kosmos_grpc.errors import KosmosError
+from kosmos_grpc.interceptors.inbound import InboundInterceptor
+from kosmos_grpc.telemetry.logs import current_call
+from kosmos_grpc.telemetry.metrics import CALLS_IN_FLIGHT, QUEUE_DEPTH, watch
+from kosmos_grpc.telemetry.tracing import finish_span, start_server_span, trace_id_hex
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Callable
+
+    from opentelemetry.trace import Span
+
+    from kosmos_grpc._proto.kosmos.v1 import agent_pb2
+    from kosmos_grpc.interceptors.inbound import ServedCall
+
+__all__ = ["ServerTelemetry"]
+
+
+class ServerTelemetry(InboundInterceptor):
+    """``execute|stream.<agent>.<action>`` SERVER spans, current while the handler runs, and the call's log fields.
+
+    ``running`` and ``waiting`` are read when ``kosmos_calls_in_flight`` and ``kosmos_queue_depth``
+    are scraped, so the gauges cost the calls nothing.
+    """
+
+    def __init__(
+        self, next: InboundInterceptor, agent: str, running: Callable[[], float], waiting: Callable[[], float]
+    ) -> None:
+        super().__init__(next)
+        self.agent = agent
+        self._unwatch = [watch(CALLS_IN_FLIGHT, agent, running), watch(QUEUE_DEPTH, agent, waiting)]
+
+    def close(self) -> None:
+        """Stop showing this server's calls in the gauges."""
+        for unwatch in self._unwatch:
+            unwatch()
+        self._unwatch = []
+        super().close()
+
+    async def execute(self, call: ServedCall) -> agent_pb2.ExecuteResponse:
+        traced = self._trace("execute", call)
+        current_call.set(call.ctx)
+        try:
+            reply = await self.next.execute(call)
+        except KosmosError as error:
+            finish_span(traced, error.code.name, error)
+            raise
+        except BaseException as error:
+            # Cancelled, or a fault of the chain's own (the servicer answers INTERNAL for it).
+            finish_span(traced, "CANCELLED" if not isinstance(error, Exception) else "INTERNAL", error)
+            raise
+        finish_span(traced, "OK")
+        return reply
+
+    async def stream(self, call: ServedCall) -> AsyncGenerator[agent_pb2.StreamResponse, None]:
+        traced = self._trace("stream", call)
+        current_call.set(call.ctx)
+        try:
+            async with contextlib.aclosing(self.next.stream(call)) as replies:
+                async for reply in replies:
+                    yield reply
+        except KosmosError as error:
+            finish_span(traced, error.code.name, error)
+            raise
+        except GeneratorExit:
+            # The caller went away while this waited at a yield; gRPC closes the generator from
+            # another task, whose context is not the one the span was made current in.
+            finish_span(traced, "CANCELLED", detach=False)
+            raise
+        except BaseException as error:
+            finish_span(traced, "CANCELLED" if not isinstance(error, Exception) else "INTERNAL", error)
+            raise
+        # Every chunk is made and handed on: the stream is done, whatever becomes of its final marker.
+        finish_span(traced, "OK")
+
+    def _trace(self, rpc: str, call: ServedCall) -> tuple[Span, object] | None:
+        """The call's SERVER span, continuing the caller's trace; None when there is no trace to follow.
+
+        The envelope's trace_id becomes the trace's id.
+        """
+        message, agent = call.message, self.agent
+
+        def describe() -> tuple[str, dict[str, Any]]:
+            return f"{rpc}.{agent}.{message.action}", {
+                "rpc.system": "grpc",
+                "rpc.service": AGENT_SERVICE,
+                "rpc.method": rpc.title(),
+                "agent.name": agent,
+                "agent.action": message.action,
+                "kosmos.message_id": message.message_id,
+                "kosmos.correlation_id": message.correlation_id,
+            }
+
+        traced = start_server_span(describe, call.context.invocation_metadata(), trace_id=message.trace_id)
+        if traced is not None:
+            trace_id = trace_id_hex(traced[0])
+            if trace_id:
+                message.trace_id = trace_id
+        return traced

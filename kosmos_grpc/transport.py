@@ -1,0 +1,130 @@
+"""The last link of the client's chain: one channel per agent address, and each attempt's gRPC call."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from kosmos_grpc._grpc import AgentStub, channel_options
+from kosmos_grpc.deadlines import time_left
+from kosmos_grpc.errors import ORIGIN, ActionFailed, KosmosError, PayloadTooLarge, StreamBroken, from_rpc_error
+from kosmos_grpc.interceptors.outbound import OutboundInterceptor
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Sequence
+
+    from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
+    from kosmos_grpc.interceptors.outbound import Delegation
+    from kosmos_grpc.registry import Registry
+
+__all__ = ["Transport", "explain"]
+
+
+class Transport(OutboundInterceptor):
+    """Sends each attempt to its target's current address, over a channel reused by every call.
+
+    ``grpc_interceptors`` are standard ``grpc.aio`` client interceptors given to every channel
+    (opentelemetry-instrumentation-grpc's, say).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        payload_limit: int,
+        grpc_interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
+        self.registry = registry
+        self._options = channel_options(payload_limit)
+        self._grpc_interceptors = list(grpc_interceptors)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, AgentStub] = {}
+
+    async def close(self) -> None:
+        """Close every channel."""
+        channels, self._channels, self._stubs = self._channels, {}, {}
+        for channel in channels.values():
+            await channel.close()
+
+    def channel(self, agent: str) -> grpc.aio.Channel:
+        """The channel to ``agent``'s current address, made on first use."""
+        return self._channel(self.registry.address(agent))
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(
+                address, options=self._options, interceptors=self._grpc_interceptors or None
+            )
+            self._channels[address] = channel
+        return channel
+
+    def stub(self, agent: str) -> AgentStub:
+        """AgentService on ``agent``'s current address (AgentNotFound for a name the mesh does not know)."""
+        address = self.registry.address(agent)
+        stub = self._stubs.get(address)
+        if stub is None:
+            stub = self._stubs[address] = AgentStub(self._channel(address))
+        return stub
+
+    async def delegate(self, call: Delegation[agent_pb2.ExecuteRequest]) -> agent_pb2.ExecuteResponse:
+        target = call.target
+        call.request.message.target_agent = target
+        stub = self.stub(target)
+        try:
+            reply: agent_pb2.ExecuteResponse = await stub.Execute(
+                call.request, timeout=time_left(call.deadline, target, call.action), metadata=call.metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise explain(exc, target, call.action, call.timeout) from None
+        call.answered = reply.response.agent
+        return reply
+
+    async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+        target, action = call.target, call.action
+        call.request.message.target_agent = target
+        stream = self.stub(target).Stream(
+            call.request, timeout=time_left(call.deadline, target, action), metadata=call.metadata
+        )
+        try:
+            while True:
+                try:
+                    reply: Any = await stream.read()
+                except grpc.aio.AioRpcError as exc:
+                    raise explain(exc, target, action, call.timeout) from None
+                if reply is grpc.aio.EOF:
+                    raise StreamBroken(f"the stream from {target}.{action} ended without its final marker")
+                chunk = reply.chunk
+                if chunk.final:
+                    call.answered = chunk.agent
+                    return
+                yield chunk
+        finally:
+            stream.cancel()
+
+
+def explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float) -> KosmosError:
+    """The mesh error for a failed call, with the agent named where the transport said little.
+
+    Its ``origin`` is the agent whose failure it is: the one called, unless that one passed on
+    the failure of an agent it called in turn (which set its own ``origin``).
+    """
+    error = from_rpc_error(exc)
+    explained = bool(error.metadata) or isinstance(error, ActionFailed)  # by the agent itself
+    error.metadata.setdefault(ORIGIN, agent)
+    if explained:
+        return error
+    code = exc.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Sent message larger than max" in (exc.details() or ""):
+        # This channel refused to send it: the payload is far over the limit the mesh allows.
+        return PayloadTooLarge(
+            f"the payload to {agent}.{action} is over the limit ({exc.details()})", metadata={"field": "payload"}
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        error.message = f"{agent}.{action} did not answer within {timeout * 1000:.0f} ms"
+    elif code == grpc.StatusCode.UNAVAILABLE:
+        error.message = f"agent {agent!r} is unavailable: {exc.details()}"
+    else:
+        error.message = f"{agent}.{action} failed: {error.message}"
+    error.args = (error.message,)
+    return error
