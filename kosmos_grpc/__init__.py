@@ -25,7 +25,7 @@ from kosmos_grpc.envelope import (
     AgentMessage,
     Priority,
     new_message,
-    validate,
+    validate_and_fill,
 )
 from kosmos_grpc.errors import (
     ActionFailed,
@@ -142,5 +142,5 @@ __all__ = [
     "scatter_gather",
     "sequential",
     "serve_forever",
-    "validate",
+    "validate_and_fill",
 ]

@@ -28,7 +28,7 @@ __all__ = [
     "new_message",
     "new_message_id",
     "struct_to_dict",
-    "validate",
+    "validate_and_fill",
 ]
 
 AgentMessage = envelope_pb2.AgentMessage
@@ -214,7 +214,7 @@ def new_message(
     return message
 
 
-def validate(
+def validate_and_fill(
     message: envelope_pb2.AgentMessage,
     *,
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT,

@@ -335,7 +335,9 @@ def _make(
     retry_after: float | None,
 ) -> KosmosError:
     if cls is InvalidEnvelope:
-        return InvalidEnvelope(metadata.get("field", ""), message)
+        error: KosmosError = InvalidEnvelope(metadata.get("field", ""), message)
+        error.metadata.update(metadata)  # the origin too, so the agent that passed it on is not blamed
+        return error
     error = cls(message, metadata=metadata, retry_after=retry_after)
     error.code = code  # a status the hierarchy has no class for keeps its own code
     return error

@@ -13,7 +13,7 @@ from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.calls import Chunk
 from kosmos_grpc.context import Context
 from kosmos_grpc.deadlines import timer_for
-from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, dict_to_struct, validate
+from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, dict_to_struct, validate_and_fill
 from kosmos_grpc.errors import ActionFailed, ActionNotFound, AgentNotFound, KosmosError, WrongCallKind
 from kosmos_grpc.interceptors.inbound import InboundInterceptor, ServedCall
 from kosmos_grpc.interceptors.server_chain import server_chain
@@ -90,7 +90,7 @@ class AgentServicer:
 
     def _admit(self, message: envelope_pb2.AgentMessage, context: grpc.aio.ServicerContext[Any, Any]) -> ServedCall:
         """Validate the envelope and find its action: the call, ready for the chain."""
-        ttl_left = validate(message, payload_limit=self.payload_limit)
+        ttl_left = validate_and_fill(message, payload_limit=self.payload_limit)
         name = self._name
         target = message.target_agent
         if target and target != name:

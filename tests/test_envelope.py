@@ -8,7 +8,7 @@ import uuid
 import pytest
 from google.protobuf import struct_pb2
 
-from kosmos_grpc import DeadlineExceeded, InvalidEnvelope, PayloadTooLarge, Priority, new_message, validate
+from kosmos_grpc import DeadlineExceeded, InvalidEnvelope, PayloadTooLarge, Priority, new_message, validate_and_fill
 from kosmos_grpc.envelope import dict_to_struct, new_message_id, struct_to_dict
 
 
@@ -78,7 +78,7 @@ def test_validate_names_the_bad_field(mutate, field) -> None:
     message = new_message("echo")
     mutate(message)
     with pytest.raises(InvalidEnvelope) as caught:
-        validate(message)
+        validate_and_fill(message)
     assert caught.value.field == field
     assert field in str(caught.value)
 
@@ -87,13 +87,13 @@ def test_expired_ttl_is_a_deadline_error() -> None:
     message = new_message("echo", ttl_ms=100)
     later = time.time_ns() + 200_000_000
     with pytest.raises(DeadlineExceeded, match="ttl_ms"):
-        validate(message, now_ns=later)
+        validate_and_fill(message, now_ns=later)
 
 
 def test_payload_over_limit_names_payload_and_limit() -> None:
     message = new_message("echo", {"blob": "x" * 2000})
     with pytest.raises(PayloadTooLarge, match=r"payload is \d+ bytes, over the limit of 1000"):
-        validate(message, payload_limit=1000)
+        validate_and_fill(message, payload_limit=1000)
 
 
 def test_validate_fills_missing_id_timestamp_and_correlation() -> None:
@@ -101,7 +101,7 @@ def test_validate_fills_missing_id_timestamp_and_correlation() -> None:
     message.message_id = ""
     message.correlation_id = ""
     message.ClearField("timestamp")
-    remaining = validate(message)
+    remaining = validate_and_fill(message)
     assert uuid.UUID(message.message_id).version == 4
     assert message.correlation_id == message.message_id
     assert message.HasField("timestamp")
@@ -110,9 +110,9 @@ def test_validate_fills_missing_id_timestamp_and_correlation() -> None:
 
 def test_ttl_zero_means_the_default_and_future_timestamps_do_not_extend_it() -> None:
     message = new_message("echo", ttl_ms=0)
-    assert 59 < validate(message) <= 60
+    assert 59 < validate_and_fill(message) <= 60
     message.timestamp.seconds += 3600  # a sender whose clock runs ahead
-    assert validate(message) <= 60
+    assert validate_and_fill(message) <= 60
 
 
 @pytest.mark.parametrize(

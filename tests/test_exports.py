@@ -85,7 +85,7 @@ PUBLIC = [
     "scatter_gather",
     "sequential",
     "serve_forever",
-    "validate",
+    "validate_and_fill",
 ]
 
 

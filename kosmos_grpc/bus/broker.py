@@ -21,7 +21,7 @@ from kosmos_grpc._grpc import server_options
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus.local import LocalBus
 from kosmos_grpc.bus.nats_backend import DEFAULT_DURABLE, DEFAULT_MAX_DELIVERIES, NatsEventBus
-from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate
+from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate_and_fill
 from kosmos_grpc.errors import KosmosError, to_status
 from kosmos_grpc.subjects import check_subject, validate_headers
 
@@ -84,7 +84,7 @@ class EventBusServicer:
     def _check(self, event: events_pb2.Event) -> float:
         check_subject(event.subject)
         validate_headers(event.headers)
-        return validate(event.message, payload_limit=self.payload_limit, require_action=False)
+        return validate_and_fill(event.message, payload_limit=self.payload_limit, require_action=False)
 
     async def _publish(self, event: events_pb2.Event) -> int:
         """Publish on the LocalBus, or to NATS (where how many took it is not known: 0).
