@@ -11,13 +11,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from kosmos_grpc import Agent, AgentServer, Coordinator, Registry, ResiliencePolicy, ServerSettings
+from kosmos_grpc.interceptors.server_chain import InboundFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -51,10 +53,23 @@ class Mesh:
         self.registry = Registry()
         self.servers: list[AgentServer] = []
 
-    async def serve(self, agent: Agent, *, resilience: ResiliencePolicy | bool = True, **settings: Any) -> AgentServer:
+    async def serve(
+        self,
+        agent: Agent,
+        *,
+        resilience: ResiliencePolicy | bool = True,
+        interceptors: Sequence[InboundFactory] = (),
+        grpc_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        **settings: Any,
+    ) -> AgentServer:
         """Serve ``agent`` on a free port; ``settings`` are :class:`ServerSettings` fields."""
         server = AgentServer(
-            agent, ServerSettings(grace_seconds=1, **settings), registry=self.registry, resilience=resilience
+            agent,
+            ServerSettings(grace_seconds=1, **settings),
+            registry=self.registry,
+            resilience=resilience,
+            interceptors=interceptors,
+            grpc_interceptors=grpc_interceptors,
         )
         await server.start()
         self.servers.append(server)

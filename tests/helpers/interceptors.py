@@ -1,0 +1,76 @@
+"""Interceptors written as a user of the mesh would: they record what they see."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from kosmos_grpc import Delegation, InboundInterceptor, OutboundInterceptor, ServedCall
+from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
+
+#: What every Recorder saw, by interceptor name, in the order seen: (kind, action, message_id).
+SEEN: dict[str, list[tuple[str, str, str]]] = {}
+
+
+class OutboundRecorder(OutboundInterceptor):
+    """Records each delegation and stream, and the chunks that come back."""
+
+    name = "outbound"
+
+    async def delegate(self, call: Delegation[agent_pb2.ExecuteRequest]) -> agent_pb2.ExecuteResponse:
+        SEEN.setdefault(self.name, []).append(("delegate", call.action, call.request.message.message_id))
+        return await self.next.delegate(call)
+
+    async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+        SEEN.setdefault(self.name, []).append(("stream", call.action, call.request.message.message_id))
+        async with contextlib.aclosing(self.next.stream(call)) as chunks:
+            async for chunk in chunks:
+                SEEN[self.name].append(("chunk", call.action, str(chunk.sequence)))
+                yield chunk
+
+
+class InboundRecorder(InboundInterceptor):
+    """Records each served call, as its handler's envelope shows it."""
+
+    name = "inbound"
+
+    async def execute(self, call: ServedCall) -> agent_pb2.ExecuteResponse:
+        envelope = call.ctx.envelope
+        SEEN.setdefault(self.name, []).append(("execute", envelope.action, envelope.message_id))
+        return await self.next.execute(call)
+
+    async def stream(self, call: ServedCall) -> AsyncGenerator[agent_pb2.StreamResponse, None]:
+        envelope = call.ctx.envelope
+        SEEN.setdefault(self.name, []).append(("stream", envelope.action, envelope.message_id))
+        async with contextlib.aclosing(self.next.stream(call)) as replies:
+            async for reply in replies:
+                yield reply
+
+
+class MethodRecorder(grpc.aio.ServerInterceptor):
+    """A plain grpc.aio server interceptor: the methods called, and the ``x-user`` header they came with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        headers = dict(handler_call_details.invocation_metadata or ())
+        self.calls.append((handler_call_details.method, str(headers.get("x-user", ""))))
+        return await continuation(handler_call_details)
+
+
+class UserHeader(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """A plain grpc.aio client interceptor that sends ``x-user: ada`` with every unary call."""
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Awaitable[Any]], client_call_details: Any, request: Any
+    ) -> Any:
+        metadata = [*(client_call_details.metadata or ()), ("x-user", "ada")]
+        return await continuation(client_call_details._replace(metadata=metadata), request)
