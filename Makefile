@@ -26,7 +26,7 @@ test: install lint typecheck buf-lint proto-check pytest ## the whole gate: ruff
 lint: install ## ruff check, format check and codespell
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/codespell kosmos_grpc agents tests benchmarks protos scripts README.md --skip '*_pb2*'
+	$(BIN)/codespell kosmos_grpc agents tests benchmarks protos scripts docs README.md --skip '*_pb2*'
 
 
 format: install ## apply ruff's fixes and formatting

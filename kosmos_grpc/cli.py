@@ -123,7 +123,7 @@ def _circuit(circuit: CircuitInfo) -> str:
 async def _publish(config: MeshConfig, args: argparse.Namespace) -> int:
     payload = _payload(args.payload)
     headers = dict(_header(h) for h in args.header)
-    bus = await open_bus(config.bus, "cli", config.limits.payload_limit)
+    bus = await open_bus(config, "cli")
     try:
         message_id = await bus.publish(
             args.subject, payload, headers=headers, acknowledge=True, timeout_ms=args.timeout_ms
@@ -136,7 +136,7 @@ async def _publish(config: MeshConfig, args: argparse.Namespace) -> int:
 
 async def _subscribe(config: MeshConfig, args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
-    bus = await open_bus(config.bus, "cli", config.limits.payload_limit)
+    bus = await open_bus(config, "cli")
     try:
         subscription = await bus.subscribe(args.pattern, queue=args.queue)
         print(f"subscribed to {args.pattern}; Ctrl-C stops", file=sys.stderr, flush=True)

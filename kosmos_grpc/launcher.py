@@ -113,7 +113,7 @@ async def _serve_agent(config: MeshConfig, spec: AgentConfig, metrics: str | Non
 
     async def attach(broker: str | None) -> None:
         if config.bus.configured:
-            server.attach_bus(await open_bus(config.bus, name, config.limits.payload_limit, broker=broker))
+            server.attach_bus(await open_bus(config, name, broker=broker))
 
     if not handshake:
         if metrics is not None:

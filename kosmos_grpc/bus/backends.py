@@ -9,23 +9,24 @@ from kosmos_grpc.bus.nats_backend import NatsEventBus
 
 if TYPE_CHECKING:
     from kosmos_grpc.bus.protocol import EventBus
-    from kosmos_grpc.config import BusConfig
+    from kosmos_grpc.config import MeshConfig
 
 __all__ = ["open_bus"]
 
 
-async def open_bus(config: BusConfig, source_agent: str, payload_limit: int, *, broker: str | None = None) -> EventBus:
-    """The bus ``config`` names, connected: NATS when ``[bus] nats`` is set, else the embedded broker.
+async def open_bus(config: MeshConfig, source_agent: str, *, broker: str | None = None) -> EventBus:
+    """The bus the config names, connected: NATS when ``[bus] nats`` is set, else the embedded broker.
 
     ``broker`` overrides the embedded broker's address (``kosmos up`` hands out the real one).
     """
-    if config.nats_url:
+    bus, payload_limit = config.bus, config.limits.payload_limit
+    if bus.nats_url:
         nats = NatsEventBus(
-            config.nats_url,
+            bus.nats_url,
             source_agent=source_agent,
             payload_limit=payload_limit,
-            durable=config.durable,
-            max_deliveries=config.max_deliveries,
+            durable=bus.durable,
+            max_deliveries=bus.max_deliveries,
         )
         return await nats.connect()
-    return GrpcEventBus(broker or config.broker_address(), source_agent=source_agent, payload_limit=payload_limit)
+    return GrpcEventBus(broker or bus.broker_address(), source_agent=source_agent, payload_limit=payload_limit)
