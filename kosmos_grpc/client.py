@@ -133,9 +133,9 @@ class Coordinator:
         message_id: str | None,
         scope: CallScope | None,
         into: envelope_pb2.AgentMessage,
-    ) -> float:
-        """Fill the request's envelope in place; the call's timeout in seconds."""
-        self.registry.address(agent)  # AgentNotFound now, before a word of it is announced or counted
+    ) -> tuple[float, str]:
+        """Fill the request's envelope in place; the call's timeout in seconds, and the agent's address."""
+        address = self.registry.address(agent)  # AgentNotFound now, before a word of it is announced or counted
         if timeout_ms is None:
             timeout = math.inf
         elif timeout_ms > 0 and timeout_ms != math.inf:  # also false for NaN
@@ -158,7 +158,7 @@ class Coordinator:
             message_id=message_id,
             into=into,
         )
-        return min(timeout, (ttl_ms or DEFAULT_TTL_MS) / 1000)
+        return min(timeout, (ttl_ms or DEFAULT_TTL_MS) / 1000), address
 
     async def delegate(
         self,
@@ -194,10 +194,10 @@ class Coordinator:
                 AgentNotFound, ActionNotFound, InvalidEnvelope or DeadlineExceeded.
         """
         request = agent_pb2.ExecuteRequest()
-        timeout = self._prepare(
+        timeout, address = self._prepare(
             agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, request.message
         )
-        call = Delegation(agent, action, request, time.monotonic() + timeout, timeout, agent)
+        call = Delegation(agent, action, request, time.monotonic() + timeout, timeout, agent, address)
         response = (await self._chain.delegate(call)).response
         return Response(
             agent=response.agent,
@@ -230,10 +230,10 @@ class Coordinator:
                 StreamBroken when it ends without its final marker.
         """
         request = agent_pb2.StreamRequest()
-        timeout = self._prepare(
+        timeout, address = self._prepare(
             agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, request.message
         )
-        call = Delegation(agent, action, request, time.monotonic() + timeout, timeout, agent)
+        call = Delegation(agent, action, request, time.monotonic() + timeout, timeout, agent, address)
         # Closed on the way out, so that leaving the loop early cancels the call now.
         async with contextlib.aclosing(self._chain.stream(call)) as chunks:
             async for chunk in chunks:

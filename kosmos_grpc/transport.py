@@ -59,9 +59,10 @@ class Transport(OutboundInterceptor):
             self._channels[address] = channel
         return channel
 
-    def stub(self, agent: str) -> AgentStub:
-        """AgentService on ``agent``'s current address (AgentNotFound for a name the mesh does not know)."""
-        address = self.registry.address(agent)
+    def stub(self, agent: str, address: str | None = None) -> AgentStub:
+        """AgentService on ``agent``'s current address, or on ``address`` when it is known already
+        (AgentNotFound for a name the mesh does not know)."""
+        address = address or self.registry.address(agent)
         stub = self._stubs.get(address)
         if stub is None:
             stub = self._stubs[address] = AgentStub(self._channel(address))
@@ -70,7 +71,7 @@ class Transport(OutboundInterceptor):
     async def delegate(self, call: Delegation[agent_pb2.ExecuteRequest]) -> agent_pb2.ExecuteResponse:
         target = call.target
         call.request.message.target_agent = target
-        stub = self.stub(target)
+        stub = self.stub(target, call.address if target == call.agent else None)
         try:
             reply: agent_pb2.ExecuteResponse = await stub.Execute(
                 call.request, timeout=time_left(call.deadline, target, call.action), metadata=call.metadata
@@ -83,7 +84,7 @@ class Transport(OutboundInterceptor):
     async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
         target, action = call.target, call.action
         call.request.message.target_agent = target
-        stream = self.stub(target).Stream(
+        stream = self.stub(target, call.address if target == call.agent else None).Stream(
             call.request, timeout=time_left(call.deadline, target, action), metadata=call.metadata
         )
         try:

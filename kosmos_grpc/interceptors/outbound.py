@@ -35,6 +35,8 @@ class Delegation(Generic[RequestT]):
     deadline: float
     timeout: float
     target: str
+    #: ``agent``'s address, looked up once as the delegation was made.
+    address: str
     #: gRPC metadata sent with each attempt (the trace context, say).
     metadata: tuple[tuple[str, str], ...] | None = None
     answered: str = ""
