@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kosmos_grpc.deadlines import past_deadline
 from kosmos_grpc.interceptors.inbound import InboundInterceptor
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Awaitable
+    from collections.abc import AsyncGenerator, Awaitable, Coroutine
 
     from kosmos_grpc._proto.kosmos.v1 import agent_pb2
     from kosmos_grpc.interceptors.inbound import ServedCall
 
 __all__ = ["DeadlineInterceptor", "within"]
+
+T = TypeVar("T")
 
 
 class DeadlineInterceptor(InboundInterceptor):
@@ -25,11 +27,10 @@ class DeadlineInterceptor(InboundInterceptor):
         super().__init__(next)
         self.agent = agent
 
-    async def execute(self, call: ServedCall) -> agent_pb2.ExecuteResponse:
-        if call.timer is None:
-            return await self.next.execute(call)
-        reply: agent_pb2.ExecuteResponse = await within(self.next.execute(call), call.timer, self.agent, call.spec.name)
-        return reply
+    def execute(self, call: ServedCall) -> Coroutine[Any, Any, agent_pb2.ExecuteResponse]:
+        # Not a coroutine of its own: where gRPC's deadline suffices, the next link's is awaited directly.
+        work = self.next.execute(call)
+        return work if call.timer is None else within(work, call.timer, self.agent, call.spec.name)
 
     def stream(self, call: ServedCall) -> AsyncGenerator[agent_pb2.StreamResponse, None]:
         replies = self.next.stream(call)
@@ -39,7 +40,7 @@ class DeadlineInterceptor(InboundInterceptor):
         return _bounded(replies, deadline, self.agent, call.spec.name)
 
 
-async def within(work: Awaitable[Any], seconds: float, agent: str, action: str) -> Any:
+async def within(work: Awaitable[T], seconds: float, agent: str, action: str) -> T:
     """Await ``work`` for at most ``seconds``, cancelling it then (a handler's own TimeoutError stays its own)."""
     scope = asyncio.timeout(seconds)
     try:

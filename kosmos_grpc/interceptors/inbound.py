@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Coroutine
 
     import grpc
 
@@ -54,9 +54,9 @@ class InboundInterceptor:
         """Let go of what the chain holds; the server calls it once it has stopped."""
         self.next.close()
 
-    async def execute(self, call: ServedCall) -> agent_pb2.ExecuteResponse:
-        """Run a unary action; its reply."""
-        return await self.next.execute(call)
+    def execute(self, call: ServedCall) -> Coroutine[Any, Any, agent_pb2.ExecuteResponse]:
+        """Run a unary action; its reply (an ``async def`` in a subclass)."""
+        return self.next.execute(call)
 
     def stream(self, call: ServedCall) -> AsyncGenerator[agent_pb2.StreamResponse, None]:
         """Run an action as a stream; its chunks as they are made."""

@@ -8,12 +8,12 @@ manner of temporalio's SDK: one method per call kind, each taking one input data
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Coroutine
 
 __all__ = ["Delegation", "OutboundInterceptor"]
 
@@ -57,9 +57,9 @@ class OutboundInterceptor:
         """Let go of what the chain holds (the transport's channels); the coordinator calls it once."""
         await self.next.close()
 
-    async def delegate(self, call: Delegation[agent_pb2.ExecuteRequest]) -> agent_pb2.ExecuteResponse:
-        """Run a unary action; its reply."""
-        return await self.next.delegate(call)
+    def delegate(self, call: Delegation[agent_pb2.ExecuteRequest]) -> Coroutine[Any, Any, agent_pb2.ExecuteResponse]:
+        """Run a unary action; its reply (an ``async def`` in a subclass)."""
+        return self.next.delegate(call)
 
     def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
         """Run a streaming action; its chunks as they arrive."""
