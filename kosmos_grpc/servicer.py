@@ -107,9 +107,11 @@ class AgentServicer:
         ctx = Context(message, name, time.monotonic() + left, self.coordinator, self.bus)
         return ServedCall(message, context, spec, ctx, timer)
 
-    def _unexpected(self, exc: Exception, message: envelope_pb2.AgentMessage) -> KosmosError:
-        log.exception("agent %s action %s failed", self._name, message.action)
-        return ActionFailed(f"{self._name}.{message.action} failed: {type(exc).__name__}")
+    def _failure(self, exc: Exception, message: envelope_pb2.AgentMessage) -> KosmosError:
+        """What the caller is told: a mesh error as it is (without its traceback), a fault of ours as ActionFailed."""
+        if isinstance(exc, KosmosError):
+            return _bare(exc)
+        return _action_failed(self._name, message.action, exc)
 
     async def Execute(
         self, request: agent_pb2.ExecuteRequest | None, context: grpc.aio.ServicerContext[Any, Any]
@@ -125,10 +127,8 @@ class AgentServicer:
                     f"action {message.action!r} streams: call Stream instead of Execute", metadata={"field": "action"}
                 )
             return await self.chain.execute(call)
-        except KosmosError as exc:
-            error = _bare(exc)
         except Exception as exc:
-            error = self._unexpected(exc, message)
+            error = self._failure(exc, message)
         await abort(context, error)
 
     async def Stream(
@@ -151,10 +151,8 @@ class AgentServicer:
             final.chunk.final = True
             yield final
             return
-        except KosmosError as exc:
-            error = _bare(exc)
         except Exception as exc:
-            error = self._unexpected(exc, message)
+            error = self._failure(exc, message)
         await abort(context, error)
 
     async def Describe(
@@ -201,7 +199,7 @@ class Handlers(InboundInterceptor):
         except KosmosError:
             raise
         except Exception as exc:
-            raise self._failed(exc, action) from None
+            raise _action_failed(self.agent, action, exc) from None
         finally:
             self.running -= 1
         message = call.message
@@ -233,13 +231,9 @@ class Handlers(InboundInterceptor):
         except KosmosError:
             raise
         except Exception as exc:
-            raise self._failed(exc, action) from None
+            raise _action_failed(agent, action, exc) from None
         finally:
             self.running -= 1
-
-    def _failed(self, exc: Exception, action: str) -> ActionFailed:
-        log.exception("agent %s action %s failed", self.agent, action, exc_info=exc)
-        return ActionFailed(f"{self.agent}.{action} failed: {type(exc).__name__}")
 
 
 _CIRCUIT_STATES = {
@@ -282,6 +276,12 @@ def _chunk(agent: str, message_id: str, correlation_id: str, sequence: int) -> a
     chunk.correlation_id = correlation_id
     chunk.sequence = sequence
     return response
+
+
+def _action_failed(agent: str, action: str, exc: Exception) -> ActionFailed:
+    """An unexpected exception, logged here with its traceback, as the caller sees it: without one."""
+    log.error("agent %s action %s failed", agent, action, exc_info=exc)
+    return ActionFailed(f"{agent}.{action} failed: {type(exc).__name__}")
 
 
 def _bare(error: KosmosError) -> KosmosError:

@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from kosmos_grpc.errors import KosmosError
-from kosmos_grpc.interceptors.outbound import OutboundInterceptor
+from kosmos_grpc.interceptors.outbound import OutboundInterceptor, status_name
 from kosmos_grpc.subjects import agent_requests, agent_responses
 
 if TYPE_CHECKING:
@@ -44,17 +44,13 @@ class Announce(OutboundInterceptor):
 
     async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
         await self._request(call)
-        outcome = "CANCELLED"  # unless the stream ends one way or the other
+        outcome = "OK"
         try:
             async with contextlib.aclosing(self.next.stream(call)) as chunks:
                 async for chunk in chunks:
                     yield chunk
-            outcome = "OK"
-        except KosmosError as error:
-            outcome = error.code.name
-            raise
-        except Exception:
-            outcome = "UNKNOWN"
+        except BaseException as error:
+            outcome = status_name(error)
             raise
         finally:
             await self._outcome(call, outcome)

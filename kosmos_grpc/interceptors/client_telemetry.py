@@ -6,8 +6,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING
 
-from kosmos_grpc.errors import KosmosError
-from kosmos_grpc.interceptors.outbound import OutboundInterceptor
+from kosmos_grpc.interceptors.outbound import OutboundInterceptor, status_name
 from kosmos_grpc.telemetry.metrics import UNKNOWN_LABEL, DelegationMetrics
 from kosmos_grpc.telemetry.tracing import end_span, start_client_span, trace_id_hex
 
@@ -35,17 +34,11 @@ class ClientTelemetry(OutboundInterceptor):
     async def delegate(self, call: Delegation[agent_pb2.ExecuteRequest]) -> agent_pb2.ExecuteResponse:
         span = self._start(call)
         started = time.monotonic()
-        code = "CANCELLED"  # unless the call ends one way or the other
-        failure: BaseException | None = None
+        code, failure = "OK", None
         try:
-            reply = await self.next.delegate(call)
-            code = "OK"
-            return reply
-        except KosmosError as error:
-            code, failure = error.code.name, error
-            raise
-        except Exception as error:  # a fault on this side (cancellation is not an Exception)
-            code, failure = "UNKNOWN", error
+            return await self.next.delegate(call)
+        except BaseException as error:
+            code, failure = status_name(error), error
             raise
         finally:
             self._done(span, call.agent, call.action, code, failure, started)
@@ -53,18 +46,13 @@ class ClientTelemetry(OutboundInterceptor):
     async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
         span = self._start(call)
         started = time.monotonic()
-        code = "CANCELLED"
-        failure: BaseException | None = None
+        code, failure = "OK", None
         try:
             async with contextlib.aclosing(self.next.stream(call)) as chunks:
                 async for chunk in chunks:
                     yield chunk
-            code = "OK"
-        except KosmosError as error:
-            code, failure = error.code.name, error
-            raise
-        except Exception as error:
-            code, failure = "UNKNOWN", error
+        except BaseException as error:
+            code, failure = status_name(error), error
             raise
         finally:
             self._done(span, call.agent, call.action, code, failure, started)

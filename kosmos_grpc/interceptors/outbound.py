@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
+from kosmos_grpc.errors import KosmosError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Coroutine
 
-__all__ = ["Delegation", "OutboundInterceptor"]
+__all__ = ["Delegation", "OutboundInterceptor", "status_name"]
 
 RequestT = TypeVar("RequestT", agent_pb2.ExecuteRequest, agent_pb2.StreamRequest)
 
@@ -64,3 +65,12 @@ class OutboundInterceptor:
     def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
         """Run a streaming action; its chunks as they arrive."""
         return self.next.stream(call)
+
+
+def status_name(error: BaseException) -> str:
+    """How a delegation that raised ``error`` ended, as a status name: its code for a mesh error,
+    UNKNOWN for a fault on this side, CANCELLED for a cancellation or a caller gone."""
+    if isinstance(error, KosmosError):
+        name: str = error.code.name
+        return name
+    return "UNKNOWN" if isinstance(error, Exception) else "CANCELLED"
