@@ -3,6 +3,10 @@
 Client and server run in one process here, so a figure is the whole round trip's work. Each
 workload runs twice, with few and with many calls, and the difference is divided out, so
 start-up costs cancel. Run with ``make bench-instructions`` (needs valgrind; a few minutes).
+
+``--grpc-instrumentation``: the mesh's calls and chunks in a process traced as ``kosmos`` sets
+it up (nothing exported), with opentelemetry-instrumentation-grpc's interceptors on the channel
+and the server against without them.
 """
 
 from __future__ import annotations
@@ -77,10 +81,20 @@ async def workload(kind: str, count: int) -> None:
         await channel.close()
         await server.stop(0)
         return
-    agent = AgentServer(BenchEcho())
+    servers: list[grpc.aio.ServerInterceptor] = []
+    clients: list[grpc.aio.ClientInterceptor] = []
+    if kind.startswith(("traced", "instrumented")):
+        from kosmos_grpc.telemetry import configure_tracing
+
+        configure_tracing("bench")
+        if kind.startswith("instrumented"):
+            from kosmos_grpc.telemetry.instrumentation import grpc_client_interceptors, grpc_server_interceptors
+
+            servers, clients = grpc_server_interceptors(), grpc_client_interceptors()
+    agent = AgentServer(BenchEcho(), grpc_interceptors=servers)
     await agent.start()
-    async with Coordinator({"echo": agent.address}) as client:
-        if kind == "mesh-unary":
+    async with Coordinator({"echo": agent.address}, grpc_interceptors=clients) as client:
+        if kind.endswith("-unary"):
             for _ in range(count + 50):
                 (await client.delegate("echo", "echo", PAYLOAD)).result  # noqa: B018 - the result is read
         else:
@@ -116,6 +130,11 @@ def instructions(kind: str, count: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", nargs=2, metavar=("KIND", "COUNT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--grpc-instrumentation",
+        action="store_true",
+        help="traced calls with opentelemetry-instrumentation-grpc's interceptors against without",
+    )
     args = parser.parse_args()
     if args.run:
         asyncio.run(workload(args.run[0], int(args.run[1])))
@@ -123,6 +142,9 @@ def main() -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed")
     few, many = 200, 1200
+    if args.grpc_instrumentation:
+        library()
+        return
     print("\nCPU instructions per call (client and server in one process, callgrind)")
     per = {}
     for kind in ("bare-unary", "mesh-unary", "bare-stream", "mesh-stream"):
@@ -135,6 +157,17 @@ def main() -> None:
         f"  stream chunk: bare {per['bare-stream']:9.0f}   mesh {per['mesh-stream']:9.0f}   "
         f"{per['mesh-stream'] / per['bare-stream']:.2f}x"
     )
+
+
+def library(few: int = 200, many: int = 1200) -> None:
+    """Per call and per chunk: traced, with the library's interceptors against without."""
+    print("\nCPU instructions per call, traced as kosmos sets it up, nothing exported (callgrind)")
+    per = {}
+    for kind in ("traced-unary", "instrumented-unary", "traced-stream", "instrumented-stream"):
+        per[kind] = (instructions(kind, many) - instructions(kind, few)) / (many - few)
+    for shape, what in (("unary", "unary call:  "), ("stream", "stream chunk:")):
+        off, on = per[f"traced-{shape}"], per[f"instrumented-{shape}"]
+        print(f"  {what} without {off:9.0f}   with the library's interceptors {on:9.0f}   {on / off:.2f}x")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,17 @@ process whose tracer provider is set up as ``kosmos`` sets it up, calling an ech
 calls get SERVER spans and in-flight counts. Off: ``Coordinator(telemetry=False)`` calling an
 agent served with ``telemetry=False``. Resilience is on for both.
 
+With ``--grpc-instrumentation``, what the switch ``[telemetry] grpc_instrumentation = true``
+costs: on, opentelemetry-instrumentation-grpc's aio interceptors on the client's channel and on
+the agent's server (a CLIENT and a SERVER span more per call); off, none. The mesh's own
+tracing and metrics are on for both sides.
+
 By default nothing is exported, as when no ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set: trace ids
 and context still flow, nothing is recorded. With ``--export`` every span is recorded and sent
 over OTLP/gRPC to a collector process (a sink that counts them) on the agents' CPU.
 
-Pinned like the other benchmarks. Run with ``python -m benchmarks.telemetry [--export]``;
-both are part of ``make bench``.
+Pinned like the other benchmarks. Run with ``python -m benchmarks.telemetry [--export]
+[--grpc-instrumentation]``; the first two are part of ``make bench``.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from .harness import (
 
 
 async def serve(kind: str) -> None:
-    """One server process: the echo agent with telemetry ``on`` or ``off``, or the OTLP ``sink``."""
+    """One server process: the echo agent with telemetry ``on`` or ``off`` or ``on`` with the library's
+    interceptors (``instrumented``), or the OTLP ``sink``."""
     import grpc
 
     if kind == "sink":
@@ -63,11 +69,14 @@ async def serve(kind: str) -> None:
         return
     from kosmos_grpc import AgentServer, ServerSettings
     from kosmos_grpc.telemetry import configure_tracing
+    from kosmos_grpc.telemetry.instrumentation import grpc_server_interceptors
 
     from .agents import BenchEcho
 
-    provider = configure_tracing("echo") if kind == "on" else None
-    agent = AgentServer(BenchEcho(), ServerSettings(telemetry=kind == "on"))
+    traced = kind != "off"
+    provider = configure_tracing("echo") if traced else None
+    interceptors = grpc_server_interceptors() if kind == "instrumented" else []
+    agent = AgentServer(BenchEcho(), ServerSettings(telemetry=traced), grpc_interceptors=interceptors)
     await agent.start()
     print(agent.address, flush=True)
     await wait_for_stop()
@@ -77,24 +86,33 @@ async def serve(kind: str) -> None:
 
 
 @contextmanager
-def servers(cpu: int | None, export: bool) -> Iterator[dict[str, str]]:
-    """The OTLP sink (with ``export``) and the two agents, each in its own process; stopped by PID."""
+def servers(cpu: int | None, export: bool, kinds: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    """The OTLP sink (with ``export``) and an agent of each kind, each in its own process; stopped by PID."""
     with processes(cpu) as start:
         if export:
             os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{start('benchmarks.telemetry', '--serve', 'sink')}"
         else:
             os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
             os.environ.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
-        yield {kind: start("benchmarks.telemetry", "--serve", kind) for kind in ("on", "off")}
+        yield {kind: start("benchmarks.telemetry", "--serve", kind) for kind in kinds}
 
 
 async def main(args: argparse.Namespace) -> None:
     from kosmos_grpc.telemetry import configure_tracing
+    from kosmos_grpc.telemetry.instrumentation import grpc_client_interceptors
 
-    with servers(None if args.cpus is None else args.cpus[1], args.export) as where:
+    library = args.grpc_instrumentation
+    kinds = ("instrumented", "on") if library else ("on", "off")
+    with servers(None if args.cpus is None else args.cpus[1], args.export, kinds) as where:
         provider = configure_tracing("bench")
-        on_client = Coordinator({"echo": where["on"]}, source_agent="bench")
-        off_client = Coordinator({"echo": where["off"]}, source_agent="bench", telemetry=False)
+        if library:  # the switch on against off, the mesh's telemetry on for both
+            on_client = Coordinator(
+                {"echo": where["instrumented"]}, source_agent="bench", grpc_interceptors=grpc_client_interceptors()
+            )
+            off_client = Coordinator({"echo": where["on"]}, source_agent="bench")
+        else:
+            on_client = Coordinator({"echo": where["on"]}, source_agent="bench")
+            off_client = Coordinator({"echo": where["off"]}, source_agent="bench", telemetry=False)
 
         async def on() -> object:
             return (await on_client.delegate("echo", "echo", PAYLOAD)).result
@@ -118,14 +136,26 @@ async def main(args: argparse.Namespace) -> None:
         f"agents on {runtime.event_loop_name()}; {placement(args.cpus, 'agents')}"
     )
     print(columns("/ off"))
-    print(f"one hop: client -> echo agent; tracing and metrics on against off; {exported}")
+    if library:
+        compared = (
+            "opentelemetry-instrumentation-grpc's interceptors on client and agent against none, "
+            "the mesh's tracing and metrics on for both"
+        )
+    else:
+        compared = "tracing and metrics on against off"
+    print(f"one hop: client -> echo agent; {compared}; {exported}")
     on_off_report(results, args.inflight, 1.15)
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    on_off_arguments(parser, ["on", "off", "sink"])
+    on_off_arguments(parser, ["on", "off", "instrumented", "sink"])
     parser.add_argument("--export", action="store_true", help="record every span and export it over OTLP")
+    parser.add_argument(
+        "--grpc-instrumentation",
+        action="store_true",
+        help="opentelemetry-instrumentation-grpc's interceptors on client and agent against none (tracing on for both)",
+    )
     args = parser.parse_args()
     if args.serve:
         pin(args.cpu)  # before gRPC starts any thread: its threads inherit it

@@ -103,6 +103,7 @@ class AgentServer:
             else ExecutedCalls(idempotency.seconds, idempotency.entries, idempotency.bytes),
             telemetry=settings.telemetry,
             interceptors=interceptors,
+            intercepted=bool(grpc_interceptors),
         )
         add_agent_service(self.servicer, self._server)
         if bus is not None:

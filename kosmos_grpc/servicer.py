@@ -56,6 +56,7 @@ class AgentServicer:
         executed: ExecutedCalls[agent_pb2.ExecuteResponse] | None = None,
         telemetry: bool = True,
         interceptors: Sequence[InboundFactory] = (),
+        intercepted: bool = False,
     ) -> None:
         self.agent = agent
         self.coordinator = coordinator
@@ -73,6 +74,7 @@ class AgentServicer:
             executed=executed,
             admission=admission,
             running=lambda: self.handlers.running,
+            intercepted=intercepted,
         )
         self._card = _card(agent)
         # Looked up on every call: kept here rather than read through self.agent each time.

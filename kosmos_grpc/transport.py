@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from kosmos_grpc._grpc import AgentStub, channel_options
 from kosmos_grpc.deadlines import time_left
@@ -13,6 +16,7 @@ from kosmos_grpc.interceptors.outbound import OutboundInterceptor
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Sequence
+    from contextvars import Token
 
     from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
     from kosmos_grpc.interceptors.outbound import Delegation
@@ -39,6 +43,14 @@ class Transport(OutboundInterceptor):
         self._grpc_interceptors = list(grpc_interceptors)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, AgentStub] = {}
+
+    def _current(self, call: Delegation[Any]) -> Token[otel_context.Context] | None:
+        """With ``grpc.aio`` interceptors, make the delegation's span current while its call starts,
+        so that the spans they make (opentelemetry-instrumentation-grpc's CLIENT span) are its
+        children; the token to detach. Without, nothing (it would cost every call)."""
+        if not self._grpc_interceptors or call.span is None:
+            return None
+        return otel_context.attach(trace.set_span_in_context(call.span))
 
     async def close(self) -> None:
         """Close every channel."""
@@ -72,21 +84,29 @@ class Transport(OutboundInterceptor):
         target = call.target
         call.request.message.target_agent = target
         stub = self.stub(target, call.address if target == call.agent else None)
+        token = self._current(call)
         try:
             reply: agent_pb2.ExecuteResponse = await stub.Execute(
                 call.request, timeout=time_left(call.deadline, target, call.action), metadata=call.metadata
             )
         except grpc.aio.AioRpcError as exc:
             raise explain(exc, target, call.action, call.timeout) from None
+        finally:
+            if token is not None:
+                otel_context.detach(token)
         call.answered = reply.response.agent
         return reply
 
     async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
         target, action = call.target, call.action
         call.request.message.target_agent = target
-        stream = self.stub(target, call.address if target == call.agent else None).Stream(
-            call.request, timeout=time_left(call.deadline, target, action), metadata=call.metadata
-        )
+        stub = self.stub(target, call.address if target == call.agent else None)
+        token = self._current(call)
+        try:
+            stream = stub.Stream(call.request, timeout=time_left(call.deadline, target, action), metadata=call.metadata)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
         try:
             while True:
                 try:
@@ -98,6 +118,11 @@ class Transport(OutboundInterceptor):
                 chunk = reply.chunk
                 if chunk.final:
                     call.answered = chunk.agent
+                    if self._grpc_interceptors:
+                        # On to the end of the call (it ends right after the marker), so that an
+                        # interceptor's own wrapper of the replies finishes, its span with it.
+                        with contextlib.suppress(grpc.aio.AioRpcError):
+                            await stream.read()
                     return
                 yield chunk
         finally:

@@ -250,3 +250,57 @@ async def test_without_an_exporter_every_hop_still_carries_the_callers_trace(
     assert int(first, 16) != 0
     assert first != second
     assert caller not in (first, second)
+
+
+async def test_the_grpc_instrumentation_switch_puts_the_librarys_spans_into_every_process(
+    processes: Processes, tmp_path: Path, receiver: OtlpReceiver
+) -> None:
+    ports = {name: free_port() for name in ("bus", "zeus", "planner", "scribe")}
+    config = tmp_path / "kosmos.toml"
+    config.write_text(MESH.format(**ports) + "\n[telemetry]\ngrpc_instrumentation = true\n")
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    up = processes.start(tool("kosmos"), "--config", str(config), "up", env=env)
+    lines = Lines(up).until("mesh up")
+    for line in lines[lines.index(next(x for x in lines if x.startswith("AGENT"))) + 1 : -1]:
+        processes.adopt(int(line.split()[3]))
+
+    trace_id, root = os.urandom(16).hex(), os.urandom(8).hex()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['zeus']}") as channel:
+        execute = channel.unary_unary(
+            f"/{AGENT_SERVICE}/Execute",
+            request_serializer=agent_pb2.ExecuteRequest.SerializeToString,
+            response_deserializer=agent_pb2.ExecuteResponse.FromString,
+        )
+        payload = {"agent": "planner", "action": "plan", "payload": {"topic": "otel"}}
+        request = agent_pb2.ExecuteRequest(message=new_message("delegate", payload))
+        await execute(request, timeout=20, metadata=(("traceparent", f"00-{trace_id}-{root}-01"),))
+
+    library = f"/{AGENT_SERVICE}/Execute"
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        ours = [s for s in spans if s.trace_id == trace_id]
+        return {"execute.zeus.delegate", "execute.scribe.write"} <= {s.name for s in ours} and sum(
+            s.name == library for s in ours
+        ) >= 5
+
+    spans = [s for s in await receiver.wait_until(complete) if s.trace_id == trace_id]
+    by_id = {s.span_id: s for s in spans}
+
+    def parent_of(span: ReceivedSpan) -> ReceivedSpan | None:
+        return by_id.get(span.parent_span_id)
+
+    # Each hop: the mesh's delegation span, the library's CLIENT span, its SERVER span, the mesh's served span.
+    zeus = next(s for s in spans if s.name == "execute.zeus.delegate")
+    zeus_library = parent_of(zeus)
+    assert zeus_library is not None
+    assert (zeus_library.name, zeus_library.kind, zeus_library.service) == (library, SERVER, "zeus")
+    served = next(s for s in spans if s.name == "execute.planner.plan")
+    chain = [served]
+    while (up_one := parent_of(chain[-1])) is not None and up_one is not zeus:
+        chain.append(up_one)
+    assert [(s.name, s.kind, s.service) for s in chain] == [
+        ("execute.planner.plan", SERVER, "planner"),
+        (library, SERVER, "planner"),
+        (library, CLIENT, "zeus"),
+        ("delegate.planner.plan", CLIENT, "zeus"),
+    ]

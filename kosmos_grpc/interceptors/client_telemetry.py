@@ -69,6 +69,7 @@ class ClientTelemetry(OutboundInterceptor):
         trace_id = trace_id_hex(span)
         if trace_id:
             message.trace_id = trace_id
+        call.span = span
         return span
 
     def _done(

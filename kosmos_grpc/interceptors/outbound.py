@@ -16,6 +16,8 @@ from kosmos_grpc.errors import KosmosError
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Coroutine
 
+    from opentelemetry.trace import Span
+
 __all__ = ["Delegation", "OutboundInterceptor", "status_name"]
 
 RequestT = TypeVar("RequestT", agent_pb2.ExecuteRequest, agent_pb2.StreamRequest)
@@ -41,6 +43,9 @@ class Delegation(Generic[RequestT]):
     #: gRPC metadata sent with each attempt (the trace context, say).
     metadata: tuple[tuple[str, str], ...] | None = None
     answered: str = ""
+    #: The delegation's span (telemetry's): the transport makes it current while a call starts,
+    #: when the channels have ``grpc.aio`` interceptors, so that their spans are its children.
+    span: Span | None = None
 
 
 class OutboundInterceptor:

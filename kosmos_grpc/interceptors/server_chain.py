@@ -33,6 +33,7 @@ def server_chain(
     executed: ExecutedCalls[agent_pb2.ExecuteResponse] | None,
     admission: Admission | None,
     running: Callable[[], float],
+    intercepted: bool = False,
 ) -> InboundInterceptor:
     """The chain a served call goes through once its envelope is checked, outermost first:
 
@@ -42,6 +43,8 @@ def server_chain(
     4. admission: the priority queue, when ``max_concurrency`` is set;
     5. the deadline: the envelope's TTL, where gRPC's own deadline ends later;
     6. the handlers, which run the action (``running`` counts them).
+
+    ``intercepted``: the server has ``grpc.aio`` interceptors underneath all this.
 
     A concern that is off is left out of the chain, so that it costs nothing.
     """
@@ -54,5 +57,5 @@ def server_chain(
         chain = make(chain)
     if telemetry:
         waiting = (lambda: admission.waiting) if admission is not None else (lambda: 0)
-        chain = ServerTelemetry(chain, agent, running, waiting)
+        chain = ServerTelemetry(chain, agent, running, waiting, intercepted=intercepted)
     return chain

@@ -31,10 +31,19 @@ class ServerTelemetry(InboundInterceptor):
     """
 
     def __init__(
-        self, next: InboundInterceptor, agent: str, running: Callable[[], float], waiting: Callable[[], float]
+        self,
+        next: InboundInterceptor,
+        agent: str,
+        running: Callable[[], float],
+        waiting: Callable[[], float],
+        *,
+        intercepted: bool = False,
     ) -> None:
         super().__init__(next)
         self.agent = agent
+        #: Whether the server has ``grpc.aio`` interceptors, whose SERVER span for the call (a
+        #: tracing interceptor's) the call's own span then goes inside.
+        self.intercepted = intercepted
         self._unwatch = [watch(CALLS_IN_FLIGHT, agent, running), watch(QUEUE_DEPTH, agent, waiting)]
 
     def close(self) -> None:
@@ -98,7 +107,9 @@ class ServerTelemetry(InboundInterceptor):
                 "kosmos.correlation_id": message.correlation_id,
             }
 
-        traced = start_server_span(describe, call.context.invocation_metadata(), trace_id=message.trace_id)
+        traced = start_server_span(
+            describe, call.context.invocation_metadata(), trace_id=message.trace_id, intercepted=self.intercepted
+        )
         if traced is not None:
             trace_id = trace_id_hex(traced[0])
             if trace_id:

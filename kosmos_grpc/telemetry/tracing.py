@@ -187,13 +187,17 @@ def start_server_span(
     carrier: Iterable[tuple[str, Any]] | dict[str, str] | None,
     kind: SpanKind = SpanKind.SERVER,
     trace_id: str = "",
+    *,
+    intercepted: bool = False,
 ) -> tuple[Span, object] | None:
     """A span continuing the trace ``carrier`` (gRPC metadata, event headers) names, made current.
 
     Without trace context in ``carrier``, a caller's ``trace_id`` (the envelope's, 32 hex
-    digits) is continued, else a new trace begins; never the context that happens to be current.
-    End it with :func:`finish_span`. None when this process does not trace and the caller passed
-    no context on.
+    digits) is continued, else a new trace begins; never the context that happens to be current,
+    except with ``intercepted`` (the server has ``grpc.aio`` interceptors): when the current span
+    is a child of the very span ``carrier`` names, or begins a trace for a caller that named none
+    (a tracing interceptor's SERVER span for this call), the new span is its child. End it with
+    :func:`finish_span`. None when this process does not trace and the caller passed no context on.
     """
     pairs = carrier.items() if isinstance(carrier, dict) else carrier or ()
     shortcuts = _SHORTCUTS
@@ -206,20 +210,51 @@ def start_server_span(
     found = parse_traceparent(pairs) if shortcuts.w3c else "baggage"
     if isinstance(found, str):  # "baggage": the propagators read it all
         parent = extract(pairs) or _EMPTY
+        if intercepted:
+            caller = trace.get_current_span(parent).get_span_context()
+            parent = _inner(caller.trace_id, caller.span_id) or parent
     elif found is None:  # no trace context: the envelope's trace, or a new one
         remote = _remote_from_trace_id(trace_id)
-        if remote is None and shortcuts.roots:
+        inner = _inner(0, 0) if intercepted and remote is None else None
+        if inner is not None:
+            parent = inner
+        elif remote is None and shortcuts.roots:
             span = _unrecorded(_random_id(128), _UNSAMPLED, None)
             return span, otel_context.attach(trace.set_span_in_context(span, _EMPTY))
-        parent = _EMPTY if remote is None else trace.set_span_in_context(NonRecordingSpan(remote), _EMPTY)
+        else:
+            parent = _EMPTY if remote is None else trace.set_span_in_context(NonRecordingSpan(remote), _EMPTY)
     else:
         if shortcuts.children and (shortcuts.nothing_recorded or not found.flags.sampled):
             span = _unrecorded(found.trace_id, found.flags, found.state)
             return span, otel_context.attach(trace.set_span_in_context(span, _EMPTY))
-        remote = SpanContext(found.trace_id, found.span_id, True, found.flags, found.state)
-        parent = trace.set_span_in_context(NonRecordingSpan(remote), _EMPTY)
+        inner = _inner(found.trace_id, found.span_id) if intercepted else None
+        if inner is None:
+            remote = SpanContext(found.trace_id, found.span_id, True, found.flags, found.state)
+            inner = trace.set_span_in_context(NonRecordingSpan(remote), _EMPTY)
+        parent = inner
     span = _sdk_span(describe, kind, parent)
     return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+
+def _inner(trace_id: int, span_id: int) -> otel_context.Context | None:
+    """The current context when its span is a recorded child of the caller's span ``span_id`` (or,
+    for ``span_id`` 0, a caller that passed no context on, a recorded SERVER span beginning a trace).
+
+    That span is an interceptor's, made for this very call (as opentelemetry-instrumentation-grpc
+    makes its SERVER span): the call's own span goes inside it. A span that was merely current
+    when the call began (the server started inside a span, say) has another parent, or another kind.
+    """
+    current = otel_context.get_current()
+    span = trace.get_current_span(current)
+    parent = getattr(span, "parent", _NOT_SDK)  # an SDK span's parent: its SpanContext, or None
+    if parent is None:
+        return current if span_id == 0 and getattr(span, "kind", None) is SpanKind.SERVER else None
+    if isinstance(parent, SpanContext) and parent.span_id == span_id and parent.trace_id == trace_id:
+        return current
+    return None
+
+
+_NOT_SDK = object()
 
 
 def _sdk_span(describe: Describe, kind: SpanKind, parent: otel_context.Context | None) -> Span:
