@@ -92,7 +92,6 @@ async def _rate(
     await asyncio.wait_for(asyncio.gather(*readers), 120)
     elapsed = time.perf_counter() - started
     assert all(s.dropped == 0 for s in subscriptions)
-    assert getattr(publisher, "lost", 0) == 0
     return EVENTS / elapsed
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -159,11 +160,19 @@ async def test_unsubscribe_ends_iteration_and_delivery(bus: Bus) -> None:
 
 
 async def test_an_event_whose_ttl_has_passed_is_not_delivered(bus: Bus) -> None:
-    subscription = await bus.subscribe(USER_ACTION, capacity=10)
-    await bus.publish(USER_ACTION, {"i": 1}, ttl_ms=50)
-    await bus.publish(USER_ACTION, {"i": 2})
-    await asyncio.sleep(0.2)  # the first one's TTL runs out while it waits in the buffer
-    assert [e.payload for e in await take(subscription, 1)] == [{"i": 2}]
+    # The subscriber's clock runs a second ahead: the first event's 50 ms are over by the time it
+    # is read, the second's default TTL is not (no waiting for a TTL to run out in real time).
+    def ahead() -> int:
+        return time.time_ns() + 1_000_000_000
+
+    late: Bus = (
+        GrpcEventBus(bus.address, clock=ahead) if isinstance(bus, GrpcEventBus) else NatsEventBus(bus.url, clock=ahead)
+    )
+    async with late:
+        subscription = await late.subscribe(USER_ACTION, capacity=10)
+        await bus.publish(USER_ACTION, {"i": 1}, ttl_ms=50)
+        await bus.publish(USER_ACTION, {"i": 2})
+        assert [e.payload for e in await take(subscription, 1)] == [{"i": 2}]
 
 
 async def test_the_broker_refuses_an_event_already_past_its_ttl(embedded: GrpcEventBus) -> None:
@@ -268,7 +277,6 @@ async def test_a_burst_arrives_complete_and_in_order(bus: Bus) -> None:
     events = await take(subscription, 3000, seconds=20)
     assert [e.payload["i"] for e in events] == list(range(3000))
     assert subscription.dropped == 0
-    assert getattr(bus, "lost", 0) == 0
 
 
 async def test_an_acknowledged_publish_says_how_many_took_it(embedded: GrpcEventBus, broker: BrokerServer) -> None:

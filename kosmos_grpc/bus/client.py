@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
@@ -36,8 +37,14 @@ class GrpcEventBus:
     """Publish and subscribe through the embedded broker at ``address``."""
 
     def __init__(
-        self, address: str, *, source_agent: str = "client", payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+        self,
+        address: str,
+        *,
+        source_agent: str = "client",
+        payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        """``clock`` (wall clock, nanoseconds) is what the subscriptions judge an event's TTL by."""
         self.address = address
         self.source_agent = source_agent
         self.payload_limit = payload_limit
@@ -63,8 +70,7 @@ class GrpcEventBus:
         # whatever has gathered as one batch; when the broker cannot keep up, publish waits.
         self._outbox: asyncio.Queue[events_pb2.Event] = asyncio.Queue(OUTBOX_CAPACITY)
         self._writer: asyncio.Task[None] | None = None
-        #: Events given up because the stream to the broker broke (at most once).
-        self.lost = 0
+        self._clock = clock
 
     async def __aenter__(self) -> Self:
         return self
@@ -173,9 +179,8 @@ class GrpcEventBus:
             except asyncio.CancelledError:
                 call.cancel()
                 raise
-            except Exception as exc:  # the call ended (a broker restart, say): reopen it, count the loss
+            except Exception as exc:  # the call ended (a broker restart, say): reopen it, log the loss
                 lost = len(batch.events)
-                self.lost += lost
                 for _ in range(lost):
                     outbox.task_done()
                 log.warning(
@@ -186,6 +191,9 @@ class GrpcEventBus:
                 )
                 call.cancel()
                 await asyncio.sleep(0.1)
+
+    def _expired(self, event: Event) -> bool:
+        return event.expired(self._clock())
 
     async def subscribe(
         self,
@@ -218,7 +226,7 @@ class GrpcEventBus:
             call.cancel()
 
         subscription: Subscription[Event] = Subscription(
-            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=Event.expired
+            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=self._expired
         )
         self._subscriptions.add(subscription)
 

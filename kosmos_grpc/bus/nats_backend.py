@@ -82,7 +82,9 @@ class NatsEventBus:
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
         durable: tuple[str, ...] = DEFAULT_DURABLE,
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        """``clock`` (wall clock, nanoseconds) is what the subscriptions judge an event's TTL by."""
         self.url = url
         self.source_agent = source_agent
         self.payload_limit = payload_limit
@@ -92,8 +94,7 @@ class NatsEventBus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._subscriptions: set[Subscription[Event]] = set()
-        #: Events received that were not a kosmos envelope, and so were skipped.
-        self.undecodable = 0
+        self._clock = clock
 
     async def connect(self) -> Self:
         """Connect (AgentUnavailable when the server cannot be reached)."""
@@ -243,6 +244,9 @@ class NatsEventBus:
                 wait = min(wait * 2, 1.0)
         published(BACKEND, subject).inc()
 
+    def _expired(self, event: Event) -> bool:
+        return event.expired(self._clock())
+
     async def subscribe_durable(
         self, pattern: str, name: str, handler: Callable[[Event], Awaitable[None]]
     ) -> Subscription[Event]:
@@ -271,11 +275,10 @@ class NatsEventBus:
             received(BACKEND, msg.subject).inc()
             try:
                 event = Event(msg.subject, _headers(msg), envelope_pb2.AgentMessage.FromString(msg.data))
-            except DecodeError:
-                self.undecodable += 1
+            except DecodeError:  # not a kosmos envelope: skipped
                 await msg.term()
                 return
-            if event.expired():  # its TTL ran out while it waited: never delivered
+            if self._expired(event):  # its TTL ran out while it waited: never delivered
                 await msg.ack()
                 return
             traced = start_consumer_span(msg.subject, event.headers, "nats")
@@ -340,7 +343,7 @@ class NatsEventBus:
                     log.debug("unsubscribe from %s: %s", pattern, exc)
 
         subscription: Subscription[Event] = Subscription(
-            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=Event.expired, backend=BACKEND
+            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=self._expired, backend=BACKEND
         )
         self._subscriptions.add(subscription)
 
@@ -349,8 +352,7 @@ class NatsEventBus:
             received(BACKEND, msg.subject).inc()
             try:
                 message = envelope_pb2.AgentMessage.FromString(msg.data)
-            except DecodeError:
-                self.undecodable += 1
+            except DecodeError:  # not a kosmos envelope: skipped
                 return
             subscription.offer(Event(msg.subject, _headers(msg), message))
 

@@ -60,11 +60,6 @@ class Subscription(Generic[T]):
         self._dropped_metric = DROPPED.labels(backend, subject_label(pattern))
 
     @property
-    def closed(self) -> bool:
-        """Whether the subscription has ended."""
-        return self._closed
-
-    @property
     def full(self) -> bool:
         """Whether the buffer has no room left."""
         return self._buffer.full()
