@@ -64,6 +64,18 @@ DEFAULT_MAX_DELIVERIES = 5
 ACK_WAIT = 30.0
 
 
+async def _round_trip(nc: Client, seconds: int = 10) -> None:
+    """Wait until the server has read everything this client sent so far.
+
+    nats-py's flush writes its PING straight to the socket, ahead of the commands still queued
+    for its flusher task (a SUB, a PUB), so its PONG can come back before the server has read
+    them (a publish from another connection then misses a new subscription, about 1 in 30);
+    they are written before that PONG is read, and a second PING follows them.
+    """
+    await nc.flush(timeout=seconds)
+    await nc.flush(timeout=seconds)
+
+
 def _headers(msg: Msg) -> dict[str, str]:
     """A message's headers, less NATS's own (the dedupe id is the envelope's message_id anyway)."""
     headers = dict(msg.headers or {})
@@ -197,7 +209,7 @@ class NatsEventBus:
         await self.publish_message(subject, message, carried)
         if acknowledge:
             try:
-                await self.nc.flush(timeout=max(1, math.ceil(timeout_ms / 1000)))  # nats-py counts whole seconds
+                await _round_trip(self.nc, max(1, math.ceil(timeout_ms / 1000)))  # nats-py counts whole seconds
             except (NatsError, TimeoutError) as exc:
                 raise AgentUnavailable(f"NATS at {self.url} did not confirm: {exc or type(exc).__name__}") from None
         return message.message_id
@@ -319,7 +331,7 @@ class NatsEventBus:
 
     async def flush(self) -> None:
         """Wait until the server has everything published so far."""
-        await self.nc.flush()
+        await _round_trip(self.nc)
 
     async def subscribe(
         self,
@@ -361,7 +373,7 @@ class NatsEventBus:
             # callback only has to absorb a burst while the callback catches up.
             limit = max(4 * capacity, NATS_PENDING_MESSAGES)
             native.append(await nc.subscribe(pattern, queue=queue or "", cb=deliver, pending_msgs_limit=limit))
-            await nc.flush()  # the server has the subscription once this returns
+            await _round_trip(nc)  # the server has the subscription once this returns
         except (NatsError, TimeoutError) as exc:
             raise AgentUnavailable(f"cannot subscribe on NATS at {self.url}: {exc or type(exc).__name__}") from None
         if handler is not None:
