@@ -252,6 +252,7 @@ class NatsEventBus:
                     raise AgentUnavailable(
                         f"JetStream at {self.url} did not take the event in its TTL: {exc}"
                     ) from None
+                log.debug("JetStream at %s did not take an event on %s (%r); trying again", self.url, subject, exc)
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 1.0)
         published(BACKEND, subject).inc()
