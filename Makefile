@@ -33,7 +33,7 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-typecheck: install ## mypy --strict over kosmos_grpc and agents
+typecheck: install ## mypy --strict over kosmos_grpc, agents, tests and benchmarks
 	$(BIN)/mypy
 
 buf-lint: install ## buf lint and buf format over protos/

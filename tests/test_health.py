@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import grpc
 import pytest
@@ -53,16 +52,12 @@ async def test_watch_sees_not_serving_until_ready_then_serving_then_not_serving_
         await server.stop(0)
 
 
-def _watch(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamCall[Any, health_pb2.HealthCheckResponse]:
-    """A Watch of the agent service, opened before a stop (a new call may no longer get in after)."""
-    return health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=AGENT_SERVICE), timeout=10)
-
-
 async def test_stop_drains_a_call_in_flight_within_the_grace_period(mesh: Mesh) -> None:
     probe = Probe()
     server = await mesh.serve(probe)
     async with mesh.client() as client, grpc.aio.insecure_channel(server.address) as channel:
-        watch = _watch(channel)
+        # Opened before the stop: a new call may no longer get in after.
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=AGENT_SERVICE))
         assert (await watch.read()).status == SERVING
         call = asyncio.create_task(client.delegate("probe", "work", timeout_ms=10_000))
         await asyncio.wait_for(probe.started.wait(), 5)
@@ -79,7 +74,8 @@ async def test_stop_called_twice_at_once_waits_for_the_one_drain(mesh: Mesh) -> 
     probe = Probe()
     server = await mesh.serve(probe)
     async with mesh.client() as client, grpc.aio.insecure_channel(server.address) as channel:
-        watch = _watch(channel)
+        # Opened before the stop: a new call may no longer get in after.
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=AGENT_SERVICE))
         assert (await watch.read()).status == SERVING
         call = asyncio.create_task(client.delegate("probe", "work", timeout_ms=10_000))
         await asyncio.wait_for(probe.started.wait(), 5)
