@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 
-from kosmos_grpc._proto.kosmos.v1 import events_pb2
+from kosmos_grpc._proto.kosmos.v1 import envelope_pb2, events_pb2
 from kosmos_grpc.bus.broker import BUS_SERVICE, MAX_BATCH, MAX_BATCH_BYTES
 from kosmos_grpc.bus.event import Event, event_message
 from kosmos_grpc.bus.metrics import published, received
@@ -31,6 +31,14 @@ SUBSCRIBE_TIMEOUT = 10.0
 OUTBOX_CAPACITY = 8192
 
 log = logging.getLogger(__name__)
+
+
+def _detached(event: events_pb2.Event) -> Event:
+    """``event`` with an envelope of its own. Every part of a parsed message lives in its arena,
+    so an envelope taken from a reply keeps the whole reply (up to MAX_BATCH events) in memory."""
+    message = envelope_pb2.AgentMessage()
+    message.CopyFrom(event.message)
+    return Event(event.subject, dict(event.headers), message)
 
 
 class GrpcEventBus:
@@ -233,9 +241,15 @@ class GrpcEventBus:
         async def read() -> None:
             try:
                 async for reply in call:
+                    # Events still waiting from an earlier reply: the consumer is behind, and this
+                    # reply's events are copied (see _detached). So the buffer holds at most one
+                    # reply whole, bounded in bytes as in events; a consumer that keeps up costs
+                    # no copy.
+                    behind = not subscription.empty
                     for event in reply.events:
                         received(BACKEND, event.subject).inc()
-                        subscription.offer(Event.from_proto(event))
+                        copy = behind and not subscription.full  # a full buffer drops it (counted)
+                        subscription.offer(_detached(event) if copy else Event.from_proto(event))
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.CANCELLED:  # not our own unsubscribe
                     subscription.error = f"the broker at {self.address} ended the subscription: {exc.code().name}"

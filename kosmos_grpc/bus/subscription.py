@@ -64,6 +64,11 @@ class Subscription(Generic[T]):
         """Whether the buffer has no room left."""
         return self._buffer.full()
 
+    @property
+    def empty(self) -> bool:
+        """Whether nothing waits in the buffer."""
+        return self._buffer.empty()
+
     def offer(self, event: T) -> bool:
         """Buffer ``event`` without waiting; False (and counted) when it had to be dropped."""
         if self._closed:
