@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= kosmos.toml
 
-.PHONY: help install run test lint format typecheck buf-lint proto proto-check pytest bench bench-instructions clean
+.PHONY: help install run test lint format typecheck buf-lint buf-breaking proto proto-check pytest bench bench-instructions clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ install: $(STAMP) ## create .venv and install the project with its tools
 run: install ## start every agent of $(CONFIG) and wait for Ctrl-C
 	$(BIN)/kosmos --config $(CONFIG) up
 
-test: install lint typecheck buf-lint proto-check pytest ## the whole gate: ruff, codespell, mypy, buf lint, stub drift, pytest
+test: install lint typecheck buf-lint buf-breaking proto-check pytest ## the whole gate: ruff, codespell, mypy, buf lint and breaking, stub drift, pytest
 
 lint: install ## ruff check, format check and codespell
 	$(BIN)/ruff check .
@@ -33,12 +33,21 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-typecheck: install ## mypy --strict over kosmos_grpc and agents
+typecheck: install ## mypy --strict over kosmos_grpc, agents, tests and benchmarks
 	$(BIN)/mypy
 
 buf-lint: install ## buf lint and buf format over protos/
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
+
+# The previous commit by its hash, so a detached HEAD (as in CI) compares the same way.
+buf-breaking: install ## buf breaking: protos/ against the previous commit (skipped when there is none)
+	@if previous=$$(git rev-parse --verify --quiet 'HEAD~1^{commit}'); then \
+		echo "buf breaking against HEAD~1 ($$previous)"; \
+		$(BIN)/buf breaking --against ".git#ref=$$previous"; \
+	else \
+		echo "buf-breaking: SKIPPED, no previous commit to compare with (a shallow clone? git fetch --unshallow)"; \
+	fi
 
 proto: install ## regenerate kosmos_grpc/_proto from protos/
 	$(BIN)/python scripts/gen_protos.py

@@ -67,7 +67,7 @@ async def main(args: argparse.Namespace) -> None:
         uv_channel = grpc.aio.insecure_channel(where["bare_uvloop"])
         relay_channel = grpc.aio.insecure_channel(where["bare_relay"])
         bare_echo = bare_channel.unary_unary(ECHO, **CLIENT_CODEC)
-        bytes_echo = bare_channel.unary_unary(ECHO_BYTES)
+        bytes_echo: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = bare_channel.unary_unary(ECHO_BYTES)
         uv_echo = uv_channel.unary_unary(ECHO, **CLIENT_CODEC)
         bare_relay = relay_channel.unary_unary(RELAY, **CLIENT_CODEC)
         bare_stream = bare_channel.unary_stream(

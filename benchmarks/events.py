@@ -23,7 +23,7 @@ import nats
 from nats.aio.msg import Msg
 
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
-from kosmos_grpc.bus import EventBusServicer, GrpcEventBus, NatsEventBus
+from kosmos_grpc.bus import Event, EventBusServicer, GrpcEventBus, NatsEventBus, Subscription
 from kosmos_grpc.envelope import new_message
 from kosmos_grpc.subjects import AUDIT_LOG, USER_ACTION
 
@@ -80,9 +80,9 @@ async def _rate(
 ) -> float:
     subscriptions = [await receiver.subscribe("kosmos.events.>", capacity=EVENTS) for _ in range(subscribers)]
 
-    async def drain(subscription: object) -> None:
+    async def drain(subscription: Subscription[Event]) -> None:
         for _ in range(EVENTS):
-            await anext(subscription)  # type: ignore[call-overload]
+            await anext(subscription)
 
     started = time.perf_counter()
     readers = [asyncio.create_task(drain(s)) for s in subscriptions]
@@ -92,7 +92,6 @@ async def _rate(
     await asyncio.wait_for(asyncio.gather(*readers), 120)
     elapsed = time.perf_counter() - started
     assert all(s.dropped == 0 for s in subscriptions)
-    assert getattr(publisher, "lost", 0) == 0
     return EVENTS / elapsed
 
 

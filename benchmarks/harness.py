@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,14 +83,14 @@ async def concurrent(call: Call, n: int, inflight: int, result: Result) -> None:
     result.rates.append(per_worker * inflight / (time.perf_counter() - started))
 
 
-async def alternate(sides: dict[str, Call], rounds: int, calls: int, inflight: int) -> dict[str, Result]:
+async def alternate(sides: Mapping[str, Call], rounds: int, calls: int, inflight: int) -> dict[str, Result]:
     """Each side's samples over ``rounds``: in each, every side runs sequential then concurrent calls.
 
     Which side goes first alternates from round to round, so drift on a shared machine hits all alike.
     """
     results = {name: Result() for name in sides}
     for round_ in range(rounds):
-        order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
+        order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]
         for name in order:
             await sequential(sides[name], calls, results[name])
         for name in order:

@@ -17,12 +17,15 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 from kosmos_grpc import AgentServer, Coordinator, new_message
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 
 from .agents import BenchEcho
 from .core import PAYLOAD
+from .serve import EXECUTE_CODEC
 
 SERVICE = "bench.Bare"
 
@@ -39,19 +42,15 @@ async def workload(kind: str, count: int) -> None:
             response.response.result.CopyFrom(req.message.payload)
             return response
 
-        async def chunks(req: agent_pb2.ExecuteRequest, context: object):  # type: ignore[no-untyped-def]
+        async def chunks(req: agent_pb2.ExecuteRequest, context: object) -> AsyncIterator[agent_pb2.StreamResponse]:
             reply = agent_pb2.StreamResponse()
             reply.chunk.data.CopyFrom(req.message.payload)
             for sequence in range(count + 50):
                 reply.chunk.sequence = sequence
                 yield reply
 
-        codec = {
-            "request_deserializer": agent_pb2.ExecuteRequest.FromString,
-            "response_serializer": agent_pb2.ExecuteResponse.SerializeToString,
-        }
-        handlers = {
-            "Echo": grpc.unary_unary_rpc_method_handler(echo, **codec),
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo, **EXECUTE_CODEC),
             "Chunks": grpc.unary_stream_rpc_method_handler(
                 chunks,
                 request_deserializer=agent_pb2.ExecuteRequest.FromString,
@@ -116,7 +115,7 @@ def instructions(kind: str, count: int) -> int:
             "--run",
             kind,
             str(count),
-        ],  # type: ignore[union-attr]
+        ],
         capture_output=True,
         text=True,
         check=True,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypedDict
 
 import grpc
 
@@ -25,12 +25,23 @@ ECHO_BYTES = "/bench.Bare/EchoBytes"
 RELAY = "/bench.Bare/Relay"
 STREAM = "/bench.Bare/Stream"
 
+
+class ServerCodec(TypedDict):
+    request_deserializer: Callable[[bytes], agent_pb2.ExecuteRequest]
+    response_serializer: Callable[[agent_pb2.ExecuteResponse], bytes]
+
+
+class ClientCodec(TypedDict):
+    request_serializer: Callable[[agent_pb2.ExecuteRequest], bytes]
+    response_deserializer: Callable[[bytes], agent_pb2.ExecuteResponse]
+
+
 # What a hand-written grpc.aio service with the same messages would register.
-EXECUTE_CODEC = {
+EXECUTE_CODEC: ServerCodec = {
     "request_deserializer": agent_pb2.ExecuteRequest.FromString,
     "response_serializer": agent_pb2.ExecuteResponse.SerializeToString,
 }
-CLIENT_CODEC = {
+CLIENT_CODEC: ClientCodec = {
     "request_serializer": agent_pb2.ExecuteRequest.SerializeToString,
     "response_deserializer": agent_pb2.ExecuteResponse.FromString,
 }

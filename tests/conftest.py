@@ -107,9 +107,12 @@ def tool(name: str) -> str:
 def environment(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment for a child, less the developer's own OTEL_* settings, plus ``extra``.
 
-    A test that wants spans exported says where; none inherits an exporter from the shell.
+    A test that wants spans exported says where; none inherits an exporter from the shell. The
+    child imports kosmos_grpc from this tree, whichever one the environment's editable install names.
     """
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, **extra}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    path = os.pathsep.join(p for p in (str(ROOT), inherited.get("PYTHONPATH", "")) if p)
+    return {**inherited, "PYTHONPATH": path, **extra}
 
 
 async def kosmos_serve(config: Path, agent: str, *options: str) -> asyncio.subprocess.Process:

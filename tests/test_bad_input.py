@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import TypeAlias
 
 import grpc
 import pytest
@@ -25,9 +26,12 @@ from kosmos_grpc._proto.kosmos.v1 import agent_pb2, agent_pb2_grpc, envelope_pb2
 from .conftest import Mesh
 from .helpers.agents import Echo
 
+#: A stub straight to the echo agent, and a Coordinator for it.
+Served: TypeAlias = "tuple[agent_pb2_grpc.AgentServiceAsyncStub, Coordinator]"  # the async stub is in the .pyi only
+
 
 @pytest.fixture
-async def echo(mesh: Mesh) -> AsyncIterator[tuple[agent_pb2_grpc.AgentServiceAsyncStub, Coordinator]]:
+async def echo(mesh: Mesh) -> AsyncIterator[Served]:
     server = await mesh.serve(Echo())
     async with (
         grpc.aio.insecure_channel(
@@ -78,12 +82,20 @@ def _field(error: grpc.aio.AioRpcError) -> str:
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
     assert info.domain == "kosmos"
-    return info.metadata["field"]
+    field: str = info.metadata["field"]
+    return field
 
 
 @pytest.mark.parametrize(("case", "mutate", "code", "field"), CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("rpc", ["Execute", "Stream"])
-async def test_bad_envelope_gets_its_status_and_names_the_field(echo, case, mutate, code, field, rpc) -> None:
+async def test_bad_envelope_gets_its_status_and_names_the_field(
+    echo: Served,
+    case: str,
+    mutate: Callable[[envelope_pb2.AgentMessage], None],
+    code: grpc.StatusCode,
+    field: str,
+    rpc: str,
+) -> None:
     stub, client = echo
     message = new_message("echo", {"x": 1}, target_agent="echo")
     mutate(message)
@@ -95,7 +107,7 @@ async def test_bad_envelope_gets_its_status_and_names_the_field(echo, case, muta
     assert (await client.delegate("echo", "echo", {"still": "serving"})).result == {"still": "serving"}
 
 
-async def test_payload_over_the_default_4_mib_limit_is_resource_exhausted(echo) -> None:
+async def test_payload_over_the_default_4_mib_limit_is_resource_exhausted(echo: Served) -> None:
     stub, client = echo
     message = new_message("echo", {"blob": "x" * (DEFAULT_PAYLOAD_LIMIT + 1)})
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -137,7 +149,7 @@ async def test_payload_far_over_the_limit_is_stopped_by_the_client_naming_payloa
         assert (await client.delegate("echo", "echo", {"small": 1})).result == {"small": 1}
 
 
-async def test_client_errors_are_typed(echo) -> None:
+async def test_client_errors_are_typed(echo: Served) -> None:
     _, client = echo
     with pytest.raises(ActionNotFound, match="no action 'fly'"):
         await client.delegate("echo", "fly")
@@ -150,7 +162,7 @@ async def test_client_errors_are_typed(echo) -> None:
     assert caught.value.field == "ttl_ms"
 
 
-async def test_handler_crash_is_internal_without_leaking_the_traceback(echo) -> None:
+async def test_handler_crash_is_internal_without_leaking_the_traceback(echo: Served) -> None:
     _, client = echo
     with pytest.raises(ActionFailed, match="TimeoutError"):  # the handler's own, not a deadline
         await client.delegate("echo", "own_timeout")
@@ -164,7 +176,7 @@ async def test_handler_crash_is_internal_without_leaking_the_traceback(echo) -> 
     assert (await client.delegate("echo", "echo", {"ok": 1})).result == {"ok": 1}
 
 
-async def test_empty_envelope_fields_get_server_defaults(echo) -> None:
+async def test_empty_envelope_fields_get_server_defaults(echo: Served) -> None:
     stub, _ = echo
     message = envelope_pb2.AgentMessage(action="whoami")
     reply = await stub.Execute(agent_pb2.ExecuteRequest(message=message), timeout=5)
@@ -175,15 +187,17 @@ async def test_empty_envelope_fields_get_server_defaults(echo) -> None:
 
 
 @pytest.mark.parametrize("method", ["Execute", "Stream"])
-async def test_bytes_that_are_not_a_request_get_invalid_argument(echo, method) -> None:
+async def test_bytes_that_are_not_a_request_get_invalid_argument(echo: Served, method: str) -> None:
     _, client = echo
     channel = client.channel("echo")
     if method == "Execute":
-        call = channel.unary_unary(f"/kosmos.v1.AgentService/{method}")
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(f"/kosmos.v1.AgentService/{method}")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(b"\xff\xff\xff", timeout=5)
     else:
-        stream = channel.unary_stream(f"/kosmos.v1.AgentService/{method}")
+        stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            f"/kosmos.v1.AgentService/{method}"
+        )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stream(b"\xff\xff\xff", timeout=5).read()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

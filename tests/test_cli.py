@@ -256,7 +256,9 @@ async def test_serve_drains_the_call_in_flight_on_a_signal(tmp_path: Path, sig: 
         address = line.rsplit(" ", 1)[1].strip()
         async with Coordinator({"echo": address}) as client:
             call = asyncio.create_task(client.delegate("echo", "sleep", {"ms": 1000}, timeout_ms=10_000))
-            await asyncio.sleep(0.3)
+            async with asyncio.timeout(10):  # until the handler says it started: the call is in flight
+                while "sleeping 1000 ms" not in (line := (await process.stderr.readline()).decode()):
+                    assert line, "kosmos serve exited"
             process.send_signal(sig)
             assert (await call).result == {"slept_ms": 1000}
         assert await asyncio.wait_for(process.wait(), 15) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -19,7 +20,7 @@ async def test_one_channel_per_agent_is_reused_across_calls(mesh: Mesh, monkeypa
     opened: list[str] = []
     real = grpc.aio.insecure_channel
 
-    def counting(target: str, *args: object, **kwargs: object) -> grpc.aio.Channel:
+    def counting(target: str, *args: Any, **kwargs: Any) -> grpc.aio.Channel:  # insecure_channel's own
         opened.append(target)
         return real(target, *args, **kwargs)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -95,7 +97,10 @@ async def test_a_duplicate_message_id_is_delivered_once(nats_server: NatsServer)
         assert recorder.seen == [{"copy": 1}, {"after": True}]
 
 
-async def test_durable_events_published_while_the_server_was_down_are_not_lost(nats_server: NatsServer) -> None:
+async def test_durable_events_published_while_the_server_was_down_are_not_lost(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="kosmos_grpc.bus.nats_backend")
     async with NatsEventBus(nats_server.url, source_agent="test") as bus:
         recorder = Recorder()
         await bus.subscribe_durable(AUDIT_LOG, "survivor", recorder)
@@ -103,7 +108,11 @@ async def test_durable_events_published_while_the_server_was_down_are_not_lost(n
         await recorder.wait_for(1)
         await nats_server.stop(clean=False)
         publishing = asyncio.create_task(bus.publish(AUDIT_LOG, {"n": 1}))  # retried until the stream takes it
-        await asyncio.sleep(0.5)
+        for _ in range(200):  # bounded: until a first attempt has failed (after its 2 s) and it tries again
+            if any("trying again" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+        assert any("trying again" in r.getMessage() for r in caplog.records), "no retry within 10 s"
         assert not publishing.done(), "the publish waits for JetStream rather than dropping the event"
         await nats_server.start()  # the same port and store
         await asyncio.wait_for(publishing, 30)

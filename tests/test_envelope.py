@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from google.protobuf import struct_pb2
 
 from kosmos_grpc import DeadlineExceeded, InvalidEnvelope, PayloadTooLarge, Priority, new_message, validate_and_fill
+from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
 from kosmos_grpc.envelope import dict_to_struct, new_message_id, struct_to_dict
 
 
@@ -17,7 +20,7 @@ def test_new_message_fills_every_default() -> None:
     assert uuid.UUID(message.message_id).version == 4
     assert message.correlation_id == message.message_id
     assert message.ttl_ms == 60_000
-    assert message.priority == Priority.NORMAL
+    assert Priority(message.priority) is Priority.NORMAL
     assert message.target_agent == "athena"
     assert abs(message.timestamp.seconds - time.time()) < 5
     assert struct_to_dict(message.payload) == {"topic": "grpc"}
@@ -38,7 +41,15 @@ def test_unset_target_agent_means_broadcast() -> None:
 
 
 def test_payload_round_trips_nested_json() -> None:
-    payload = {"n": 3, "x": 1.5, "ok": True, "none": None, "list": [1, "a", {"b": [False]}], "s": "é", "e": [{}, []]}
+    payload: dict[str, object] = {
+        "n": 3,
+        "x": 1.5,
+        "ok": True,
+        "none": None,
+        "list": [1, "a", {"b": [False]}],
+        "s": "é",
+        "e": [{}, []],
+    }
     assert struct_to_dict(new_message("a", payload).payload) == payload
 
 
@@ -52,7 +63,7 @@ def test_payload_round_trips_nested_json() -> None:
         {"empty_list": [], "empty_dict": {}, "in_list": [[], {}]},
     ],
 )
-def test_dict_to_struct_matches_protobufs_own_update(data: dict[str, object]) -> None:
+def test_dict_to_struct_matches_protobufs_own_update(data: dict[str, Any]) -> None:
     expected = struct_pb2.Struct()
     expected.update(data)
     assert dict_to_struct(data) == expected
@@ -74,7 +85,7 @@ def test_payload_that_is_not_json_is_rejected_naming_payload() -> None:
         (lambda m: setattr(m, "priority", 42), "priority"),
     ],
 )
-def test_validate_names_the_bad_field(mutate, field) -> None:
+def test_validate_names_the_bad_field(mutate: Callable[[envelope_pb2.AgentMessage], None], field: str) -> None:
     message = new_message("echo")
     mutate(message)
     with pytest.raises(InvalidEnvelope) as caught:
@@ -118,7 +129,7 @@ def test_ttl_zero_means_the_default_and_future_timestamps_do_not_extend_it() -> 
 @pytest.mark.parametrize(
     ("text", "expected"), [("high", Priority.HIGH), ("PRIORITY_LOW", Priority.LOW), (4, Priority.CRITICAL)]
 )
-def test_priority_parses_names_and_numbers(text, expected) -> None:
+def test_priority_parses_names_and_numbers(text: str | int, expected: Priority) -> None:
     assert Priority.parse(text) is expected
 
 

@@ -48,13 +48,14 @@ def chain(spans: list[dict[str, Any]], leaf: str) -> list[tuple[str, str]]:
 
 def one_trace(call: dict[str, Any]) -> str:
     """The one trace every span of ``call`` is in; the handler saw it as the envelope's trace_id."""
-    traces = {span["trace_id"] for span in call["spans"]}
+    traces: set[str] = {span["trace_id"] for span in call["spans"]}
     assert len(traces) == 1, call["spans"]
     return traces.pop()
 
 
 def named(call: dict[str, Any], name: str, kind: str) -> dict[str, Any]:
-    [span] = [span for span in call["spans"] if span["name"] == name and span["kind"] == kind]
+    spans: list[dict[str, Any]] = [span for span in call["spans"] if span["name"] == name and span["kind"] == kind]
+    [span] = spans
     return span
 
 

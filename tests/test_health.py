@@ -55,11 +55,15 @@ async def test_watch_sees_not_serving_until_ready_then_serving_then_not_serving_
 async def test_stop_drains_a_call_in_flight_within_the_grace_period(mesh: Mesh) -> None:
     probe = Probe()
     server = await mesh.serve(probe)
-    async with mesh.client() as client:
+    async with mesh.client() as client, grpc.aio.insecure_channel(server.address) as channel:
+        # Opened before the stop: a new call may no longer get in after.
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=AGENT_SERVICE))
+        assert (await watch.read()).status == SERVING
         call = asyncio.create_task(client.delegate("probe", "work", timeout_ms=10_000))
         await asyncio.wait_for(probe.started.wait(), 5)
         stopping = asyncio.create_task(server.stop(grace=5))
-        await asyncio.sleep(0.1)
+        assert (await asyncio.wait_for(watch.read(), 5)).status == NOT_SERVING  # the stop has begun
+        watch.cancel()
         assert not stopping.done(), "stop waits for the call in flight"
         probe.gates[0].set()
         assert (await call).result == {"done": True}
@@ -69,12 +73,16 @@ async def test_stop_drains_a_call_in_flight_within_the_grace_period(mesh: Mesh) 
 async def test_stop_called_twice_at_once_waits_for_the_one_drain(mesh: Mesh) -> None:
     probe = Probe()
     server = await mesh.serve(probe)
-    async with mesh.client() as client:
+    async with mesh.client() as client, grpc.aio.insecure_channel(server.address) as channel:
+        # Opened before the stop: a new call may no longer get in after.
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=AGENT_SERVICE))
+        assert (await watch.read()).status == SERVING
         call = asyncio.create_task(client.delegate("probe", "work", timeout_ms=10_000))
         await asyncio.wait_for(probe.started.wait(), 5)
         first = asyncio.create_task(server.stop(grace=5))
         second = asyncio.create_task(server.stop(grace=5))
-        await asyncio.sleep(0.1)
+        assert (await asyncio.wait_for(watch.read(), 5)).status == NOT_SERVING  # the stop has begun
+        watch.cancel()
         assert not first.done()
         assert not second.done(), "a second stop waits for the drain too"
         probe.gates[0].set()

@@ -66,23 +66,30 @@ async def test_a_call_that_did_not_finish_is_forgotten_so_its_retry_runs(mesh: M
 
 
 async def _first_and_a_waiting_duplicate(
-    client: Coordinator, flaky: Flaky, message_id: str
+    client: Coordinator, server: AgentServer, flaky: Flaky, message_id: str
 ) -> tuple[asyncio.Task[Response], asyncio.Task[Response]]:
-    """A call held at flaky's gate, and a duplicate of it that has had time to arrive."""
+    """A call held at flaky's gate, and a duplicate of it that the server has made wait for it."""
     first = asyncio.create_task(client.delegate("flaky", "effect", message_id=message_id))
     await asyncio.wait_for(flaky.ran.wait(), 5)
+    executed = server.servicer.executed
+    assert executed is not None
+    claimed, entry = executed.claim(message_id)
+    assert not claimed, "the first call holds the message_id"
     second = asyncio.create_task(client.delegate("flaky", "effect", message_id=message_id))
-    await asyncio.sleep(0.1)
-    return first, second
+    for _ in range(250):  # bounded: until the duplicate waits on the first call's outcome
+        if entry._settled is not None:
+            return first, second
+        await asyncio.sleep(0.02)
+    raise AssertionError("the duplicate never came to wait for the first call")
 
 
 async def test_a_duplicate_that_arrives_while_the_first_runs_waits_for_it(mesh: Mesh) -> None:
     flaky = Flaky()
     flaky.gate.clear()
-    await mesh.serve(flaky)
+    server = await mesh.serve(flaky)
     message_id = new_message_id()
     async with mesh.client(resilience=False) as client:
-        first, second = await _first_and_a_waiting_duplicate(client, flaky, message_id)
+        first, second = await _first_and_a_waiting_duplicate(client, server, flaky, message_id)
         assert not second.done()  # waiting for the first, not answered and not run
         flaky.gate.set()
         results = await asyncio.wait_for(asyncio.gather(first, second), 5)
@@ -149,10 +156,10 @@ async def test_expired_message_ids_are_swept_out_as_new_ones_come_in() -> None:
 async def test_a_duplicate_waiting_on_a_first_call_that_is_cancelled_runs_itself(mesh: Mesh) -> None:
     flaky = Flaky()
     flaky.gate.clear()
-    await mesh.serve(flaky)
+    server = await mesh.serve(flaky)
     message_id = new_message_id()
     async with mesh.client(resilience=False) as client:
-        first, second = await _first_and_a_waiting_duplicate(client, flaky, message_id)
+        first, second = await _first_and_a_waiting_duplicate(client, server, flaky, message_id)
         assert not second.done()  # waiting on the first
         first.cancel()
         for _ in range(250):  # bounded: until the duplicate has claimed the id and runs

@@ -21,11 +21,10 @@ from kosmos_grpc import (
     Response,
 )
 from kosmos_grpc.bus import BrokerServer, Event, GrpcEventBus
-from kosmos_grpc.errors import is_final
+from kosmos_grpc.errors import SagaFailed, is_final
 from kosmos_grpc.patterns import (
     Call,
     Saga,
-    SagaFailed,
     SagaStep,
     Step,
     _to_the_end,
@@ -363,15 +362,16 @@ def test_an_open_circuit_is_no_final_answer() -> None:
 
 
 async def test_undoing_a_cancelled_saga_ends_in_the_cancellation_even_when_undoing_fails() -> None:
-    started = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def failing_undo() -> None:
         started.set()
-        await asyncio.sleep(0.05)
+        await release.wait()
         raise RuntimeError("the channel closed while undoing")
 
     runner = asyncio.create_task(_to_the_end(failing_undo()))
     await asyncio.wait_for(started.wait(), 5)
-    runner.cancel()
+    runner.cancel()  # while undoing; the undo fails only after
+    release.set()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(runner, 5)

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from kosmos_grpc import AGENT_SERVICE, Coordinator, ResourceExhausted
+from kosmos_grpc import AGENT_SERVICE, Coordinator, ResourceExhausted, Response
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.envelope import new_message
 from tests.conftest import Mesh
@@ -25,8 +25,8 @@ async def _waiting(server_queue: Queued, mesh: Mesh, count: int) -> None:
     raise AssertionError(f"{admission.waiting} calls waiting, not {count}")
 
 
-def _job(client: Coordinator, tag: str, priority: str, **kwargs: object) -> asyncio.Task[object]:
-    return asyncio.create_task(client.delegate("queued", "job", {"tag": tag}, priority=priority, **kwargs))  # type: ignore[arg-type]
+def _job(client: Coordinator, tag: str, priority: str) -> asyncio.Task[Response]:
+    return asyncio.create_task(client.delegate("queued", "job", {"tag": tag}, priority=priority))
 
 
 async def test_a_critical_call_overtakes_queued_low_ones(mesh: Mesh) -> None:

@@ -25,8 +25,10 @@ from tests.helpers.agents import Echo, Flaky, Forward
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05, jitter=0.01)
 
 
-def resilience(clock: ManualClock | None = None, **kwargs: object) -> Resilience:
-    policy = ResiliencePolicy(**{"retry": FAST, **kwargs})  # type: ignore[arg-type]
+def resilience(
+    clock: ManualClock | None = None, *, breaker: BreakerPolicy | None = None, fallbacks: dict[str, str] | None = None
+) -> Resilience:
+    policy = ResiliencePolicy(retry=FAST, breaker=breaker or BreakerPolicy(), fallbacks=fallbacks or {})
     return Resilience(policy, clock=clock or ManualClock())
 
 
@@ -141,7 +143,7 @@ async def test_a_half_open_circuit_closes_on_a_successful_probe_and_reopens_on_a
         clock.advance(30)
         response = await client.delegate("flaky", "fail_then_succeed", {"times": 3, "error": "internal"})
         assert response.result == {"attempt": 4}
-        assert breaker.state is CircuitState.CLOSED
+        assert breaker.current() is CircuitState.CLOSED
 
 
 async def test_a_half_open_circuit_lets_only_its_probes_through(mesh: Mesh) -> None:
@@ -253,8 +255,8 @@ async def test_a_failure_passed_on_by_a_middle_agent_is_not_blamed_on_it(mesh: M
     forward = Forward()
     await mesh.serve(forward, resilience=quick)
     await mesh.serve(_named(Echo, "dionysus"))
-    client_policy = {"fallbacks": {"forward": "dionysus"}, "breaker": BreakerPolicy(failure_threshold=1)}
-    async with mesh.client(resilience=resilience(**client_policy)) as client:
+    client_policy = resilience(breaker=BreakerPolicy(failure_threshold=1), fallbacks={"forward": "dionysus"})
+    async with mesh.client(resilience=client_policy) as client:
         with pytest.raises(AgentUnavailable) as caught:
             await client.delegate("forward", "forward", {"agent": "athena", "action": "echo"})
         assert client.resilience is not None
@@ -293,7 +295,7 @@ async def test_a_call_cancelled_while_it_probes_frees_its_probe(mesh: Mesh) -> N
         flaky.gate.set()
         response = await client.delegate("flaky", "fail_then_succeed")  # the freed slot probes
     assert response.result["attempt"] > 1
-    assert breaker.state is CircuitState.CLOSED
+    assert breaker.current() is CircuitState.CLOSED
 
 
 async def test_a_call_whose_deadline_passed_before_it_started_does_not_count_against_the_circuit(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 
 import grpc
 
@@ -63,6 +64,7 @@ async def test_leaving_a_relayed_stream_early_cancels_the_specialist(mesh: Mesh)
         async for chunk in stream:
             assert chunk.data == {"i": 0}
             break
+        assert isinstance(stream, AsyncGenerator)
         await stream.aclose()
     await asyncio.wait_for(probe.cancelled.wait(), 5)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from kosmos_grpc.subjects import (
     AUDIT_LOG,
     MAX_HEADERS,
     SubjectTrie,
+    _Node,
     agent_requests,
     agent_responses,
     matches,
@@ -153,14 +155,13 @@ def test_unrelated_subscriptions_are_never_visited() -> None:
         trie.add(f"kosmos.tenant{i}.events.>", i)
     trie.add("kosmos.events.audit.log", -1)
     visited: list[str] = []
-    real_get = dict.get
 
-    class Spy(dict):
-        def get(self, key, default=None):
+    class Spy(dict[str, _Node[int]]):
+        def get(self, key: str, default: Any = None, /) -> Any:
             visited.append(key)
-            return real_get(self, key, default)
+            return super().get(key, default)
 
-    def spy(node) -> None:
+    def spy(node: _Node[int]) -> None:
         node.children = Spy(node.children)
         for child in node.children.values():
             spy(child)

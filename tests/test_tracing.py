@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -40,10 +41,10 @@ SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # OTLP's span kinds
 
 
 @pytest.fixture
-async def receiver() -> OtlpReceiver:
+async def receiver() -> AsyncIterator[OtlpReceiver]:
     otlp = OtlpReceiver()
     await otlp.start()
-    yield otlp  # type: ignore[misc]
+    yield otlp
     await otlp.stop()
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 
 from kosmos_grpc._grpc import channel_options
-from kosmos_grpc._proto.kosmos.v1 import events_pb2
+from kosmos_grpc._proto.kosmos.v1 import envelope_pb2, events_pb2
 from kosmos_grpc.bus.broker import BUS_SERVICE, MAX_BATCH, MAX_BATCH_BYTES
 from kosmos_grpc.bus.event import Event, event_message
 from kosmos_grpc.bus.metrics import published, received
@@ -32,12 +33,26 @@ OUTBOX_CAPACITY = 8192
 log = logging.getLogger(__name__)
 
 
+def _detached(event: events_pb2.Event) -> Event:
+    """``event`` with an envelope of its own. Every part of a parsed message lives in its arena,
+    so an envelope taken from a reply keeps the whole reply (up to MAX_BATCH events) in memory."""
+    message = envelope_pb2.AgentMessage()
+    message.CopyFrom(event.message)
+    return Event(event.subject, dict(event.headers), message)
+
+
 class GrpcEventBus:
     """Publish and subscribe through the embedded broker at ``address``."""
 
     def __init__(
-        self, address: str, *, source_agent: str = "client", payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+        self,
+        address: str,
+        *,
+        source_agent: str = "client",
+        payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        """``clock`` (wall clock, nanoseconds) is what the subscriptions judge an event's TTL by."""
         self.address = address
         self.source_agent = source_agent
         self.payload_limit = payload_limit
@@ -63,8 +78,7 @@ class GrpcEventBus:
         # whatever has gathered as one batch; when the broker cannot keep up, publish waits.
         self._outbox: asyncio.Queue[events_pb2.Event] = asyncio.Queue(OUTBOX_CAPACITY)
         self._writer: asyncio.Task[None] | None = None
-        #: Events given up because the stream to the broker broke (at most once).
-        self.lost = 0
+        self._clock = clock
 
     async def __aenter__(self) -> Self:
         return self
@@ -173,9 +187,8 @@ class GrpcEventBus:
             except asyncio.CancelledError:
                 call.cancel()
                 raise
-            except Exception as exc:  # the call ended (a broker restart, say): reopen it, count the loss
+            except Exception as exc:  # the call ended (a broker restart, say): reopen it, log the loss
                 lost = len(batch.events)
-                self.lost += lost
                 for _ in range(lost):
                     outbox.task_done()
                 log.warning(
@@ -186,6 +199,9 @@ class GrpcEventBus:
                 )
                 call.cancel()
                 await asyncio.sleep(0.1)
+
+    def _expired(self, event: Event) -> bool:
+        return event.expired(self._clock())
 
     async def subscribe(
         self,
@@ -218,16 +234,22 @@ class GrpcEventBus:
             call.cancel()
 
         subscription: Subscription[Event] = Subscription(
-            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=Event.expired
+            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=self._expired
         )
         self._subscriptions.add(subscription)
 
         async def read() -> None:
             try:
                 async for reply in call:
+                    # Events still waiting from an earlier reply: the consumer is behind, and this
+                    # reply's events are copied (see _detached). So the buffer holds at most one
+                    # reply whole, bounded in bytes as in events; a consumer that keeps up costs
+                    # no copy.
+                    behind = not subscription.empty
                     for event in reply.events:
                         received(BACKEND, event.subject).inc()
-                        subscription.offer(Event.from_proto(event))
+                        copy = behind and not subscription.full  # a full buffer drops it (counted)
+                        subscription.offer(_detached(event) if copy else Event.from_proto(event))
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.CANCELLED:  # not our own unsubscribe
                     subscription.error = f"the broker at {self.address} ended the subscription: {exc.code().name}"

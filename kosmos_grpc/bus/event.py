@@ -39,10 +39,12 @@ class Event:
             self._payload = struct_to_dict(self.message.payload)
         return self._payload
 
-    def expired(self) -> bool:
-        """Whether the envelope's TTL (from its timestamp) has run out: such an event is not delivered."""
+    def expired(self, now_ns: int | None = None) -> bool:
+        """Whether the envelope's TTL (from its timestamp) has run out at ``now_ns`` (wall clock,
+        nanoseconds; now when None): such an event is not delivered."""
         stamp = self.message.timestamp
-        age_ms = (time.time_ns() - stamp.seconds * 1_000_000_000 - stamp.nanos) / 1_000_000
+        now = time.time_ns() if now_ns is None else now_ns
+        age_ms = (now - stamp.seconds * 1_000_000_000 - stamp.nanos) / 1_000_000
         return age_ms >= (self.message.ttl_ms or DEFAULT_TTL_MS)
 
     @property

@@ -64,6 +64,18 @@ DEFAULT_MAX_DELIVERIES = 5
 ACK_WAIT = 30.0
 
 
+async def _round_trip(nc: Client, seconds: int = 10) -> None:
+    """Wait until the server has read everything this client sent so far.
+
+    nats-py's flush writes its PING straight to the socket, ahead of the commands still queued
+    for its flusher task (a SUB, a PUB), so its PONG can come back before the server has read
+    them (a publish from another connection then misses a new subscription, about 1 in 30);
+    they are written before that PONG is read, and a second PING follows them.
+    """
+    await nc.flush(timeout=seconds)
+    await nc.flush(timeout=seconds)
+
+
 def _headers(msg: Msg) -> dict[str, str]:
     """A message's headers, less NATS's own (the dedupe id is the envelope's message_id anyway)."""
     headers = dict(msg.headers or {})
@@ -82,7 +94,9 @@ class NatsEventBus:
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
         durable: tuple[str, ...] = DEFAULT_DURABLE,
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        """``clock`` (wall clock, nanoseconds) is what the subscriptions judge an event's TTL by."""
         self.url = url
         self.source_agent = source_agent
         self.payload_limit = payload_limit
@@ -92,8 +106,7 @@ class NatsEventBus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._subscriptions: set[Subscription[Event]] = set()
-        #: Events received that were not a kosmos envelope, and so were skipped.
-        self.undecodable = 0
+        self._clock = clock
 
     async def connect(self) -> Self:
         """Connect (AgentUnavailable when the server cannot be reached)."""
@@ -196,7 +209,7 @@ class NatsEventBus:
         await self.publish_message(subject, message, carried)
         if acknowledge:
             try:
-                await self.nc.flush(timeout=max(1, math.ceil(timeout_ms / 1000)))  # nats-py counts whole seconds
+                await _round_trip(self.nc, max(1, math.ceil(timeout_ms / 1000)))  # nats-py counts whole seconds
             except (NatsError, TimeoutError) as exc:
                 raise AgentUnavailable(f"NATS at {self.url} did not confirm: {exc or type(exc).__name__}") from None
         return message.message_id
@@ -239,9 +252,13 @@ class NatsEventBus:
                     raise AgentUnavailable(
                         f"JetStream at {self.url} did not take the event in its TTL: {exc}"
                     ) from None
+                log.debug("JetStream at %s did not take an event on %s (%r); trying again", self.url, subject, exc)
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 1.0)
         published(BACKEND, subject).inc()
+
+    def _expired(self, event: Event) -> bool:
+        return event.expired(self._clock())
 
     async def subscribe_durable(
         self, pattern: str, name: str, handler: Callable[[Event], Awaitable[None]]
@@ -271,11 +288,10 @@ class NatsEventBus:
             received(BACKEND, msg.subject).inc()
             try:
                 event = Event(msg.subject, _headers(msg), envelope_pb2.AgentMessage.FromString(msg.data))
-            except DecodeError:
-                self.undecodable += 1
+            except DecodeError:  # not a kosmos envelope: skipped
                 await msg.term()
                 return
-            if event.expired():  # its TTL ran out while it waited: never delivered
+            if self._expired(event):  # its TTL ran out while it waited: never delivered
                 await msg.ack()
                 return
             traced = start_consumer_span(msg.subject, event.headers, "nats")
@@ -316,7 +332,7 @@ class NatsEventBus:
 
     async def flush(self) -> None:
         """Wait until the server has everything published so far."""
-        await self.nc.flush()
+        await _round_trip(self.nc)
 
     async def subscribe(
         self,
@@ -340,7 +356,7 @@ class NatsEventBus:
                     log.debug("unsubscribe from %s: %s", pattern, exc)
 
         subscription: Subscription[Event] = Subscription(
-            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=Event.expired, backend=BACKEND
+            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=self._expired, backend=BACKEND
         )
         self._subscriptions.add(subscription)
 
@@ -349,8 +365,7 @@ class NatsEventBus:
             received(BACKEND, msg.subject).inc()
             try:
                 message = envelope_pb2.AgentMessage.FromString(msg.data)
-            except DecodeError:
-                self.undecodable += 1
+            except DecodeError:  # not a kosmos envelope: skipped
                 return
             subscription.offer(Event(msg.subject, _headers(msg), message))
 
@@ -359,7 +374,7 @@ class NatsEventBus:
             # callback only has to absorb a burst while the callback catches up.
             limit = max(4 * capacity, NATS_PENDING_MESSAGES)
             native.append(await nc.subscribe(pattern, queue=queue or "", cb=deliver, pending_msgs_limit=limit))
-            await nc.flush()  # the server has the subscription once this returns
+            await _round_trip(nc)  # the server has the subscription once this returns
         except (NatsError, TimeoutError) as exc:
             raise AgentUnavailable(f"cannot subscribe on NATS at {self.url}: {exc or type(exc).__name__}") from None
         if handler is not None:

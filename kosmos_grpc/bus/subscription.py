@@ -60,14 +60,14 @@ class Subscription(Generic[T]):
         self._dropped_metric = DROPPED.labels(backend, subject_label(pattern))
 
     @property
-    def closed(self) -> bool:
-        """Whether the subscription has ended."""
-        return self._closed
-
-    @property
     def full(self) -> bool:
         """Whether the buffer has no room left."""
         return self._buffer.full()
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing waits in the buffer."""
+        return self._buffer.empty()
 
     def offer(self, event: T) -> bool:
         """Buffer ``event`` without waiting; False (and counted) when it had to be dropped."""

@@ -50,7 +50,8 @@ class Echo(Agent):
 
     @action
     async def sleep(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
-        """Sleep for payload.ms milliseconds."""
+        """Sleep for payload.ms milliseconds, logging that it has started (at INFO, on ``tests.echo``)."""
+        logging.getLogger("tests.echo").info("sleeping %d ms", payload.get("ms", 100))
         await asyncio.sleep(payload.get("ms", 100) / 1000)
         return {"slept_ms": payload.get("ms", 100)}
 

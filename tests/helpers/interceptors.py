@@ -58,15 +58,15 @@ class MethodRecorder(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         headers = dict(handler_call_details.invocation_metadata or ())
         self.calls.append((handler_call_details.method, str(headers.get("x-user", ""))))
         return await continuation(handler_call_details)
 
 
-class UserHeader(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class UserHeader(grpc.aio.UnaryUnaryClientInterceptor):
     """A plain grpc.aio client interceptor that sends ``x-user: ada`` with every unary call."""
 
     async def intercept_unary_unary(
