@@ -23,7 +23,7 @@ from kosmos_grpc.envelope import (
 )
 from kosmos_grpc.errors import InvalidEnvelope
 from kosmos_grpc.interceptors.client_chain import client_chain
-from kosmos_grpc.interceptors.outbound import Delegation, OutboundInterceptor
+from kosmos_grpc.interceptors.outbound import Delegation, OutboundInterceptor, status_name
 from kosmos_grpc.registry import Registry
 from kosmos_grpc.resilience import Resilience, ResiliencePolicy
 from kosmos_grpc.transport import Transport, explain
@@ -234,10 +234,18 @@ class Coordinator:
             agent, action, payload, timeout_ms, priority, correlation_id, ttl_ms, message_id, scope, request.message
         )
         call = Delegation(agent, action, request, time.monotonic() + timeout, timeout, agent, address)
-        # Closed on the way out, so that leaving the loop early cancels the call now.
-        async with contextlib.aclosing(self._chain.stream(call)) as chunks:
-            async for chunk in chunks:
-                yield Chunk(chunk.agent, chunk.sequence, wire=chunk.data)
+        code, failure = "OK", None
+        try:
+            chunks = await self._chain.open_stream(call)
+            # Closed on the way out, so that leaving the loop early cancels the call now.
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    yield Chunk(chunk.agent, chunk.sequence, wire=chunk.data)
+        except BaseException as error:
+            code, failure = status_name(error), error
+            raise
+        finally:
+            await call.ended(code, failure)
 
     def scope(self, *, correlation_id: str | None = None, timeout_ms: float | None = None) -> ScopedClient:
         """A client for one workflow: every call shares a correlation_id (default: a new one) and,

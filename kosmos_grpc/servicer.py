@@ -140,21 +140,43 @@ class AgentServicer:
         if request is None:
             await abort(context, unreadable("StreamRequest"))
         message = request.message
+        call: ServedCall | None = None
         try:
             call = self._admit(message, context)
-            sent = 0
+            items = await self.chain.open_stream(call)
+            # Read once: every chunk repeats them, and message attribute reads are not free.
+            agent, action = self._name, call.spec.name
+            message_id, correlation_id = message.message_id, message.correlation_id
+            sequence = 0
             # Closed on the way out, cancellation included, so the action's own cleanup (and
             # the cancelling of any stream it relays) runs now rather than at garbage collection.
-            async with contextlib.aclosing(self.chain.stream(call)) as replies:
-                async for reply in replies:
-                    sent += 1
-                    yield reply
-            final = _chunk(self._name, message.message_id, message.correlation_id, sent)
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    response = _chunk(agent, message_id, correlation_id, sequence)
+                    _fill(response.chunk.data, item, agent, action)
+                    if sequence == 0 and call.on_first is not None:
+                        for first in call.on_first:
+                            first()
+                    sequence += 1
+                    yield response
+            # Every chunk is made: the stream is done, whatever becomes of its final marker.
+            call.ended("OK", None, True)
+            final = _chunk(agent, message_id, correlation_id, sequence)
             final.chunk.final = True
             yield final
             return
+        except GeneratorExit:  # the caller went away: gRPC closes this from another task
+            if call is not None:
+                call.ended("CANCELLED", None, False)
+            raise
         except Exception as exc:
             error = self._failure(exc, message)
+        except BaseException:  # cancelled
+            if call is not None:
+                call.ended("CANCELLED", None, True)
+            raise
+        if call is not None:
+            call.ended(error.code.name, error, True)
         await abort(context, error)
 
     async def Describe(
@@ -177,7 +199,8 @@ class Handlers(InboundInterceptor):
     """The last link of the server's chain: runs the action's handler and puts its result in the reply.
 
     A handler that raises anything but a :class:`KosmosError` fails with ActionFailed (INTERNAL),
-    logged here with its traceback, which never reaches the caller.
+    logged with its traceback, which never reaches the caller. A stream's items are put into
+    replies by the servicer, as they come.
     """
 
     def __init__(self, agent: Agent) -> None:
@@ -213,29 +236,20 @@ class Handlers(InboundInterceptor):
         _fill(reply.result, result, self.agent, action)
         return response
 
-    async def stream(self, call: ServedCall) -> AsyncGenerator[agent_pb2.StreamResponse, None]:
+    async def open_stream(self, call: ServedCall) -> AsyncGenerator[Any, None]:
         ctx, spec = call.ctx, call.spec
         handler = self._handlers[spec.name]
         call.started = True
         self.running += 1
-        # Read once: every chunk repeats them, and message attribute reads are not free.
-        agent, action = self.agent, spec.name
-        message_id, correlation_id = call.message.message_id, call.message.correlation_id
-        sequence = 0
-        try:
-            items = handler(ctx, ctx.payload) if spec.streaming else _one(handler(ctx, ctx.payload))
-            async with contextlib.aclosing(items):
-                async for item in items:
-                    response = _chunk(agent, message_id, correlation_id, sequence)
-                    _fill(response.chunk.data, item, agent, action)
-                    sequence += 1
-                    yield response
-        except KosmosError:
-            raise
-        except Exception as exc:
-            raise _action_failed(agent, action, exc) from None
-        finally:
-            self.running -= 1
+        call.at_end(self._ended)
+        # Nothing of the handler runs until its first item is asked for (the servicer's loop).
+        items: AsyncGenerator[Any, None] = (
+            handler(ctx, ctx.payload) if spec.streaming else _one(handler(ctx, ctx.payload))
+        )
+        return items
+
+    def _ended(self, code: str, error: KosmosError | None, in_task: bool) -> None:
+        self.running -= 1
 
 
 _CIRCUIT_STATES = {

@@ -9,7 +9,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from kosmos_grpc._grpc import AgentStub, channel_options
+from kosmos_grpc._grpc import AgentStub, StreamCall, channel_options
 from kosmos_grpc.deadlines import time_left
 from kosmos_grpc.errors import ORIGIN, ActionFailed, KosmosError, PayloadTooLarge, StreamBroken, from_rpc_error
 from kosmos_grpc.interceptors.outbound import OutboundInterceptor
@@ -97,7 +97,9 @@ class Transport(OutboundInterceptor):
         call.answered = reply.response.agent
         return reply
 
-    async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+    async def open_stream(
+        self, call: Delegation[agent_pb2.StreamRequest]
+    ) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
         target, action = call.target, call.action
         call.request.message.target_agent = target
         stub = self.stub(target, call.address if target == call.agent else None)
@@ -108,11 +110,21 @@ class Transport(OutboundInterceptor):
             if token is not None:
                 otel_context.detach(token)
         try:
+            first = await stream.read()
+        except grpc.aio.AioRpcError as exc:
+            raise explain(exc, target, action, call.timeout) from None
+        except BaseException:
+            stream.cancel()
+            raise
+        return self._chunks(call, stream, first)
+
+    async def _chunks(
+        self, call: Delegation[agent_pb2.StreamRequest], stream: StreamCall, reply: Any
+    ) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+        """The chunks of an open stream, its first reply read already, up to its final marker."""
+        target, action = call.target, call.action
+        try:
             while True:
-                try:
-                    reply: Any = await stream.read()
-                except grpc.aio.AioRpcError as exc:
-                    raise explain(exc, target, action, call.timeout) from None
                 if reply is grpc.aio.EOF:
                     raise StreamBroken(f"the stream from {target}.{action} ended without its final marker")
                 chunk = reply.chunk
@@ -125,6 +137,10 @@ class Transport(OutboundInterceptor):
                             await stream.read()
                     return
                 yield chunk
+                try:
+                    reply = await stream.read()
+                except grpc.aio.AioRpcError as exc:
+                    raise explain(exc, target, action, call.timeout) from None
         finally:
             stream.cancel()
 

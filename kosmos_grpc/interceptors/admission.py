@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kosmos_grpc.interceptors.inbound import InboundInterceptor
 
@@ -13,6 +12,7 @@ if TYPE_CHECKING:
 
     from kosmos_grpc._proto.kosmos.v1 import agent_pb2
     from kosmos_grpc.admission import Admission
+    from kosmos_grpc.errors import KosmosError
     from kosmos_grpc.interceptors.inbound import ServedCall
 
 __all__ = ["AdmissionInterceptor"]
@@ -33,14 +33,13 @@ class AdmissionInterceptor(InboundInterceptor):
         finally:
             self.admission.release()
 
-    async def stream(self, call: ServedCall) -> AsyncGenerator[agent_pb2.StreamResponse, None]:
+    async def open_stream(self, call: ServedCall) -> AsyncGenerator[Any, None]:
         await self._wait_turn(call)
-        try:
-            async with contextlib.aclosing(self.next.stream(call)) as replies:
-                async for reply in replies:
-                    yield reply
-        finally:
-            self.admission.release()
+        call.at_end(self._release)
+        return await self.next.open_stream(call)
+
+    def _release(self, code: str, error: KosmosError | None, in_task: bool) -> None:
+        self.admission.release()
 
     async def _wait_turn(self, call: ServedCall) -> None:
         """Wait for a turn to run and take the wait off the call's timer (DeadlineExceeded when nothing is left)."""

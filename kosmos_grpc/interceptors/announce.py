@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 from kosmos_grpc.errors import KosmosError
-from kosmos_grpc.interceptors.outbound import OutboundInterceptor, status_name
+from kosmos_grpc.interceptors.outbound import OutboundInterceptor
 from kosmos_grpc.subjects import agent_requests, agent_responses
 
 if TYPE_CHECKING:
@@ -42,18 +41,16 @@ class Announce(OutboundInterceptor):
         await self._outcome(call, "OK")
         return reply
 
-    async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+    async def open_stream(
+        self, call: Delegation[agent_pb2.StreamRequest]
+    ) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
         await self._request(call)
-        outcome = "OK"
-        try:
-            async with contextlib.aclosing(self.next.stream(call)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-        except BaseException as error:
-            outcome = status_name(error)
-            raise
-        finally:
-            await self._outcome(call, outcome)
+
+        async def ended(code: str, error: BaseException | None) -> None:
+            await self._outcome(call, code)
+
+        call.at_end(ended)
+        return await self.next.open_stream(call)
 
     async def _request(self, call: Delegation[Any]) -> None:
         message = call.request.message

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kosmos_grpc.interceptors.outbound import OutboundInterceptor, status_name
 from kosmos_grpc.telemetry.metrics import UNKNOWN_LABEL, DelegationMetrics
 from kosmos_grpc.telemetry.tracing import end_span, start_client_span, trace_id_hex
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Coroutine
 
     from opentelemetry.trace import Span
 
@@ -43,19 +42,17 @@ class ClientTelemetry(OutboundInterceptor):
         finally:
             self._done(span, call.agent, call.action, code, failure, started)
 
-    async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+    def open_stream(
+        self, call: Delegation[agent_pb2.StreamRequest]
+    ) -> Coroutine[Any, Any, AsyncGenerator[envelope_pb2.StreamChunk, None]]:
         span = self._start(call)
         started = time.monotonic()
-        code, failure = "OK", None
-        try:
-            async with contextlib.aclosing(self.next.stream(call)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-        except BaseException as error:
-            code, failure = status_name(error), error
-            raise
-        finally:
-            self._done(span, call.agent, call.action, code, failure, started)
+
+        async def ended(code: str, error: BaseException | None) -> None:
+            self._done(span, call.agent, call.action, code, error, started)
+
+        call.at_end(ended)
+        return self.next.open_stream(call)
 
     def _start(self, call: Delegation[agent_pb2.ExecuteRequest] | Delegation[agent_pb2.StreamRequest]) -> Span:
         """The delegation's span; its context goes out in the call's metadata."""

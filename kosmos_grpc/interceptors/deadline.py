@@ -32,12 +32,12 @@ class DeadlineInterceptor(InboundInterceptor):
         work = self.next.execute(call)
         return work if call.timer is None else within(work, call.timer, self.agent, call.spec.name)
 
-    def stream(self, call: ServedCall) -> AsyncGenerator[agent_pb2.StreamResponse, None]:
-        replies = self.next.stream(call)
+    async def open_stream(self, call: ServedCall) -> AsyncGenerator[Any, None]:
+        items = await self.next.open_stream(call)
         if call.timer is None:
-            return replies
+            return items
         deadline = asyncio.get_running_loop().time() + call.timer
-        return _bounded(replies, deadline, self.agent, call.spec.name)
+        return _bounded(items, deadline, self.agent, call.spec.name)
 
 
 async def within(work: Awaitable[T], seconds: float, agent: str, action: str) -> T:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kosmos_grpc.errors import AgentUnavailable, DuplicateMessage, KosmosError, is_final
 from kosmos_grpc.interceptors.deadline import within
 from kosmos_grpc.interceptors.inbound import InboundInterceptor
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Coroutine
 
     from kosmos_grpc._proto.kosmos.v1 import agent_pb2
     from kosmos_grpc.idempotency import ExecutedCall, ExecutedCalls
@@ -69,33 +68,51 @@ class IdempotencyInterceptor(InboundInterceptor):
         executed.settle(message_id, entry, reply, None, reply.ByteSize())
         return reply
 
-    async def stream(self, call: ServedCall) -> AsyncGenerator[agent_pb2.StreamResponse, None]:
+    def open_stream(self, call: ServedCall) -> Coroutine[Any, Any, AsyncGenerator[Any, None]]:
         executed, message_id = self.executed, call.message.message_id
         # A stream is not replayed: a retry of one that started must not run it twice.
-        first, claimed = executed.claim(message_id)
+        first, entry = executed.claim(message_id)
         if not first:
             raise DuplicateMessage(
                 f"a call under message_id {message_id!r} already started on {self.agent!r}: "
                 "a stream is neither replayed nor run twice; send it again under a new message_id",
                 metadata={"field": "message_id"},
             )
-        entry: ExecutedCall[agent_pb2.ExecuteResponse] | None = claimed
-        error: KosmosError | None = None
-        try:
-            async with contextlib.aclosing(self.next.stream(call)) as replies:
-                async for reply in replies:
-                    if entry is not None:  # the first chunk: from now on, a retry must not run it again
-                        executed.settle(message_id, entry, None, _STREAMED)
-                        entry = None
-                    yield reply
-        except KosmosError as failure:
-            error = failure
-            raise
-        finally:
-            if entry is not None:  # ended before its first chunk, or with none at all
-                if not call.started or (error is not None and not is_final(error)):
-                    # Never started, or failed in a way a retry may mend (its own UNAVAILABLE,
-                    # say): forgotten, so that the retry runs, as for Execute.
-                    executed.settle(message_id, entry, None, None)
-                else:  # it ran (to its end, or the caller went away, or it failed for good): never again
-                    executed.settle(message_id, entry, None, error or _STREAMED)
+        claim = _StreamClaim(executed, message_id, entry, call)
+        call.at_first(claim.chunked)
+        call.at_end(claim.ended)
+        return self.next.open_stream(call)
+
+
+class _StreamClaim:
+    """A stream's claim on its message_id: given up or kept for good, as the stream goes."""
+
+    __slots__ = ("call", "entry", "executed", "message_id")
+
+    def __init__(
+        self,
+        executed: ExecutedCalls[agent_pb2.ExecuteResponse],
+        message_id: str,
+        entry: ExecutedCall[agent_pb2.ExecuteResponse],
+        call: ServedCall,
+    ) -> None:
+        self.executed, self.message_id, self.call = executed, message_id, call
+        self.entry: ExecutedCall[agent_pb2.ExecuteResponse] | None = entry
+
+    def chunked(self) -> None:
+        """The first chunk is out: from now on, a retry must not run the stream again."""
+        if self.entry is not None:
+            self.executed.settle(self.message_id, self.entry, None, _STREAMED)
+            self.entry = None
+
+    def ended(self, code: str, error: KosmosError | None, in_task: bool) -> None:
+        """Ended before its first chunk, or with none at all (else nothing is left to do)."""
+        entry, self.entry = self.entry, None
+        if entry is None:
+            return
+        if not self.call.started or (error is not None and not is_final(error)):
+            # Never started, or failed in a way a retry may mend (its own UNAVAILABLE, say):
+            # forgotten, so that the retry runs, as for Execute.
+            self.executed.settle(self.message_id, entry, None, None)
+        else:  # it ran (to its end, or the caller went away, or it failed for good): never again
+            self.executed.settle(self.message_id, entry, None, error or _STREAMED)

@@ -14,9 +14,13 @@ from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
 from kosmos_grpc.errors import KosmosError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Coroutine
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+    from typing import TypeAlias
 
     from opentelemetry.trace import Span
+
+    #: What runs when a stream ends: the status name it ended with, and its exception if any.
+    StreamEnd: TypeAlias = Callable[[str, BaseException | None], Awaitable[None]]
 
 __all__ = ["Delegation", "OutboundInterceptor", "status_name"]
 
@@ -46,14 +50,35 @@ class Delegation(Generic[RequestT]):
     #: The delegation's span (telemetry's): the transport makes it current while a call starts,
     #: when the channels have ``grpc.aio`` interceptors, so that their spans are its children.
     span: Span | None = None
+    #: What runs when a stream ends (see :meth:`at_end`).
+    on_end: list[StreamEnd] | None = None
+
+    def at_end(self, callback: StreamEnd) -> None:
+        """Have ``callback`` run when the stream ends, however it ends, the last registered first,
+        with the status name it ended with and its exception, if any.
+
+        It runs even when a link further in fails to open the stream: register it once there is
+        something to undo or to tell.
+        """
+        if self.on_end is None:
+            self.on_end = [callback]
+        else:
+            self.on_end.append(callback)
+
+    async def ended(self, code: str, error: BaseException | None) -> None:
+        """Run the end callbacks (the coordinator calls it, once)."""
+        callbacks, self.on_end = self.on_end, None
+        for callback in reversed(callbacks or ()):
+            await callback(code, error)
 
 
 class OutboundInterceptor:
     """Passes every call on to ``next`` unchanged: subclass it and override what your concern needs.
 
-    ``stream`` yields the chunks of a streamed answer (``envelope_pb2.StreamChunk``, the final marker
-    excepted); leaving the loop or being cancelled cancels the call. An interceptor that
-    wraps the chunks closes what it wraps on the way out (``contextlib.aclosing``).
+    ``open_stream`` starts a streamed call: once it returns, the first reply has arrived, and
+    the chunks (``envelope_pb2.StreamChunk``, the final marker excepted) are what it returns.
+    No link runs per chunk unless it wraps them; what a link must do at the stream's end, it
+    registers on the delegation (:meth:`Delegation.at_end`).
     """
 
     def __init__(self, next: OutboundInterceptor) -> None:
@@ -67,9 +92,11 @@ class OutboundInterceptor:
         """Run a unary action; its reply (an ``async def`` in a subclass)."""
         return self.next.delegate(call)
 
-    def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
-        """Run a streaming action; its chunks as they arrive."""
-        return self.next.stream(call)
+    def open_stream(
+        self, call: Delegation[agent_pb2.StreamRequest]
+    ) -> Coroutine[Any, Any, AsyncGenerator[envelope_pb2.StreamChunk, None]]:
+        """Start a streaming action; its chunks, the first of them arrived (an ``async def`` in a subclass)."""
+        return self.next.open_stream(call)
 
 
 def status_name(error: BaseException) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 from kosmos_grpc.interceptors.outbound import OutboundInterceptor
@@ -36,21 +35,11 @@ class ResilienceInterceptor(OutboundInterceptor):
         # Not a coroutine of its own: every call pays for this link, so it adds no frame to await.
         return self.resilience.call(call.agent, attempt, call.deadline)
 
-    async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
-        async def start(
-            target: str,
-        ) -> tuple[AsyncGenerator[envelope_pb2.StreamChunk, None], envelope_pb2.StreamChunk | None]:
+    def open_stream(
+        self, call: Delegation[agent_pb2.StreamRequest]
+    ) -> Coroutine[Any, Any, AsyncGenerator[envelope_pb2.StreamChunk, None]]:
+        def start(target: str) -> Coroutine[Any, Any, AsyncGenerator[envelope_pb2.StreamChunk, None]]:
             call.target = target
-            chunks = self.next.stream(call)
-            try:
-                return chunks, await anext(chunks)
-            except StopAsyncIteration:  # a stream of no chunks at all
-                return chunks, None
+            return self.next.open_stream(call)
 
-        chunks, first = await self.resilience.call(call.agent, start, call.deadline)
-        async with contextlib.aclosing(chunks):
-            if first is None:
-                return
-            yield first
-            async for chunk in chunks:
-                yield chunk
+        return self.resilience.call(call.agent, start, call.deadline)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 from kosmos_grpc._grpc import AGENT_SERVICE
@@ -13,7 +12,7 @@ from kosmos_grpc.telemetry.metrics import CALLS_IN_FLIGHT, QUEUE_DEPTH, watch
 from kosmos_grpc.telemetry.tracing import finish_span, start_server_span, trace_id_hex
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Callable
+    from collections.abc import AsyncGenerator, Callable, Coroutine
 
     from opentelemetry.trace import Span
 
@@ -68,26 +67,19 @@ class ServerTelemetry(InboundInterceptor):
         finish_span(traced, "OK")
         return reply
 
-    async def stream(self, call: ServedCall) -> AsyncGenerator[agent_pb2.StreamResponse, None]:
+    def open_stream(self, call: ServedCall) -> Coroutine[Any, Any, AsyncGenerator[Any, None]]:
         traced = self._trace("stream", call)
         current_call.set(call.ctx)
-        try:
-            async with contextlib.aclosing(self.next.stream(call)) as replies:
-                async for reply in replies:
-                    yield reply
-        except KosmosError as error:
-            finish_span(traced, error.code.name, error)
-            raise
-        except GeneratorExit:
-            # The caller went away while this waited at a yield; gRPC closes the generator from
-            # another task, whose context is not the one the span was made current in.
-            finish_span(traced, "CANCELLED", detach=False)
-            raise
-        except BaseException as error:
-            finish_span(traced, "CANCELLED" if not isinstance(error, Exception) else "INTERNAL", error)
-            raise
-        # Every chunk is made and handed on: the stream is done, whatever becomes of its final marker.
-        finish_span(traced, "OK")
+        if traced is not None:
+
+            def ended(code: str, error: KosmosError | None, in_task: bool) -> None:
+                # OK once every chunk is made, whatever becomes of the final marker. Closed from
+                # another task (the caller gone), the context the span was made current in is
+                # not the current one: it is left as it is.
+                finish_span(traced, code, error, detach=in_task)
+
+            call.at_end(ended)
+        return self.next.open_stream(call)
 
     def _trace(self, rpc: str, call: ServedCall) -> tuple[Span, object] | None:
         """The call's SERVER span, continuing the caller's trace; None when there is no trace to follow.

@@ -24,11 +24,23 @@ class OutboundRecorder(OutboundInterceptor):
         SEEN.setdefault(self.name, []).append(("delegate", call.action, call.request.message.message_id))
         return await self.next.delegate(call)
 
-    async def stream(self, call: Delegation[agent_pb2.StreamRequest]) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+    async def open_stream(
+        self, call: Delegation[agent_pb2.StreamRequest]
+    ) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
         SEEN.setdefault(self.name, []).append(("stream", call.action, call.request.message.message_id))
-        async with contextlib.aclosing(self.next.stream(call)) as chunks:
+
+        async def ended(code: str, error: BaseException | None) -> None:
+            SEEN[self.name].append(("ended", call.action, code))
+
+        call.at_end(ended)
+        return self._recorded(call.action, await self.next.open_stream(call))
+
+    async def _recorded(
+        self, action: str, chunks: AsyncGenerator[envelope_pb2.StreamChunk, None]
+    ) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+        async with contextlib.aclosing(chunks):
             async for chunk in chunks:
-                SEEN[self.name].append(("chunk", call.action, str(chunk.sequence)))
+                SEEN[self.name].append(("chunk", action, str(chunk.sequence)))
                 yield chunk
 
 
@@ -42,12 +54,10 @@ class InboundRecorder(InboundInterceptor):
         SEEN.setdefault(self.name, []).append(("execute", envelope.action, envelope.message_id))
         return await self.next.execute(call)
 
-    async def stream(self, call: ServedCall) -> AsyncGenerator[agent_pb2.StreamResponse, None]:
+    async def open_stream(self, call: ServedCall) -> AsyncGenerator[Any, None]:
         envelope = call.ctx.envelope
         SEEN.setdefault(self.name, []).append(("stream", envelope.action, envelope.message_id))
-        async with contextlib.aclosing(self.next.stream(call)) as replies:
-            async for reply in replies:
-                yield reply
+        return await self.next.open_stream(call)
 
 
 class MethodRecorder(grpc.aio.ServerInterceptor):
