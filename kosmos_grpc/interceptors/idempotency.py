@@ -39,34 +39,28 @@ class IdempotencyInterceptor(InboundInterceptor):
         executed, message_id = self.executed, call.message.message_id
         for _ in range(_DUPLICATE_TRIES):
             first, entry = executed.claim(message_id)
-            if first:
-                return await self._first(call, entry)
+            if first:  # run here rather than in a coroutine of its own: every call takes this path
+                try:
+                    reply = await self.next.execute(call)
+                except KosmosError as error:
+                    # What the duplicates get: the failure if the call finished with it, else nothing (they run).
+                    executed.settle(message_id, entry, None, error if is_final(error) else None)
+                    raise
+                except BaseException:  # cancelled, or a fault: forgotten, so that a retry runs
+                    executed.settle(message_id, entry, None, None)
+                    raise
+                executed.settle(message_id, entry, reply, None, reply.ByteSize())
+                return reply
             # A retry of a call seen before: its outcome, once the first call has one.
             waited = entry.wait()
-            reply, failure = await (
+            kept, failure = await (
                 waited if call.timer is None else within(waited, call.timer, self.agent, call.spec.name)
             )
-            if reply is not None:
-                return reply
+            if kept is not None:
+                return kept
             if failure is not None:
                 raise failure
         raise AgentUnavailable(f"the earlier calls under message_id {message_id!r} kept ending unfinished; try again")
-
-    async def _first(
-        self, call: ServedCall, entry: ExecutedCall[agent_pb2.ExecuteResponse]
-    ) -> agent_pb2.ExecuteResponse:
-        executed, message_id = self.executed, call.message.message_id
-        try:
-            reply = await self.next.execute(call)
-        except KosmosError as error:
-            # What the duplicates get: the failure if the call finished with it, else nothing (they run).
-            executed.settle(message_id, entry, None, error if is_final(error) else None)
-            raise
-        except BaseException:  # cancelled, or a fault: forgotten, so that a retry runs
-            executed.settle(message_id, entry, None, None)
-            raise
-        executed.settle(message_id, entry, reply, None, reply.ByteSize())
-        return reply
 
     def open_stream(self, call: ServedCall) -> Coroutine[Any, Any, AsyncGenerator[Any, None]]:
         executed, message_id = self.executed, call.message.message_id
