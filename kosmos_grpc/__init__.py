@@ -47,7 +47,7 @@ from kosmos_grpc.errors import (
     from_rpc_error,
 )
 from kosmos_grpc.interceptors.inbound import InboundInterceptor, ServedCall
-from kosmos_grpc.interceptors.outbound import Delegation, OutboundInterceptor
+from kosmos_grpc.interceptors.outbound import Delegation, OpenStream, OutboundInterceptor, Replies
 from kosmos_grpc.patterns import (
     Call,
     Saga,
@@ -110,10 +110,12 @@ __all__ = [
     "KosmosError",
     "MeshConfig",
     "MeshLimits",
+    "OpenStream",
     "OutboundInterceptor",
     "PayloadTooLarge",
     "Priority",
     "Registry",
+    "Replies",
     "Resilience",
     "ResiliencePolicy",
     "ResourceExhausted",

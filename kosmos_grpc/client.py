@@ -21,7 +21,7 @@ from kosmos_grpc.envelope import (
     new_message_id,
     struct_to_dict,
 )
-from kosmos_grpc.errors import InvalidEnvelope
+from kosmos_grpc.errors import InvalidEnvelope, StreamBroken
 from kosmos_grpc.interceptors.client_chain import client_chain
 from kosmos_grpc.interceptors.outbound import Delegation, OutboundInterceptor, status_name
 from kosmos_grpc.registry import Registry
@@ -236,11 +236,27 @@ class Coordinator:
         call = Delegation(agent, action, request, time.monotonic() + timeout, timeout, agent, address)
         code, failure = "OK", None
         try:
-            chunks = await self._chain.open_stream(call)
-            # Closed on the way out, so that leaving the loop early cancels the call now.
-            async with contextlib.aclosing(chunks):
-                async for chunk in chunks:
+            opened = await self._chain.open_stream(call)
+            # Read here, straight from the call: no link of the chain runs per chunk.
+            replies, reply = opened.replies, opened.first
+            try:
+                while True:
+                    if reply is grpc.aio.EOF:
+                        raise StreamBroken(f"the stream from {call.target}.{action} ended without its final marker")
+                    chunk = reply.chunk
+                    if chunk.final:
+                        call.answered = chunk.agent
+                        if opened.read_to_end:
+                            with contextlib.suppress(grpc.aio.AioRpcError):
+                                await replies.read()
+                        return
                     yield Chunk(chunk.agent, chunk.sequence, wire=chunk.data)
+                    try:
+                        reply = await replies.read()
+                    except grpc.aio.AioRpcError as exc:
+                        raise explain(exc, call.target, action, timeout) from None
+            finally:  # leaving the loop early, or failing, cancels the call now
+                replies.cancel()
         except BaseException as error:
             code, failure = status_name(error), error
             raise

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from kosmos_grpc._grpc import AgentStub, StreamCall, channel_options
+from kosmos_grpc._grpc import AgentStub, channel_options
 from kosmos_grpc.deadlines import time_left
-from kosmos_grpc.errors import ORIGIN, ActionFailed, KosmosError, PayloadTooLarge, StreamBroken, from_rpc_error
-from kosmos_grpc.interceptors.outbound import OutboundInterceptor
+from kosmos_grpc.errors import ORIGIN, ActionFailed, KosmosError, PayloadTooLarge, from_rpc_error
+from kosmos_grpc.interceptors.outbound import OpenStream, OutboundInterceptor
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Sequence
+    from collections.abc import Sequence
     from contextvars import Token
 
-    from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
+    from kosmos_grpc._proto.kosmos.v1 import agent_pb2
     from kosmos_grpc.interceptors.outbound import Delegation
     from kosmos_grpc.registry import Registry
 
@@ -97,9 +96,7 @@ class Transport(OutboundInterceptor):
         call.answered = reply.response.agent
         return reply
 
-    async def open_stream(
-        self, call: Delegation[agent_pb2.StreamRequest]
-    ) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+    async def open_stream(self, call: Delegation[agent_pb2.StreamRequest]) -> OpenStream:
         target, action = call.target, call.action
         call.request.message.target_agent = target
         stub = self.stub(target, call.address if target == call.agent else None)
@@ -116,33 +113,7 @@ class Transport(OutboundInterceptor):
         except BaseException:
             stream.cancel()
             raise
-        return self._chunks(call, stream, first)
-
-    async def _chunks(
-        self, call: Delegation[agent_pb2.StreamRequest], stream: StreamCall, reply: Any
-    ) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
-        """The chunks of an open stream, its first reply read already, up to its final marker."""
-        target, action = call.target, call.action
-        try:
-            while True:
-                if reply is grpc.aio.EOF:
-                    raise StreamBroken(f"the stream from {target}.{action} ended without its final marker")
-                chunk = reply.chunk
-                if chunk.final:
-                    call.answered = chunk.agent
-                    if self._grpc_interceptors:
-                        # On to the end of the call (it ends right after the marker), so that an
-                        # interceptor's own wrapper of the replies finishes, its span with it.
-                        with contextlib.suppress(grpc.aio.AioRpcError):
-                            await stream.read()
-                    return
-                yield chunk
-                try:
-                    reply = await stream.read()
-                except grpc.aio.AioRpcError as exc:
-                    raise explain(exc, target, action, call.timeout) from None
-        finally:
-            stream.cancel()
+        return OpenStream(first, stream, read_to_end=bool(self._grpc_interceptors))
 
 
 def explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float) -> KosmosError:

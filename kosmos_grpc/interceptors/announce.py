@@ -6,13 +6,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from kosmos_grpc.errors import KosmosError
-from kosmos_grpc.interceptors.outbound import OutboundInterceptor
+from kosmos_grpc.interceptors.outbound import OpenStream, OutboundInterceptor
 from kosmos_grpc.subjects import agent_requests, agent_responses
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
-
-    from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
+    from kosmos_grpc._proto.kosmos.v1 import agent_pb2
     from kosmos_grpc.bus.protocol import EventBus
     from kosmos_grpc.interceptors.outbound import Delegation
 
@@ -41,9 +39,7 @@ class Announce(OutboundInterceptor):
         await self._outcome(call, "OK")
         return reply
 
-    async def open_stream(
-        self, call: Delegation[agent_pb2.StreamRequest]
-    ) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+    async def open_stream(self, call: Delegation[agent_pb2.StreamRequest]) -> OpenStream:
         await self._request(call)
 
         async def ended(code: str, error: BaseException | None) -> None:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from kosmos_grpc.interceptors.outbound import OutboundInterceptor, status_name
+from kosmos_grpc.interceptors.outbound import OpenStream, OutboundInterceptor, status_name
 from kosmos_grpc.telemetry.metrics import UNKNOWN_LABEL, DelegationMetrics
 from kosmos_grpc.telemetry.tracing import end_span, start_client_span, trace_id_hex
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Coroutine
+    from collections.abc import Coroutine
 
     from opentelemetry.trace import Span
 
-    from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
+    from kosmos_grpc._proto.kosmos.v1 import agent_pb2
     from kosmos_grpc.interceptors.outbound import Delegation
 
 __all__ = ["ClientTelemetry"]
@@ -42,9 +42,7 @@ class ClientTelemetry(OutboundInterceptor):
         finally:
             self._done(span, call.agent, call.action, code, failure, started)
 
-    def open_stream(
-        self, call: Delegation[agent_pb2.StreamRequest]
-    ) -> Coroutine[Any, Any, AsyncGenerator[envelope_pb2.StreamChunk, None]]:
+    def open_stream(self, call: Delegation[agent_pb2.StreamRequest]) -> Coroutine[Any, Any, OpenStream]:
         span = self._start(call)
         started = time.monotonic()
 

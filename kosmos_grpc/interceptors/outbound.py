@@ -8,13 +8,13 @@ manner of temporalio's SDK: one method per call kind, each taking one input data
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
+from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.errors import KosmosError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+    from collections.abc import Awaitable, Callable, Coroutine
     from typing import TypeAlias
 
     from opentelemetry.trace import Span
@@ -22,9 +22,34 @@ if TYPE_CHECKING:
     #: What runs when a stream ends: the status name it ended with, and its exception if any.
     StreamEnd: TypeAlias = Callable[[str, BaseException | None], Awaitable[None]]
 
-__all__ = ["Delegation", "OutboundInterceptor", "status_name"]
+__all__ = ["Delegation", "OpenStream", "OutboundInterceptor", "Replies", "status_name"]
 
 RequestT = TypeVar("RequestT", agent_pb2.ExecuteRequest, agent_pb2.StreamRequest)
+
+
+class Replies(Protocol):
+    """The rest of a stream's replies, one at a time (a ``grpc.aio`` stream call is one)."""
+
+    async def read(self) -> Any:
+        """The next ``StreamResponse``, or ``grpc.aio.EOF`` once the call has ended."""
+        ...
+
+    def cancel(self) -> bool:
+        """End the call, if it has not ended."""
+        ...
+
+
+@dataclass(slots=True)
+class OpenStream:
+    """A stream whose first reply has arrived: the coordinator reads the rest straight from ``replies``.
+
+    ``read_to_end``: read on past the final marker to the call's end (for ``grpc.aio``
+    interceptors whose wrapper of the replies must see it), rather than cancel it there.
+    """
+
+    first: Any
+    replies: Replies
+    read_to_end: bool = False
 
 
 @dataclass(slots=True)
@@ -76,8 +101,8 @@ class OutboundInterceptor:
     """Passes every call on to ``next`` unchanged: subclass it and override what your concern needs.
 
     ``open_stream`` starts a streamed call: once it returns, the first reply has arrived, and
-    the chunks (``envelope_pb2.StreamChunk``, the final marker excepted) are what it returns.
-    No link runs per chunk unless it wraps them; what a link must do at the stream's end, it
+    the coordinator reads the rest straight from the gRPC call, so that no link runs per chunk
+    (one that must, wraps ``OpenStream.replies``). What a link must do at the stream's end, it
     registers on the delegation (:meth:`Delegation.at_end`).
     """
 
@@ -92,10 +117,8 @@ class OutboundInterceptor:
         """Run a unary action; its reply (an ``async def`` in a subclass)."""
         return self.next.delegate(call)
 
-    def open_stream(
-        self, call: Delegation[agent_pb2.StreamRequest]
-    ) -> Coroutine[Any, Any, AsyncGenerator[envelope_pb2.StreamChunk, None]]:
-        """Start a streaming action; its chunks, the first of them arrived (an ``async def`` in a subclass)."""
+    def open_stream(self, call: Delegation[agent_pb2.StreamRequest]) -> Coroutine[Any, Any, OpenStream]:
+        """Start a streaming action; its replies, the first of them arrived (an ``async def`` in a subclass)."""
         return self.next.open_stream(call)
 
 

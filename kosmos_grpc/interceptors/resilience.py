@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kosmos_grpc.interceptors.outbound import OutboundInterceptor
+from kosmos_grpc.interceptors.outbound import OpenStream, OutboundInterceptor
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Coroutine
+    from collections.abc import Coroutine
 
-    from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
+    from kosmos_grpc._proto.kosmos.v1 import agent_pb2
     from kosmos_grpc.interceptors.outbound import Delegation
     from kosmos_grpc.resilience import Resilience
 
@@ -35,10 +35,8 @@ class ResilienceInterceptor(OutboundInterceptor):
         # Not a coroutine of its own: every call pays for this link, so it adds no frame to await.
         return self.resilience.call(call.agent, attempt, call.deadline)
 
-    def open_stream(
-        self, call: Delegation[agent_pb2.StreamRequest]
-    ) -> Coroutine[Any, Any, AsyncGenerator[envelope_pb2.StreamChunk, None]]:
-        def start(target: str) -> Coroutine[Any, Any, AsyncGenerator[envelope_pb2.StreamChunk, None]]:
+    def open_stream(self, call: Delegation[agent_pb2.StreamRequest]) -> Coroutine[Any, Any, OpenStream]:
+        def start(target: str) -> Coroutine[Any, Any, OpenStream]:
             call.target = target
             return self.next.open_stream(call)
 

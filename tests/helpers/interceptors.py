@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from kosmos_grpc import Delegation, InboundInterceptor, OutboundInterceptor, ServedCall
-from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
+from kosmos_grpc._proto.kosmos.v1 import agent_pb2
+from kosmos_grpc.interceptors.outbound import OpenStream, Replies
 
 #: What every Recorder saw, by interceptor name, in the order seen: (kind, action, message_id).
 SEEN: dict[str, list[tuple[str, str, str]]] = {}
@@ -24,24 +24,32 @@ class OutboundRecorder(OutboundInterceptor):
         SEEN.setdefault(self.name, []).append(("delegate", call.action, call.request.message.message_id))
         return await self.next.delegate(call)
 
-    async def open_stream(
-        self, call: Delegation[agent_pb2.StreamRequest]
-    ) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
+    async def open_stream(self, call: Delegation[agent_pb2.StreamRequest]) -> OpenStream:
         SEEN.setdefault(self.name, []).append(("stream", call.action, call.request.message.message_id))
 
         async def ended(code: str, error: BaseException | None) -> None:
             SEEN[self.name].append(("ended", call.action, code))
 
         call.at_end(ended)
-        return self._recorded(call.action, await self.next.open_stream(call))
+        opened = await self.next.open_stream(call)
+        opened.replies = _Counted(opened.replies, call.action)
+        return opened
 
-    async def _recorded(
-        self, action: str, chunks: AsyncGenerator[envelope_pb2.StreamChunk, None]
-    ) -> AsyncGenerator[envelope_pb2.StreamChunk, None]:
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                SEEN[self.name].append(("chunk", action, str(chunk.sequence)))
-                yield chunk
+
+class _Counted:
+    """A stream's replies, each recorded as it is read."""
+
+    def __init__(self, replies: Replies, action: str) -> None:
+        self.replies, self.action = replies, action
+
+    async def read(self) -> Any:
+        reply = await self.replies.read()
+        if reply is not grpc.aio.EOF and not reply.chunk.final:
+            SEEN["outbound"].append(("chunk", self.action, str(reply.chunk.sequence)))
+        return reply
+
+    def cancel(self) -> bool:
+        return self.replies.cancel()
 
 
 class InboundRecorder(InboundInterceptor):
