@@ -24,7 +24,6 @@ __all__ = [
     "AGENT_SERVICE",
     "AgentService",
     "AgentStub",
-    "StreamCall",
     "abort",
     "add_agent_service",
     "channel_options",
@@ -36,8 +35,6 @@ __all__ = [
 AGENT_SERVICE: str = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 # Headroom over the payload limit for the rest of the envelope, so the limit is ours to report.
 _ENVELOPE_HEADROOM = 64 * 1024
-
-StreamCall = grpc.aio.UnaryStreamCall[agent_pb2.StreamRequest, agent_pb2.StreamResponse]
 
 
 def channel_options(payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> list[tuple[str, Any]]:

@@ -22,8 +22,8 @@ from kosmos_grpc.envelope import (
     struct_to_dict,
 )
 from kosmos_grpc.errors import InvalidEnvelope, StreamBroken
-from kosmos_grpc.interceptors.client_chain import client_chain
-from kosmos_grpc.interceptors.outbound import Delegation, OutboundInterceptor, status_name
+from kosmos_grpc.interceptors.client_chain import client_chain, outer_links
+from kosmos_grpc.interceptors.outbound import Delegation, failure_of, status_name
 from kosmos_grpc.registry import Registry
 from kosmos_grpc.resilience import Resilience, ResiliencePolicy
 from kosmos_grpc.transport import Transport, explain
@@ -84,26 +84,27 @@ class Coordinator:
             self.resilience = Resilience(resilience, source=source_agent)
         else:
             self.resilience = Resilience(source=source_agent) if resilience else None
-        self.telemetry = telemetry
-        self._interceptors = tuple(interceptors)
+        self._telemetry = telemetry
+        self._events = events
         self._transport = Transport(self.registry, payload_limit, grpc_interceptors)
-        self.events = events
-        self._chain = self._build()
-
-    def _build(self) -> OutboundInterceptor:
-        return client_chain(
+        self._chain, self._inner = client_chain(
             self._transport,
-            source=self.source_agent,
-            telemetry=self.telemetry,
-            events=self.events,
-            interceptors=self._interceptors,
+            source=source_agent,
+            telemetry=telemetry,
+            events=events,
+            interceptors=interceptors,
             resilience=self.resilience,
         )
 
+    @property
+    def events(self) -> EventBus | None:
+        """Where each delegation is announced (None: nowhere); :meth:`announce_on` changes it."""
+        return self._events
+
     def announce_on(self, events: EventBus | None) -> None:
         """Announce every delegation from now on on ``events`` (None: nowhere)."""
-        self.events = events
-        self._chain = self._build()
+        self._events = events
+        self._chain = outer_links(self._inner, source=self.source_agent, telemetry=self._telemetry, events=events)
 
     async def __aenter__(self) -> Self:
         return self
@@ -258,7 +259,7 @@ class Coordinator:
             finally:  # leaving the loop early, or failing, cancels the call now
                 replies.cancel()
         except BaseException as error:
-            code, failure = status_name(error), error
+            code, failure = status_name(error), failure_of(error)
             raise
         finally:
             await call.ended(code, failure)

@@ -18,6 +18,7 @@ from kosmos_grpc.errors import ActionFailed, ActionNotFound, AgentNotFound, Kosm
 from kosmos_grpc.interceptors.inbound import InboundInterceptor, ServedCall
 from kosmos_grpc.interceptors.server_chain import server_chain
 from kosmos_grpc.resilience import CircuitState
+from kosmos_grpc.telemetry.logs import current_call
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -107,6 +108,7 @@ class AgentServicer:
             )
         timer, left = timer_for(context.time_remaining(), ttl_left)
         ctx = Context(message, name, time.monotonic() + left, self.coordinator, self.bus)
+        current_call.set(ctx)  # every line logged from here on names the call (each runs in a task of its own)
         return ServedCall(message, context, spec, ctx, timer)
 
     def _failure(self, exc: Exception, message: envelope_pb2.AgentMessage) -> KosmosError:
@@ -217,7 +219,6 @@ class Handlers(InboundInterceptor):
 
     async def execute(self, call: ServedCall) -> agent_pb2.ExecuteResponse:
         ctx, action = call.ctx, call.spec.name
-        call.started = True
         self.running += 1
         try:
             result = await self._handlers[action](ctx, ctx.payload)

@@ -25,7 +25,8 @@ __all__ = ["Transport", "explain"]
 
 
 class Transport(OutboundInterceptor):
-    """Sends each attempt to its target's current address, over a channel reused by every call.
+    """Sends each attempt to its target's address, over a channel reused by every call: the first to
+    the address found as the delegation was made, a retry to the one the registry has then.
 
     ``grpc_interceptors`` are standard ``grpc.aio`` client interceptors given to every channel
     (opentelemetry-instrumentation-grpc's, say).
@@ -83,6 +84,7 @@ class Transport(OutboundInterceptor):
         target = call.target
         call.request.message.target_agent = target
         stub = self.stub(target, call.address if target == call.agent else None)
+        call.address = None
         token = self._current(call)
         try:
             reply: agent_pb2.ExecuteResponse = await stub.Execute(
@@ -100,6 +102,7 @@ class Transport(OutboundInterceptor):
         target, action = call.target, call.action
         call.request.message.target_agent = target
         stub = self.stub(target, call.address if target == call.agent else None)
+        call.address = None
         token = self._current(call)
         try:
             stream = stub.Stream(call.request, timeout=time_left(call.deadline, target, action), metadata=call.metadata)
@@ -113,6 +116,11 @@ class Transport(OutboundInterceptor):
         except BaseException:
             stream.cancel()
             raise
+
+        async def cancel(code: str, error: BaseException | None) -> None:
+            stream.cancel()  # whatever a link further out does with it, the call ends with the stream
+
+        call.at_end(cancel)
         return OpenStream(first, stream, read_to_end=bool(self._grpc_interceptors))
 
 

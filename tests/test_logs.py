@@ -72,6 +72,15 @@ async def test_a_line_logged_in_a_call_names_the_agent_action_and_correlation_id
     assert not {"agent", "action", "correlation_id", "message_id", "trace_id"} & outside.keys()
 
 
+async def test_a_line_logged_in_a_call_names_it_with_telemetry_off_too(mesh: Mesh, json_lines: io.StringIO) -> None:
+    await mesh.serve(Narrator(), telemetry=False)
+    async with mesh.client(telemetry=False) as client:
+        response = await client.delegate("narrator", "note", {"text": "quiet"}, correlation_id="corr-7")
+    [inside] = (line for line in lines(json_lines) if line["logger"] == "tests.narrator")
+    assert (inside["agent"], inside["action"], inside["correlation_id"]) == ("narrator", "note", "corr-7")
+    assert inside["message_id"] == response.request_message_id
+
+
 async def test_the_trace_of_a_line_is_the_span_current_when_it_is_logged(mesh: Mesh, json_lines: io.StringIO) -> None:
     await mesh.serve(Narrator())
     async with mesh.client() as client:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 #: What makes an interceptor from the next link of the chain (an interceptor class itself, say).
 OutboundFactory: TypeAlias = Callable[[OutboundInterceptor], OutboundInterceptor]
 
-__all__ = ["OutboundFactory", "client_chain"]
+__all__ = ["OutboundFactory", "client_chain", "outer_links"]
 
 
 def client_chain(
@@ -30,7 +30,7 @@ def client_chain(
     events: EventBus | None,
     interceptors: Sequence[OutboundFactory],
     resilience: Resilience | None,
-) -> OutboundInterceptor:
+) -> tuple[OutboundInterceptor, OutboundInterceptor]:
     """The chain a delegation goes through, outermost first:
 
     1. telemetry: the span covers everything below, retries and fallbacks included;
@@ -39,13 +39,23 @@ def client_chain(
     4. resilience: each attempt, to the target or a fallback, through its breaker, retried;
     5. the transport: one gRPC call per attempt.
 
-    A concern that is off is left out of the chain, so that it costs nothing.
+    A concern that is off is left out of the chain, so that it costs nothing. Returned: the
+    whole chain, and its inner part (3 to 5), which :func:`outer_links` wraps again when the
+    bus changes, so that the caller's interceptors are made once.
     """
-    chain = transport
+    inner = transport
     if resilience is not None:
-        chain = ResilienceInterceptor(chain, resilience)
+        inner = ResilienceInterceptor(inner, resilience)
     for make in reversed(interceptors):
-        chain = make(chain)
+        inner = make(inner)
+    return outer_links(inner, source=source, telemetry=telemetry, events=events), inner
+
+
+def outer_links(
+    inner: OutboundInterceptor, *, source: str, telemetry: bool, events: EventBus | None
+) -> OutboundInterceptor:
+    """Links 1 and 2 of :func:`client_chain` around its inner part."""
+    chain = inner
     if events is not None:
         chain = Announce(chain, events)
     if telemetry:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from kosmos_grpc.interceptors.outbound import OpenStream, OutboundInterceptor, status_name
+from kosmos_grpc.interceptors.outbound import OpenStream, OutboundInterceptor, failure_of, status_name
 from kosmos_grpc.telemetry.metrics import UNKNOWN_LABEL, DelegationMetrics
 from kosmos_grpc.telemetry.tracing import end_span, start_client_span, trace_id_hex
 
@@ -37,7 +37,7 @@ class ClientTelemetry(OutboundInterceptor):
         try:
             return await self.next.delegate(call)
         except BaseException as error:
-            code, failure = status_name(error), error
+            code, failure = status_name(error), failure_of(error)
             raise
         finally:
             self._done(span, call.agent, call.action, code, failure, started)

@@ -42,7 +42,7 @@ class ServedCall:
     spec: ActionSpec
     ctx: Context
     timer: float | None
-    #: Whether the handler has begun to run (a call shed or cancelled while it waited has not).
+    #: Whether a stream's handler was started (a stream shed or cancelled while it waited was not).
     started: bool = False
     #: A stream's callbacks for its first chunk and for its end (see :meth:`at_end`).
     on_first: list[Callable[[], None]] | None = None
@@ -67,7 +67,7 @@ class ServedCall:
             self.on_end.append(callback)
 
     def ended(self, code: str, error: KosmosError | None, in_task: bool) -> None:
-        """Run the end callbacks (the servicer calls it, once)."""
+        """Run the end callbacks, once: a second call (the caller leaving at the final marker) finds none."""
         callbacks, self.on_end = self.on_end, None
         for callback in reversed(callbacks or ()):
             callback(code, error, in_task)

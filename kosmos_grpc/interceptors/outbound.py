@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     #: What runs when a stream ends: the status name it ended with, and its exception if any.
     StreamEnd: TypeAlias = Callable[[str, BaseException | None], Awaitable[None]]
 
-__all__ = ["Delegation", "OpenStream", "OutboundInterceptor", "Replies", "status_name"]
+__all__ = ["Delegation", "OpenStream", "OutboundInterceptor", "Replies", "failure_of", "status_name"]
 
 RequestT = TypeVar("RequestT", agent_pb2.ExecuteRequest, agent_pb2.StreamRequest)
 
@@ -67,8 +67,9 @@ class Delegation(Generic[RequestT]):
     deadline: float
     timeout: float
     target: str
-    #: ``agent``'s address, looked up once as the delegation was made.
-    address: str
+    #: ``agent``'s address, looked up as the delegation was made, for its first attempt (a retry
+    #: looks again, so that it follows an agent that moved).
+    address: str | None
     #: gRPC metadata sent with each attempt (the trace context, say).
     metadata: tuple[tuple[str, str], ...] | None = None
     answered: str = ""
@@ -93,8 +94,14 @@ class Delegation(Generic[RequestT]):
     async def ended(self, code: str, error: BaseException | None) -> None:
         """Run the end callbacks (the coordinator calls it, once)."""
         callbacks, self.on_end = self.on_end, None
+        raised: BaseException | None = None
         for callback in reversed(callbacks or ()):
-            await callback(code, error)
+            try:
+                await callback(code, error)
+            except BaseException as exc:  # the others still run (a span still ends), then this is raised
+                raised = raised or exc
+        if raised is not None:
+            raise raised
 
 
 class OutboundInterceptor:
@@ -120,6 +127,11 @@ class OutboundInterceptor:
     def open_stream(self, call: Delegation[agent_pb2.StreamRequest]) -> Coroutine[Any, Any, OpenStream]:
         """Start a streaming action; its replies, the first of them arrived (an ``async def`` in a subclass)."""
         return self.next.open_stream(call)
+
+
+def failure_of(error: BaseException) -> BaseException | None:
+    """What a span records of how a delegation ended: the error, but not a cancellation (no failure)."""
+    return error if isinstance(error, Exception) else None
 
 
 def status_name(error: BaseException) -> str:

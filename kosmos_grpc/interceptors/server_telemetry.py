@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 from kosmos_grpc._grpc import AGENT_SERVICE
 from kosmos_grpc.errors import KosmosError
 from kosmos_grpc.interceptors.inbound import InboundInterceptor
-from kosmos_grpc.telemetry.logs import current_call
 from kosmos_grpc.telemetry.metrics import CALLS_IN_FLIGHT, QUEUE_DEPTH, watch
 from kosmos_grpc.telemetry.tracing import finish_span, start_server_span, trace_id_hex
 
@@ -23,7 +22,7 @@ __all__ = ["ServerTelemetry"]
 
 
 class ServerTelemetry(InboundInterceptor):
-    """``execute|stream.<agent>.<action>`` SERVER spans, current while the handler runs, and the call's log fields.
+    """``execute|stream.<agent>.<action>`` SERVER spans, current while the handler runs, and the gauges.
 
     ``running`` and ``waiting`` are read when ``kosmos_calls_in_flight`` and ``kosmos_queue_depth``
     are scraped, so the gauges cost the calls nothing.
@@ -54,22 +53,22 @@ class ServerTelemetry(InboundInterceptor):
 
     async def execute(self, call: ServedCall) -> agent_pb2.ExecuteResponse:
         traced = self._trace("execute", call)
-        current_call.set(call.ctx)
         try:
             reply = await self.next.execute(call)
         except KosmosError as error:
             finish_span(traced, error.code.name, error)
             raise
-        except BaseException as error:
-            # Cancelled, or a fault of the chain's own (the servicer answers INTERNAL for it).
-            finish_span(traced, "CANCELLED" if not isinstance(error, Exception) else "INTERNAL", error)
+        except Exception as error:  # a fault of the chain's own (the servicer answers INTERNAL for it)
+            finish_span(traced, "INTERNAL", error)
+            raise
+        except BaseException:  # cancelled: no failure of the call's
+            finish_span(traced, "CANCELLED")
             raise
         finish_span(traced, "OK")
         return reply
 
     def open_stream(self, call: ServedCall) -> Coroutine[Any, Any, AsyncGenerator[Any, None]]:
         traced = self._trace("stream", call)
-        current_call.set(call.ctx)
         if traced is not None:
 
             def ended(code: str, error: KosmosError | None, in_task: bool) -> None:
