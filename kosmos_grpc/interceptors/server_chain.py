@@ -37,7 +37,7 @@ def server_chain(
 ) -> InboundInterceptor:
     """The chain a served call goes through once its envelope is checked, outermost first:
 
-    1. telemetry: the SERVER span and the log fields cover everything below;
+    1. telemetry: the SERVER span covers everything below (the log fields are set before the chain);
     2. the agent's own ``interceptors``, in the order given (before anything is claimed or queued);
     3. idempotency: a duplicate message_id is answered from memory, never run twice;
     4. admission: the priority queue, when ``max_concurrency`` is set;
