@@ -77,6 +77,9 @@ class Priority(enum.IntEnum):
 
 
 _PRIORITIES = frozenset(int(p) for p in Priority)
+# google.protobuf.Timestamp's range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z: outside it no
+# library (Python's datetime included) can read the time.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
 def dict_to_struct(data: Mapping[str, Any], into: struct_pb2.Struct | None = None) -> struct_pb2.Struct:
@@ -246,7 +249,14 @@ def validate_and_fill(
     now_ns = time.time_ns() if now_ns is None else now_ns
     if message.HasField("timestamp"):
         stamp = message.timestamp
-        age_ns = now_ns - stamp.seconds * 1_000_000_000 - stamp.nanos
+        seconds, nanos = stamp.seconds, stamp.nanos
+        if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+            raise InvalidEnvelope(
+                "timestamp",
+                f"timestamp {seconds}s {nanos}ns is not a time: google.protobuf.Timestamp runs from "
+                "0001-01-01 to 9999-12-31, with nanos from 0 to 999,999,999",
+            )
+        age_ns = now_ns - seconds * 1_000_000_000 - nanos
         # A timestamp ahead of this clock (skew) never lengthens the TTL.
         remaining = (ttl_ms - age_ns / 1_000_000) / 1000 if age_ns > 0 else ttl_ms / 1000
     else:

@@ -58,6 +58,13 @@ CASES: list[tuple[str, Callable[[envelope_pb2.AgentMessage], None], grpc.StatusC
     ("negative ttl", lambda m: setattr(m, "ttl_ms", -5), grpc.StatusCode.INVALID_ARGUMENT, "ttl_ms"),
     ("expired ttl", _expire, grpc.StatusCode.DEADLINE_EXCEEDED, "ttl_ms"),
     ("unknown priority", lambda m: setattr(m, "priority", 9), grpc.StatusCode.INVALID_ARGUMENT, "priority"),
+    (
+        "timestamp past year 9999",
+        lambda m: setattr(m.timestamp, "seconds", 10**15),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "timestamp",
+    ),
+    ("negative nanos", lambda m: setattr(m.timestamp, "nanos", -1), grpc.StatusCode.INVALID_ARGUMENT, "timestamp"),
     ("unknown action", lambda m: setattr(m, "action", "fly"), grpc.StatusCode.UNIMPLEMENTED, "action"),
     (
         "wrong target agent",
