@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kosmos_grpc import Coordinator
+from kosmos_grpc import ConfigError, Coordinator
 from kosmos_grpc.config import load_config
 from kosmos_grpc.launcher import agent_server
 
@@ -85,3 +85,17 @@ async def test_plain_grpc_aio_interceptors_go_on_the_server_and_on_the_channels(
     async with Coordinator(mesh.registry, grpc_interceptors=[UserHeader()]) as client:
         await client.delegate("echo", "echo", {})
     assert ("/kosmos.v1.AgentService/Execute", "ada") in methods.calls
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [("json:__doc__", "could not be made"), ("json:dumps", "could not be made"), ("builtins:str", "made a str")],
+)
+async def test_an_interceptor_path_that_names_no_interceptor_is_a_config_error(
+    tmp_path: Path, spec: str, why: str
+) -> None:
+    config = tmp_path / "kosmos.toml"
+    agent = "[agents.echo]\nobject = 'tests.helpers.agents:Echo'\naddress = '127.0.0.1:0'\n"
+    config.write_text(f"{agent}[interceptors]\ninbound = ['{spec}']\n")
+    with pytest.raises(ConfigError, match=why):
+        agent_server(load_config(config), "echo")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from kosmos_grpc.interceptors.announce import Announce
 from kosmos_grpc.interceptors.client_telemetry import ClientTelemetry
-from kosmos_grpc.interceptors.outbound import OutboundInterceptor
+from kosmos_grpc.interceptors.outbound import OutboundInterceptor, made
 from kosmos_grpc.interceptors.resilience import ResilienceInterceptor
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def client_chain(
     if resilience is not None:
         inner = ResilienceInterceptor(inner, resilience)
     for make in reversed(interceptors):
-        inner = make(inner)
+        inner = made(make, inner, OutboundInterceptor)
     return outer_links(inner, source=source, telemetry=telemetry, events=events), inner
 
 

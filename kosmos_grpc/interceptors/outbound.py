@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
-from kosmos_grpc.errors import KosmosError
+from kosmos_grpc.errors import ConfigError, KosmosError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     #: What runs when a stream ends: the status name it ended with, and its exception if any.
     StreamEnd: TypeAlias = Callable[[str, BaseException | None], Awaitable[None]]
 
-__all__ = ["Delegation", "OpenStream", "OutboundInterceptor", "Replies", "failure_of", "status_name"]
+__all__ = ["Delegation", "OpenStream", "OutboundInterceptor", "Replies", "failure_of", "made", "status_name"]
 
 RequestT = TypeVar("RequestT", agent_pb2.ExecuteRequest, agent_pb2.StreamRequest)
+LinkT = TypeVar("LinkT")
 
 
 class Replies(Protocol):
@@ -141,3 +142,18 @@ def status_name(error: BaseException) -> str:
         name: str = error.code.name
         return name
     return "UNKNOWN" if isinstance(error, Exception) else "CANCELLED"
+
+
+def made(make: Any, next: LinkT, kind: type[LinkT]) -> LinkT:
+    """The interceptor a user's factory makes from the next link, or ConfigError saying plainly why not
+    (a factory from the config's ``[interceptors]`` may be anything an import path names)."""
+    # Named by its qualified name, or its type: what an import path names may be a long string.
+    name = getattr(make, "__qualname__", None) if callable(make) else None
+    name = name or f"a {type(make).__name__}"
+    try:
+        link = make(next)
+    except Exception as exc:
+        raise ConfigError(f"interceptor {name} could not be made from the next link: {exc}") from None
+    if not isinstance(link, kind):
+        raise ConfigError(f"interceptor {name} made a {type(link).__name__}, not an {kind.__name__}")
+    return link

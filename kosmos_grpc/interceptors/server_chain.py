@@ -9,6 +9,7 @@ from kosmos_grpc.interceptors.admission import AdmissionInterceptor
 from kosmos_grpc.interceptors.deadline import DeadlineInterceptor
 from kosmos_grpc.interceptors.idempotency import IdempotencyInterceptor
 from kosmos_grpc.interceptors.inbound import InboundInterceptor
+from kosmos_grpc.interceptors.outbound import made
 from kosmos_grpc.interceptors.server_telemetry import ServerTelemetry
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def server_chain(
     if executed is not None:
         chain = IdempotencyInterceptor(chain, executed, agent)
     for make in reversed(interceptors):
-        chain = make(chain)
+        chain = made(make, chain, InboundInterceptor)
     if telemetry:
         waiting = (lambda: admission.waiting) if admission is not None else (lambda: 0)
         chain = ServerTelemetry(chain, agent, running, waiting, intercepted=intercepted)
