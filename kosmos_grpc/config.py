@@ -19,6 +19,7 @@ from kosmos_grpc.subjects import pattern_tokens
 from kosmos_grpc.telemetry.logs import LOG_FORMATS
 
 __all__ = [
+    "RESTART_POLICIES",
     "AgentConfig",
     "BusConfig",
     "Idempotency",
@@ -79,6 +80,12 @@ class AgentConfig:
     fallback: str | None = None
     #: Where its process serves Prometheus ``/metrics``, on its address's host (0: a free port; None: nowhere).
     metrics_port: int | None = None
+    #: When ``kosmos up`` restarts its process: "always", "on-failure" (a non-zero exit) or "never".
+    restart: str = "on-failure"
+
+
+#: The values of ``[agents.<name>] restart``.
+RESTART_POLICIES = ("always", "on-failure", "never")
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +300,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
             ),
             fallback=_optional(table, "fallback", str, where),
             metrics_port=_port(table, "metrics_port", where),
+            restart=_restart(table, where),
         )
     if not agents:
         raise ConfigError(f"{path}: no [agents.<name>] tables")
@@ -305,6 +313,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
         interceptors=_interceptors(_table(data, "interceptors")),
         path=path.resolve(),
     )
+
+
+def _restart(table: dict[str, Any], where: str) -> str:
+    restart: str = _typed(table, "restart", str, where) if "restart" in table else "on-failure"
+    if restart not in RESTART_POLICIES:
+        raise ConfigError(f"{where}.restart must be 'always', 'on-failure' or 'never', not {restart!r}")
+    return restart
 
 
 def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
