@@ -1,9 +1,10 @@
-"""The mesh config file (``kosmos.toml``): each agent's implementation and address, and mesh limits."""
+"""The mesh config file (``kosmos.toml``), read into dataclasses; what it may hold is described in config_schema."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -12,11 +13,11 @@ from typing import Any
 
 import grpc
 
+from kosmos_grpc.config_schema import AGENT, CONFIG, RESTART_POLICIES, Table, check
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT
-from kosmos_grpc.errors import ConfigError
+from kosmos_grpc.errors import ConfigError, InvalidEnvelope
 from kosmos_grpc.resilience import BreakerPolicy, ResiliencePolicy, RetryPolicy
 from kosmos_grpc.subjects import pattern_tokens
-from kosmos_grpc.telemetry.logs import LOG_FORMATS
 
 __all__ = [
     "RESTART_POLICIES",
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG = "kosmos.toml"
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +84,6 @@ class AgentConfig:
     metrics_port: int | None = None
     #: When ``kosmos up`` restarts its process: "always", "on-failure" (a non-zero exit) or "never".
     restart: str = "on-failure"
-
-
-#: The values of ``[agents.<name>] restart``.
-RESTART_POLICIES = ("always", "on-failure", "never")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,222 +183,120 @@ class MeshConfig:
         )
 
 
-def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    value = table[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__})")
-    return value
-
-
-def _optional(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    return _typed(table, key, kind, where) if key in table else None
-
-
-def _at_least(value: Any, minimum: float, key: str, where: str, *, above: bool = False) -> Any:
-    """``value`` when it is at least (or, with ``above``, above) ``minimum``, else ConfigError."""
-    if value is not None and (not math.isfinite(value) or (value <= minimum if above else value < minimum)):
-        bound = f"above {minimum}" if above else f"at least {minimum}"
-        raise ConfigError(f"{where}.{key} must be {bound}, not {value}")
-    return value
-
-
-def _port(table: dict[str, Any], key: str, where: str) -> int | None:
-    """``table[key]`` as a TCP port (0 picks a free one), None when absent, else ConfigError naming the key."""
-    value: int | None = _optional(table, key, int, where)
-    if value is not None and not 0 <= value <= 65535:
-        raise ConfigError(f"{where}.{key} must be a port from 0 to 65535, not {value}")
-    return value
-
-
-def _retry(table: dict[str, Any], where: str, base: RetryPolicy) -> RetryPolicy:
-    values = {
-        attr: _typed(table, key, kind, where)
-        for key, attr, kind in (
-            ("attempts", "attempts", int),
-            ("initial_seconds", "initial", (int, float)),
-            ("max_seconds", "maximum", (int, float)),
-            ("jitter_seconds", "jitter", (int, float)),
-        )
-        if key in table
+def _values(data: dict[str, Any], table: Table) -> dict[str, Any]:
+    """The values ``data`` sets (checked already), by the dataclass field each goes to; arrays as tuples."""
+    return {
+        key.attr or name: tuple(data[name]) if isinstance(data[name], list) else data[name]
+        for name, key in table.keys.items()
+        if name in data
     }
+
+
+def _fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Those of ``values`` that are fields of dataclass ``cls``."""
+    names = {item.name for item in dataclasses.fields(cls)}
+    return {name: value for name, value in values.items() if name in names}
+
+
+def _policy(base: Any, values: dict[str, Any], where: str) -> Any:
+    """``base`` with ``values`` over it, or ConfigError with the policy's own reason (say, max below initial)."""
+    if "counted" in values:
+        values["counted"] = frozenset(grpc.StatusCode[name.upper()] for name in values["counted"])
     try:
         return dataclasses.replace(base, **values)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _breaker(table: dict[str, Any], where: str, base: BreakerPolicy) -> BreakerPolicy:
-    values: dict[str, Any] = {
-        attr: _typed(table, key, kind, where)
-        for key, attr, kind in (
-            ("failure_threshold", "failure_threshold", int),
-            ("recovery_timeout_seconds", "recovery_timeout", (int, float)),
-            ("half_open_max_calls", "half_open_max_calls", int),
-        )
-        if key in table
-    }
-    if "statuses" in table:
-        codes = []
-        for name in _typed(table, "statuses", list, where):
-            code = grpc.StatusCode.__members__.get(str(name).upper())
-            if code is None:
-                raise ConfigError(f"{where}.statuses: {name!r} is not a gRPC status name")
-            codes.append(code)
-        values["counted"] = frozenset(codes)
-    try:
-        return dataclasses.replace(base, **values)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _resilience(data: dict[str, Any], agents: dict[str, AgentConfig], path: Path) -> ResiliencePolicy:
+def _resilience(data: dict[str, Any], agents: dict[str, AgentConfig]) -> ResiliencePolicy:
     """``[retry]`` and ``[breaker]`` for every agent, ``[agents.<name>.retry|breaker]`` for one, and fallbacks."""
-    tables = {key: _typed(data, key, dict, "config") if key in data else {} for key in ("retry", "breaker")}
-    retry = _retry(tables["retry"], "retry", RetryPolicy())
-    breaker = _breaker(tables["breaker"], "breaker", BreakerPolicy())
+    tables = CONFIG.tables
+    retry: RetryPolicy = _policy(RetryPolicy(), _values(data.get("retry", {}), tables["retry"]), "retry")
+    breaker: BreakerPolicy = _policy(BreakerPolicy(), _values(data.get("breaker", {}), tables["breaker"]), "breaker")
     retries, breakers, fallbacks = {}, {}, {}
-    for name, table in data.get("agents", {}).items():
+    for name, table in data["agents"].items():
         where = f"agents.{name}"
         if "retry" in table:
-            retries[name] = _retry(_typed(table, "retry", dict, where), f"{where}.retry", retry)
+            retries[name] = _policy(retry, _values(table["retry"], AGENT.tables["retry"]), f"{where}.retry")
         if "breaker" in table:
-            breakers[name] = _breaker(_typed(table, "breaker", dict, where), f"{where}.breaker", breaker)
+            breakers[name] = _policy(breaker, _values(table["breaker"], AGENT.tables["breaker"]), f"{where}.breaker")
         fallback = agents[name].fallback
         if fallback is not None:
             if fallback not in agents or fallback == name:
-                raise ConfigError(f"{path}: agents.{name}.fallback {fallback!r} is not another agent of the mesh")
+                raise ConfigError(f"{where}.fallback {fallback!r} is not another agent of the mesh")
             fallbacks[name] = fallback
     return ResiliencePolicy(retry=retry, breaker=breaker, retries=retries, breakers=breakers, fallbacks=fallbacks)
 
 
+def _chosen(path: str | os.PathLike[str] | None) -> tuple[Path, str]:
+    """The file to read, and where its name came from."""
+    if path:
+        return Path(path), "given"
+    if os.environ.get("KOSMOS_CONFIG"):
+        return Path(os.environ["KOSMOS_CONFIG"]), "from $KOSMOS_CONFIG"
+    return Path(DEFAULT_CONFIG), f"the default ./{DEFAULT_CONFIG}"
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
-    """Read a mesh config: ``path``, else ``$KOSMOS_CONFIG``, else ``./kosmos.toml``."""
-    path = Path(path or os.environ.get("KOSMOS_CONFIG") or DEFAULT_CONFIG)
+    """Read a mesh config: ``path``, else ``$KOSMOS_CONFIG``, else ``./kosmos.toml``.
+
+    Without ``path``, which file was read is logged at INFO. Anything wrong, an unknown key included,
+    is a ConfigError of one line that starts with the file's path.
+    """
+    chosen, source = _chosen(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = chosen.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
-    mesh = data.get("mesh", {})
-    agents: dict[str, AgentConfig] = {}
-    for name, table in data.get("agents", {}).items():
-        where = f"agents.{name}"
-        for key in ("object", "address"):
-            if key not in table:
-                raise ConfigError(f"{path}: {where} needs {key!r}")
-        agents[name] = AgentConfig(
-            name=name,
-            object=_typed(table, "object", str, where),
-            address=_typed(table, "address", str, where),
-            max_concurrent_rpcs=_optional(table, "max_concurrent_rpcs", int, where),
-            max_concurrency=_at_least(_optional(table, "max_concurrency", int, where), 1, "max_concurrency", where),
-            queue_limit=_at_least(
-                _typed(table, "queue_limit", int, where) if "queue_limit" in table else 100, 0, "queue_limit", where
-            ),
-            fallback=_optional(table, "fallback", str, where),
-            metrics_port=_port(table, "metrics_port", where),
-            restart=_restart(table, where),
+        raise ConfigError(
+            f"config file {chosen.absolute()} not found ({source}); choose one with --config FILE or $KOSMOS_CONFIG"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {chosen} cannot be read: {exc}") from None
+    _log.log(logging.DEBUG if path else logging.INFO, "config: %s (%s)", chosen.resolve(), source)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {chosen} cannot be read: {exc}") from None
+    try:
+        return _mesh(data, chosen.resolve())
+    except ConfigError as exc:
+        raise ConfigError(f"{chosen}: {exc}") from None
+
+
+def _mesh(data: dict[str, Any], path: Path) -> MeshConfig:
+    if "bus" in data and not isinstance(data["bus"], dict):  # the short form, refused: it clashes with a [bus] table
+        url = json.dumps(data["bus"]) if isinstance(data["bus"], str) else '"nats://127.0.0.1:4222"'
+        raise ConfigError(
+            f"bus = {url} at the top level is not a config form; write the [bus] table: [bus] nats = {url}"
         )
-    if not agents:
-        raise ConfigError(f"{path}: no [agents.<name>] tables")
+    check(data)
+    if not data.get("agents"):
+        raise ConfigError("no [agents.<name>] tables")
+    agents = {name: AgentConfig(name=name, **_values(table, AGENT)) for name, table in data["agents"].items()}
+    mesh = _values(data.get("mesh", {}), CONFIG.tables["mesh"])
+    telemetry = {**mesh, **_values(data.get("telemetry", {}), CONFIG.tables["telemetry"])}
     return MeshConfig(
         agents=agents,
         limits=_limits(mesh),
-        bus=_bus(data.get("bus", {}), path),
-        telemetry=_telemetry(mesh, _table(data, "telemetry"), path),
-        resilience=_resilience(data, agents, path),
-        interceptors=_interceptors(_table(data, "interceptors")),
-        path=path.resolve(),
+        bus=_bus(_values(data.get("bus", {}), CONFIG.tables["bus"])),
+        telemetry=TelemetryConfig(**_fields(TelemetryConfig, telemetry)),
+        resilience=_resilience(data, agents),
+        interceptors=InterceptorsConfig(**_values(data.get("interceptors", {}), CONFIG.tables["interceptors"])),
+        path=path,
     )
-
-
-def _restart(table: dict[str, Any], where: str) -> str:
-    restart: str = _typed(table, "restart", str, where) if "restart" in table else "on-failure"
-    if restart not in RESTART_POLICIES:
-        raise ConfigError(f"{where}.restart must be 'always', 'on-failure' or 'never', not {restart!r}")
-    return restart
-
-
-def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
-    table: dict[str, Any] = _typed(data, key, dict, "config") if key in data else {}
-    return table
 
 
 def _limits(mesh: dict[str, Any]) -> MeshLimits:
-    values: dict[str, Any] = {}
-    for key, kind, minimum in (
-        ("payload_limit_bytes", int, 1),
-        ("grace_seconds", (int, float), 0),
-        ("max_concurrent_rpcs", int, 1),
-        ("idempotency_seconds", (int, float), 0),
-        ("idempotency_entries", int, 1),
-        ("idempotency_bytes", int, 1),
-    ):
-        if key in mesh:
-            values[key] = _at_least(
-                _typed(mesh, key, kind, "mesh"), minimum, key, "mesh", above=key == "idempotency_seconds"
-            )
-    default = Idempotency()
-    return MeshLimits(
-        payload_limit=values.get("payload_limit_bytes", DEFAULT_PAYLOAD_LIMIT),
-        grace_seconds=values.get("grace_seconds", 10.0),
-        max_concurrent_rpcs=values.get("max_concurrent_rpcs", 1024),
-        idempotency=Idempotency(
-            seconds=values.get("idempotency_seconds", default.seconds),
-            entries=values.get("idempotency_entries", default.entries),
-            bytes=values.get("idempotency_bytes", default.bytes),
-        ),
-    )
+    idempotency = {name.removeprefix("idempotency_"): value for name, value in mesh.items() if "idempotency_" in name}
+    return MeshLimits(**_fields(MeshLimits, mesh), idempotency=Idempotency(**idempotency))
 
 
-def _bus(bus: dict[str, Any] | str, path: Path) -> BusConfig:
-    if isinstance(bus, str):  # the short form: bus = "nats://host:port"
-        if not bus.startswith(("nats://", "tls://")):
-            raise ConfigError(f"{path}: bus = {bus!r} should be a nats:// URL, or a [bus] table")
-        bus = {"nats": bus}
-    values: dict[str, Any] = {}
-    if "address" in bus:
-        values["address"] = _typed(bus, "address", str, "bus")
-    if "nats" in bus:
-        values["nats_url"] = _typed(bus, "nats", str, "bus")
-    if "metrics_port" in bus:
-        if "address" not in bus:
-            raise ConfigError(f"{path}: bus.metrics_port is for the embedded broker, which needs a bus.address")
-        values["metrics_port"] = _port(bus, "metrics_port", "bus")
-    if "durable" in bus:
-        durable = _typed(bus, "durable", list, "bus")
-        for subject in durable:
-            if not isinstance(subject, str):
-                raise ConfigError(f"{path}: bus.durable holds subjects (strings), not {subject!r}")
+def _bus(values: dict[str, Any]) -> BusConfig:
+    if "metrics_port" in values and "address" not in values:
+        raise ConfigError("bus.metrics_port is for the embedded broker, which needs a bus.address")
+    for subject in values.get("durable", ()):
+        try:
             pattern_tokens(subject)
-        values["durable"] = tuple(durable)
-    if "max_deliveries" in bus:
-        values["max_deliveries"] = _typed(bus, "max_deliveries", int, "bus")
-    if "delegation_events" in bus:
-        values["delegation_events"] = _typed(bus, "delegation_events", bool, "bus")
+        except InvalidEnvelope as exc:
+            raise ConfigError(f"bus.durable: {exc.message}") from None
     return BusConfig(**values)
-
-
-def _telemetry(mesh: dict[str, Any], telemetry: dict[str, Any], path: Path) -> TelemetryConfig:
-    values: dict[str, Any] = {}
-    if "log_format" in mesh:
-        log_format = _typed(mesh, "log_format", str, "mesh")
-        if log_format not in LOG_FORMATS:
-            raise ConfigError(f"{path}: mesh.log_format must be 'text' or 'json', not {log_format!r}")
-        values["log_format"] = log_format
-    if "grpc_instrumentation" in telemetry:
-        values["grpc_instrumentation"] = _typed(telemetry, "grpc_instrumentation", bool, "telemetry")
-    return TelemetryConfig(**values)
-
-
-def _interceptors(table: dict[str, Any]) -> InterceptorsConfig:
-    values: dict[str, tuple[str, ...]] = {}
-    for key in ("inbound", "outbound"):
-        if key in table:
-            paths = _typed(table, key, list, "interceptors")
-            for spec in paths:
-                if not isinstance(spec, str) or ":" not in spec:
-                    raise ConfigError(f"interceptors.{key} holds import paths ('module:factory'), not {spec!r}")
-            values[key] = tuple(paths)
-    return InterceptorsConfig(**values)

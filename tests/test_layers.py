@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"errors"},
     {"envelope", "subjects", "tables", "runtime", "deadlines"},
     {"_grpc", "registry", "telemetry", "idempotency", "admission", "calls"},
-    {"resilience", "config"},
+    {"resilience", "config", "config_schema"},
     {"bus"},
     {"agent", "interceptors", "transport", "client", "context", "patterns"},
     {"servicer", "server"},

@@ -1,0 +1,362 @@
+"""Every table and key of ``kosmos.toml``, described once: the loader checks against it, the JSON Schema comes from it.
+
+A new key is one ``Key`` in the table it belongs to (below), plus the dataclass field that holds it
+(``attr``, in config.py); ``make schema`` then rewrites ``kosmos.schema.json``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import grpc
+
+from kosmos_grpc.errors import ConfigError
+from kosmos_grpc.telemetry.logs import LOG_FORMATS
+
+__all__ = [
+    "AGENT",
+    "CONFIG",
+    "RESTART_POLICIES",
+    "STATUS_NAMES",
+    "Key",
+    "Table",
+    "check",
+    "json_schema",
+    "schema_text",
+]
+
+#: The values of ``[agents.<name>] restart``.
+RESTART_POLICIES = ("always", "on-failure", "never")
+#: What ``[breaker] statuses`` may hold: gRPC status names, in capitals or in lower case.
+STATUS_NAMES = tuple(code.name for code in grpc.StatusCode) + tuple(code.name.lower() for code in grpc.StatusCode)
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+}
+_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array", dict: "a table"}
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One key holding a value: its JSON type, what it means, and the values it may take."""
+
+    type: str
+    description: str
+    #: The dataclass field the value goes to (None: the key's own name).
+    attr: str | None = None
+    required: bool = False
+    minimum: float | None = None
+    #: The value must be above this (``minimum`` is inclusive, this is not).
+    above: float | None = None
+    maximum: float | None = None
+    enum: tuple[str, ...] | None = None
+    #: A regular expression a string must match (searched, as JSON Schema does).
+    pattern: str | None = None
+    #: For an array: the type of its items, and their enum or pattern.
+    items: str | None = None
+    #: How errors name an allowed value ("a port"), or for an array its items ("gRPC status names").
+    noun: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A TOML table: its keys, its sub-tables, or (``each``) any number of named tables of one shape."""
+
+    description: str
+    keys: dict[str, Key] = field(default_factory=dict)
+    tables: dict[str, Table] = field(default_factory=dict)
+    #: ``[agents.<name>]``: every key of this table is a name, and its value a table of this shape.
+    each: Table | None = None
+    min_tables: int = 0
+
+
+def _retry(scope: str) -> Table:
+    return Table(
+        f"How calls to {scope} are retried: UNAVAILABLE, and RESOURCE_EXHAUSTED with a RetryInfo, only.",
+        {
+            "attempts": Key("integer", "Attempts in all, the first included.", minimum=1),
+            "initial_seconds": Key("number", "The first backoff, doubled each retry.", "initial", minimum=0),
+            "max_seconds": Key("number", "The longest backoff.", "maximum", minimum=0),
+            "jitter_seconds": Key("number", "Up to this much more, at random, on each backoff.", "jitter", minimum=0),
+        },
+    )
+
+
+def _breaker(scope: str) -> Table:
+    return Table(
+        f"When a caller's circuit to {scope} opens, and how it closes again.",
+        {
+            "failure_threshold": Key("integer", "Counted failures in a row that open the circuit.", minimum=1),
+            "recovery_timeout_seconds": Key(
+                "number", "How long the circuit stays open before it half-opens.", "recovery_timeout", minimum=0
+            ),
+            "half_open_max_calls": Key("integer", "Probe calls let through while half-open.", minimum=1),
+            "statuses": Key(
+                "array",
+                "The gRPC statuses that count as failures.",
+                "counted",
+                items="string",
+                enum=STATUS_NAMES,
+                noun="gRPC status names",
+            ),
+        },
+    )
+
+
+def _port(description: str) -> Key:
+    return Key("integer", description, minimum=0, maximum=65535, noun="a port")
+
+
+_IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+AGENT = Table(
+    "One agent of the mesh: the object that implements it, where it listens, and how it is called and run.",
+    {
+        "object": Key("string", "The agent's class, as module:Class (agents.athena:Athena).", required=True),
+        "address": Key("string", "host:port the agent listens on (port 0: a free port).", required=True),
+        "max_concurrent_rpcs": Key(
+            "integer", "More RPCs at once are refused by gRPC itself (default: [mesh] max_concurrent_rpcs).", minimum=1
+        ),
+        "max_concurrency": Key("integer", "Handlers run at once; more calls wait by priority.", minimum=1),
+        "queue_limit": Key("integer", "Calls waiting at most; then the lowest priority is shed.", minimum=0),
+        "fallback": Key("string", "The agent that answers in this one's place while it is down or its circuit open."),
+        "metrics_port": _port("Where its process serves Prometheus /metrics, on its address's host (0: a free port)."),
+        "restart": Key(
+            "string",
+            "When `kosmos up` restarts its process: always, on-failure (a non-zero exit) or never.",
+            enum=RESTART_POLICIES,
+        ),
+    },
+    {"retry": _retry("this agent (over [retry])"), "breaker": _breaker("this agent (over [breaker])")},
+)
+
+CONFIG = Table(
+    "A KOSMOS mesh: its agents, the limits every server applies, the event bus, telemetry and resilience.",
+    tables={
+        "mesh": Table(
+            "The limits every server of the mesh applies, and how its processes log.",
+            {
+                "payload_limit_bytes": Key(
+                    "integer", "The largest payload an envelope may carry.", "payload_limit", minimum=1
+                ),
+                "grace_seconds": Key("number", "How long a stop (SIGTERM) lets in-flight calls finish.", minimum=0),
+                "max_concurrent_rpcs": Key(
+                    "integer", "More RPCs at once are answered RESOURCE_EXHAUSTED by gRPC.", minimum=1
+                ),
+                "idempotency_seconds": Key(
+                    "number", "How long a server remembers executed message_ids, so a retry runs once.", above=0
+                ),
+                "idempotency_entries": Key(
+                    "integer", "How many executed message_ids a server remembers at most.", minimum=1
+                ),
+                "idempotency_bytes": Key("integer", "How many bytes of replies that memory holds at most.", minimum=1),
+                "log_format": Key("string", "text, or json: a JSON object a line.", enum=LOG_FORMATS),
+            },
+        ),
+        "bus": Table(
+            "The event bus: the embedded broker, or a NATS server, and what the bus carries.",
+            {
+                "address": Key("string", "host:port of the embedded event broker (`kosmos broker`)."),
+                "metrics_port": _port("Where the broker serves Prometheus /metrics, on its address's host."),
+                "nats": Key(
+                    "string",
+                    "A NATS server's URL: events go through NATS (with address too, the broker bridges to it).",
+                    "nats_url",
+                    pattern="^(nats|tls|ws|wss)://",
+                    noun="a nats:// URL",
+                ),
+                "durable": Key(
+                    "array",
+                    "Subjects kept by JetStream when on NATS (patterns with * and >).",
+                    items="string",
+                    noun="subjects (strings)",
+                ),
+                "max_deliveries": Key(
+                    "integer",
+                    "How often a durable subscription may fail on one event before it is dead-lettered.",
+                    minimum=1,
+                ),
+                "delegation_events": Key(
+                    "boolean", "Whether each delegation is announced on kosmos.agents.<agent>.requests|responses."
+                ),
+            },
+        ),
+        "telemetry": Table(
+            "Tracing: what goes into every process's gRPC channels and servers.",
+            {
+                "grpc_instrumentation": Key(
+                    "boolean", "Whether opentelemetry-instrumentation-grpc's interceptors go into every process too."
+                ),
+            },
+        ),
+        "retry": _retry("every agent"),
+        "breaker": _breaker("every agent"),
+        "interceptors": Table(
+            "Import paths (module:factory) of the interceptors every agent adds to its chains.",
+            {
+                "inbound": Key(
+                    "array",
+                    "Around each call an agent serves.",
+                    items="string",
+                    pattern=_IMPORT_PATH,
+                    noun="import paths ('module:factory')",
+                ),
+                "outbound": Key(
+                    "array",
+                    "Around each of an agent's own delegations.",
+                    items="string",
+                    pattern=_IMPORT_PATH,
+                    noun="import paths ('module:factory')",
+                ),
+            },
+        ),
+        "agents": Table("The agents of the mesh, by name.", each=AGENT, min_tables=1),
+    },
+)
+
+
+def _kind(value: Any) -> str:
+    return _NAMES.get(type(value), type(value).__name__)
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    """``; did you mean 'x'?`` for the nearest known key, or the list of known keys."""
+    nearest = difflib.get_close_matches(key, known, n=1)
+    if nearest:
+        return f"; did you mean {nearest[0]!r}?"
+    return f" (known: {', '.join(known)})" if known else " (it takes none)"
+
+
+def _header(where: str) -> str:
+    return f"[{where}]" if where else "the top level"
+
+
+def _bound(key: Key) -> str | None:
+    noun = f"{key.noun} " if key.noun else ""
+    if key.minimum is not None and key.maximum is not None:
+        return f"{noun}from {key.minimum:g} to {key.maximum:g}"
+    if key.minimum is not None:
+        return f"at least {key.minimum:g}"
+    if key.above is not None:
+        return f"above {key.above:g}"
+    return None
+
+
+def _allowed(key: Key, value: Any) -> str | None:
+    """Why a scalar of the right type is refused (its enum, pattern or bounds), or None."""
+    if key.enum is not None and value not in key.enum:
+        if key.noun:
+            return f"{value!r} is not {key.noun}"
+        return f"must be {', '.join(repr(v) for v in key.enum[:-1])} or {key.enum[-1]!r}, not {value!r}"
+    if key.pattern is not None and isinstance(value, str) and not re.search(key.pattern, value):
+        return f"must be {key.noun or f'a string matching {key.pattern}'}, not {value!r}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        low = key.minimum if key.minimum is not None else -math.inf
+        high = key.maximum if key.maximum is not None else math.inf
+        out = not math.isfinite(value) or value < low or value > high
+        if out or (key.above is not None and value <= key.above):
+            return f"must be {_bound(key) or 'a finite number'}, not {value}"
+    return None
+
+
+def _value(key: Key, value: Any, name: str) -> None:
+    kinds = _TYPES[key.type]
+    if isinstance(value, dict):
+        raise ConfigError(f"{name} is a table; it should be {_NAMES[kinds[-1]]}")
+    if not isinstance(value, kinds) or (isinstance(value, bool) and key.type != "boolean"):
+        raise ConfigError(f"{name} has the wrong type ({_kind(value)}); it should be {_NAMES[kinds[-1]]}")
+    if key.items is None:
+        why = _allowed(key, value)
+        if why is not None:
+            raise ConfigError(f"{name} {why}")
+        return
+    item_kinds = _TYPES[key.items]
+    for item in cast("list[Any]", value):
+        wrong = not isinstance(item, item_kinds) or (isinstance(item, bool) and key.items != "boolean")
+        if wrong or _allowed(key, item) is not None:
+            raise ConfigError(f"{name} holds {key.noun or _NAMES[item_kinds[-1]] + 's'}, not {item!r}")
+
+
+def check(data: dict[str, Any], table: Table = CONFIG, where: str = "") -> None:
+    """Raise ConfigError, one line naming the key and its table, at the first thing ``table`` does not describe."""
+    known = [*table.keys, *table.tables]
+    for name, value in data.items():
+        dotted = f"{where}.{name}" if where else name
+        if table.each is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted} is {_kind(value)}; it should be a table ([{dotted}])")
+            check(value, table.each, dotted)
+        elif name in table.keys:
+            _value(table.keys[name], value, dotted)
+        elif name in table.tables:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted} is {_kind(value)}; it should be a table ([{dotted}])")
+            check(value, table.tables[name], dotted)
+        else:
+            raise ConfigError(f"unknown key {name!r} in {_header(where)}{_suggest(name, known)}")
+    for name, key in table.keys.items():
+        if key.required and name not in data:
+            raise ConfigError(f"{where} needs {name!r}")
+    if len(data) < table.min_tables:
+        raise ConfigError(f"no [{where}.<name>] tables")
+
+
+def _key_schema(key: Key) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": key.description, "type": key.type}
+    scalar = out
+    if key.items is not None:
+        scalar = {"type": key.items}
+        out["items"] = scalar
+    if key.enum is not None:
+        scalar["enum"] = list(key.enum)
+    if key.pattern is not None:
+        scalar["pattern"] = key.pattern
+    for word, bound in (("minimum", key.minimum), ("exclusiveMinimum", key.above), ("maximum", key.maximum)):
+        if bound is not None:
+            scalar[word] = int(bound) if float(bound).is_integer() else bound
+    return out
+
+
+def _table_schema(table: Table) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": table.description, "type": "object"}
+    if table.each is not None:
+        out["additionalProperties"] = _table_schema(table.each)
+        if table.min_tables:
+            out["minProperties"] = table.min_tables
+        return out
+    properties = {name: _key_schema(key) for name, key in table.keys.items()}
+    properties.update({name: _table_schema(sub) for name, sub in table.tables.items()})
+    out["properties"] = properties
+    required = [name for name, key in table.keys.items() if key.required]
+    if required:
+        out["required"] = required
+    out["additionalProperties"] = False
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of ``kosmos.toml``, as ``kosmos.schema.json`` publishes it.
+
+    It uses only keywords that mean the same in draft 7, the newest draft Taplo's validator reads.
+    """
+    schema = _table_schema(CONFIG)
+    schema["required"] = ["agents"]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "kosmos.toml",
+        **schema,
+    }
+
+
+def schema_text() -> str:
+    """``json_schema()`` as the text of ``kosmos.schema.json``."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
