@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= kosmos.toml
 
-.PHONY: help install run test lint format typecheck buf-lint buf-breaking proto proto-check pytest bench bench-instructions clean
+.PHONY: help install run test lint format typecheck buf-lint buf-breaking proto proto-check schema schema-check pytest bench bench-instructions clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ install: $(STAMP) ## create .venv and install the project with its tools
 run: install ## start every agent of $(CONFIG) and wait for Ctrl-C
 	$(BIN)/kosmos --config $(CONFIG) up
 
-test: install lint typecheck buf-lint buf-breaking proto-check pytest ## the whole gate: ruff, codespell, mypy, buf lint and breaking, stub drift, pytest
+test: install lint typecheck buf-lint buf-breaking proto-check schema-check pytest ## the whole gate: ruff, codespell, mypy, buf lint and breaking, stub and schema drift, pytest
 
 lint: install ## ruff check, format check and codespell
 	$(BIN)/ruff check .
@@ -54,6 +54,12 @@ proto: install ## regenerate kosmos_grpc/_proto from protos/
 
 proto-check: install ## fail when the committed stubs differ from a fresh generation
 	$(BIN)/python scripts/gen_protos.py --check
+
+schema: install ## regenerate kosmos.schema.json from kosmos_grpc/config_schema.py
+	$(BIN)/python -m scripts.gen_config_schema
+
+schema-check: install ## fail when the committed kosmos.schema.json differs from a fresh generation
+	$(BIN)/python -m scripts.gen_config_schema --check
 
 pytest: install ## the tests
 	$(BIN)/pytest -q
