@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import grpc
 import pytest
 
 from agents.athena import Athena
-from kosmos_grpc import ConfigError, InvalidEnvelope, load_agent, load_config
+from kosmos_grpc import ConfigError, load_agent, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,8 +43,14 @@ def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
         ),
         (f"{_AGENT}fallback = 'nobody'\n", "agents.a.fallback 'nobody' is not another agent"),
         (f"{_AGENT}fallback = 'a'\n", "agents.a.fallback 'a' is not another agent"),
-        (f"{_AGENT}[retry]\nattempts = 0\n", "retry: retry attempts must be at least 1"),
-        (f"{_AGENT}[breaker]\nstatuses = ['SOMETIMES']\n", "breaker.statuses: 'SOMETIMES' is not a gRPC status"),
+        (f"{_AGENT}[retry]\nattempts = 0\n", "retry.attempts must be at least 1, not 0"),
+        (f"{_AGENT}[breaker]\nstatuses = ['SOMETIMES']\n", "breaker.statuses holds gRPC status names, not 'SOMETIMES'"),
+        (f"{_AGENT}[breaker]\nstatuses = 'UNAVAILABLE'\n", "breaker.statuses has the wrong type (a string)"),
+        (f"{_AGENT}[bus]\ndurable = ['a.>.b']\n", "bus.durable: pattern 'a.>.b' has '>' before its last token"),
+        (f"{_AGENT}[bus]\nnats = 'http://h:4222'\n", "bus.nats must be a nats:// URL, not 'http://h:4222'"),
+        (f"{_AGENT}restart = 'sometimes'\n", "agents.a.restart must be 'always', 'on-failure' or 'never'"),
+        (f"{_AGENT}[interceptors]\ninbound = ['nocolon']\n", "interceptors.inbound holds import paths"),
+        (f"{_AGENT}[telemetry]\ngrpc_instrumentation = 1\n", "telemetry.grpc_instrumentation has the wrong type"),
         (f"{_AGENT}[agents.a.breaker]\nfailure_threshold = 'five'\n", "agents.a.breaker.failure_threshold"),
         (f"{_AGENT}max_concurrency = 'many'\n", "agents.a.max_concurrency has the wrong type"),
         (f"{_AGENT}max_concurrency = 0\n", "agents.a.max_concurrency must be at least 1, not 0"),
@@ -62,8 +70,10 @@ def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
 def test_bad_config_is_reported_plainly(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "kosmos.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
         load_config(path)
+    assert str(path) in str(caught.value).split(":")[0], "each error starts with the file's path"
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -99,9 +109,6 @@ def test_the_bus_section_names_the_broker_nats_and_the_durable_subjects(tmp_path
     assert config.bus.durable == ("kosmos.events.audit.log", "kosmos.commands.>")
     assert config.bus.max_deliveries == 7
     assert config.bus.delegation_events is False
-    path.write_text("[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n[bus]\ndurable = ['a.>.b']\n")
-    with pytest.raises(InvalidEnvelope, match="before its last token"):
-        load_config(path)
 
 
 def test_metrics_ports_are_per_agent_and_for_the_broker_and_optional(tmp_path: Path) -> None:
@@ -118,15 +125,17 @@ def test_metrics_ports_are_per_agent_and_for_the_broker_and_optional(tmp_path: P
     assert len(set(ports)) == len(ports), "every process of the shipped mesh has a port of its own"
 
 
-def test_bus_may_be_just_a_nats_url(tmp_path: Path) -> None:
+def test_bus_short_form_is_refused_with_the_table_form_to_write(tmp_path: Path) -> None:
     path = tmp_path / "kosmos.toml"
-    path.write_text("bus = 'nats://127.0.0.1:4222'\n[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n")
-    config = load_config(path)
-    assert config.bus.nats_url == "nats://127.0.0.1:4222"
-    assert config.bus.configured
-    path.write_text("bus = 'http://nope'\n[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n")
-    with pytest.raises(ConfigError, match="should be a nats:// URL"):
+    path.write_text(f"bus = 'nats://127.0.0.1:4222'\n{_AGENT}")
+    with pytest.raises(ConfigError) as caught:
         load_config(path)
+    assert str(caught.value) == (
+        f'{path}: bus = "nats://127.0.0.1:4222" at the top level is not a config form; '
+        'write the [bus] table: [bus] nats = "nats://127.0.0.1:4222"'
+    )
+    path.write_text(f"{_AGENT}[bus]\nnats = 'nats://127.0.0.1:4222'\n")
+    assert load_config(path).bus.nats_url == "nats://127.0.0.1:4222"
 
 
 def test_resilience_comes_from_the_config_with_per_agent_overrides(tmp_path: Path) -> None:
@@ -149,3 +158,103 @@ def test_resilience_comes_from_the_config_with_per_agent_overrides(tmp_path: Pat
     assert policy.chain("a") == ["a", "b"]
     assert policy.chain("b") == ["b", "a"]
     assert (config.agent("b").max_concurrency, config.agent("b").queue_limit) == (3, 0)
+
+
+#: A config that is right, but for one key, at each level of the file.
+UNKNOWN_KEYS = [
+    (f"[mseh]\n{_AGENT}", "unknown key 'mseh' in the top level; did you mean 'mesh'?"),
+    (f"[mesh]\ngrace_second = 1\n{_AGENT}", "unknown key 'grace_second' in [mesh]; did you mean 'grace_seconds'?"),
+    (f"[bus]\nnat = 'nats://h:4222'\n{_AGENT}", "unknown key 'nat' in [bus]; did you mean 'nats'?"),
+    (
+        f"[telemetry]\ngrpc_instrumentaton = true\n{_AGENT}",
+        "unknown key 'grpc_instrumentaton' in [telemetry]; did you mean 'grpc_instrumentation'?",
+    ),
+    (f"[retry]\nattempt = 2\n{_AGENT}", "unknown key 'attempt' in [retry]; did you mean 'attempts'?"),
+    (
+        f"[breaker]\nfailure_treshold = 2\n{_AGENT}",
+        "unknown key 'failure_treshold' in [breaker]; did you mean 'failure_threshold'?",
+    ),
+    (f"[interceptors]\ninbund = []\n{_AGENT}", "unknown key 'inbund' in [interceptors]; did you mean 'inbound'?"),
+    (
+        "[agents.athena]\nobject='m:C'\naddress='h:1'\nfallbak = 'dionysus'\n",
+        "unknown key 'fallbak' in [agents.athena]; did you mean 'fallback'?",
+    ),
+    (f"{_AGENT}[agents.a.retry]\nmax_second = 1\n", "unknown key 'max_second' in [agents.a.retry]; did you mean"),
+    (
+        f"{_AGENT}[agents.a.breaker]\nstatus = []\n",
+        "unknown key 'status' in [agents.a.breaker]; did you mean 'statuses'?",
+    ),
+    (f"{_AGENT}[agents.a.retri]\n", "unknown key 'retri' in [agents.a]; did you mean 'retry'?"),
+    (f"[mesh]\nzzz = 1\n{_AGENT}", "unknown key 'zzz' in [mesh] (known: payload_limit_bytes, grace_seconds,"),
+]
+
+#: A table where a value belongs, a value where a table belongs.
+WRONG_SHAPES = [
+    (f"mesh = 5\n{_AGENT}", "mesh is an integer; it should be a table ([mesh])"),
+    (f"{_AGENT}[agents.a.fallback]\nname = 'b'\n", "agents.a.fallback is a table; it should be a string"),
+    (f"{_AGENT}[mesh.grace_seconds]\n", "mesh.grace_seconds is a table; it should be a number"),
+    (
+        "[agents]\nathena = 'agents.athena:Athena'\n",
+        "agents.athena is a string; it should be a table ([agents.athena])",
+    ),
+    ("[[agents]]\nobject='m:C'\n", "agents is an array; it should be a table ([agents])"),
+    (f"{_AGENT}retry = 3\n", "agents.a.retry is an integer; it should be a table ([agents.a.retry])"),
+    (
+        f"{_AGENT}[interceptors]\ninbound = 'm:f'\n",
+        "interceptors.inbound has the wrong type (a string); it should be an array",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), UNKNOWN_KEYS + WRONG_SHAPES)
+def test_unknown_keys_and_wrong_shapes_are_one_line_naming_key_table_and_nearest(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "kosmos.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(caught.value)
+
+
+def test_an_inline_table_is_a_table(tmp_path: Path) -> None:
+    path = tmp_path / "kosmos.toml"
+    path.write_text(f"retry = {{attempts = 2}}\n{_AGENT}breaker = {{failure_threshold = 9}}\n")
+    policy = load_config(path).resilience
+    assert (policy.retry_for("a").attempts, policy.breaker_for("a").failure_threshold) == (2, 9)
+
+
+def test_the_file_read_without_a_path_is_logged_with_where_its_name_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "kosmos.toml").write_text(_AGENT)
+    (tmp_path / "other.toml").write_text(_AGENT)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KOSMOS_CONFIG", raising=False)
+    with caplog.at_level(logging.INFO, logger="kosmos_grpc.config"):
+        assert load_config().path == tmp_path.resolve() / "kosmos.toml"
+        monkeypatch.setenv("KOSMOS_CONFIG", "other.toml")
+        assert load_config().path == tmp_path.resolve() / "other.toml"
+    assert [(record.levelno, record.getMessage()) for record in caplog.records] == [
+        (logging.INFO, f"config: {tmp_path.resolve() / 'kosmos.toml'} (the default ./kosmos.toml)"),
+        (logging.INFO, f"config: {tmp_path.resolve() / 'other.toml'} (from $KOSMOS_CONFIG)"),
+    ]
+
+
+def test_a_missing_file_is_one_line_saying_where_it_looked_and_how_to_choose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KOSMOS_CONFIG", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        load_config()
+    assert str(caught.value) == (
+        f"config file {tmp_path / 'kosmos.toml'} not found (the default ./kosmos.toml); "
+        "choose one with --config FILE or $KOSMOS_CONFIG"
+    )
+    monkeypatch.setenv("KOSMOS_CONFIG", "gone.toml")
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'gone.toml'} not found (from $KOSMOS_CONFIG); ")):
+        load_config()
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'given.toml'} not found (given); ")):
+        load_config("given.toml")
