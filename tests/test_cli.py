@@ -230,7 +230,10 @@ def test_a_failure_is_one_readable_line(tmp_path: Path, args: list[str], code: i
 def test_missing_config_is_one_readable_line(tmp_path: Path) -> None:
     result = kosmos(tmp_path / "absent.toml", "agents")
     assert result.returncode == 1
-    assert result.stderr.strip() == f"kosmos: FAILED_PRECONDITION: config file {tmp_path / 'absent.toml'} not found"
+    assert result.stderr.strip() == (
+        f"kosmos: FAILED_PRECONDITION: config file {tmp_path / 'absent.toml'} not found (given); "
+        "choose one with --config FILE or $KOSMOS_CONFIG"
+    )
 
 
 def test_serve_on_a_taken_address_is_one_readable_line(tmp_path: Path) -> None:
