@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
+from jsonschema import Draft7Validator, Draft202012Validator
 
 from kosmos_grpc.config import (
     AgentConfig,
@@ -81,6 +81,44 @@ def test_the_docs_have_toml_blocks_to_check() -> None:
 @pytest.mark.parametrize(("text", "message"), UNKNOWN_KEYS + WRONG_SHAPES)
 def test_what_the_loader_refuses_the_schema_refuses(text: str, message: str) -> None:
     assert not _validator().is_valid(tomllib.loads(text)), message
+
+
+def test_the_schema_means_the_same_to_a_draft_7_validator_as_taplo_runs() -> None:
+    """Taplo's validator knows drafts up to 7 and reads a 2020-12 schema as one: the keywords used mean the same."""
+    schema = json.loads(SCHEMA.read_text())
+    Draft7Validator.check_schema(schema)
+    shipped = tomllib.loads((ROOT / "kosmos.toml").read_text())
+    assert Draft7Validator(schema).is_valid(shipped)
+    for text, _ in UNKNOWN_KEYS + WRONG_SHAPES:
+        assert not Draft7Validator(schema).is_valid(tomllib.loads(text)), text
+    assert set(_keywords(schema)) <= {
+        "$schema",
+        "title",
+        "description",
+        "type",
+        "properties",
+        "additionalProperties",
+        "required",
+        "minProperties",
+        "items",
+        "enum",
+        "pattern",
+        "minimum",
+        "exclusiveMinimum",
+        "maximum",
+    }
+
+
+def _keywords(schema: Any) -> list[str]:
+    """Every keyword of a schema and its subschemas (not the names under properties)."""
+    found: list[str] = []
+    if isinstance(schema, dict):
+        for word, value in schema.items():
+            found.append(word)
+            subschemas = value.values() if word == "properties" else [value]
+            for sub in subschemas:
+                found += _keywords(sub)
+    return found
 
 
 def _homes(table: Table) -> tuple[type, ...]:
