@@ -264,8 +264,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
 
 
 def _mesh(data: dict[str, Any], path: Path) -> MeshConfig:
-    if "bus" in data and not isinstance(data["bus"], dict):  # the short form, refused: it clashes with a [bus] table
-        url = json.dumps(data["bus"]) if isinstance(data["bus"], str) else '"nats://127.0.0.1:4222"'
+    if isinstance(data.get("bus"), str):  # the old short form, refused: pasted beside a [bus] table, it clashes
+        url = json.dumps(data["bus"])
         raise ConfigError(
             f"bus = {url} at the top level is not a config form; write the [bus] table: [bus] nats = {url}"
         )

@@ -121,7 +121,13 @@ _IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 AGENT = Table(
     "One agent of the mesh: the object that implements it, where it listens, and how it is called and run.",
     {
-        "object": Key("string", "The agent's class, as module:Class (agents.athena:Athena).", required=True),
+        "object": Key(
+            "string",
+            "The agent's class, as module:Class (agents.athena:Athena).",
+            required=True,
+            pattern=_IMPORT_PATH,
+            noun="'module:Class'",
+        ),
         "address": Key("string", "host:port the agent listens on (port 0: a free port).", required=True),
         "max_concurrent_rpcs": Key(
             "integer", "More RPCs at once are refused by gRPC itself (default: [mesh] max_concurrent_rpcs).", minimum=1

@@ -48,6 +48,7 @@ def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
         (f"{_AGENT}[breaker]\nstatuses = 'UNAVAILABLE'\n", "breaker.statuses has the wrong type (a string)"),
         (f"{_AGENT}[bus]\ndurable = ['a.>.b']\n", "bus.durable: pattern 'a.>.b' has '>' before its last token"),
         (f"{_AGENT}[bus]\nnats = 'http://h:4222'\n", "bus.nats must be a nats:// URL, not 'http://h:4222'"),
+        ("[agents.a]\nobject = 'agents.athena'\naddress = 'h:1'\n", "agents.a.object must be 'module:Class', not"),
         (f"{_AGENT}restart = 'sometimes'\n", "agents.a.restart must be 'always', 'on-failure' or 'never'"),
         (f"{_AGENT}[interceptors]\ninbound = ['nocolon']\n", "interceptors.inbound holds import paths"),
         (f"{_AGENT}[telemetry]\ngrpc_instrumentation = 1\n", "telemetry.grpc_instrumentation has the wrong type"),
@@ -198,6 +199,7 @@ WRONG_SHAPES = [
         "agents.athena is a string; it should be a table ([agents.athena])",
     ),
     ("[[agents]]\nobject='m:C'\n", "agents is an array; it should be a table ([agents])"),
+    (f"[[bus]]\nnats = 'nats://h:4222'\n{_AGENT}", "bus is an array; it should be a table ([bus])"),
     (f"{_AGENT}retry = 3\n", "agents.a.retry is an integer; it should be a table ([agents.a.retry])"),
     (
         f"{_AGENT}[interceptors]\ninbound = 'm:f'\n",
