@@ -1,7 +1,10 @@
 """Every table and key of ``kosmos.toml``, described once: the loader checks against it, the JSON Schema comes from it.
 
-A new key is one ``Key`` in the table it belongs to (below), plus the dataclass field that holds it
-(``attr``, in config.py); ``make schema`` then rewrites ``kosmos.schema.json``.
+A new key is one ``Key`` in its table below (say, in ``AGENT``:
+``"start_seconds": Key("number", "How long ...", minimum=0)``) plus the field of that name (or
+``attr``) in the dataclass config.py builds from the table (``AgentConfig``), which then receives
+it, checked; ``make schema`` rewrites ``kosmos.schema.json``, and ``make test`` fails until it does.
+A new table is a ``Table`` in ``CONFIG.tables`` plus the lines in config.py that read it.
 """
 
 from __future__ import annotations
