@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"envelope", "subjects", "tables", "runtime", "deadlines"},
     {"_grpc", "registry", "telemetry", "idempotency", "admission", "calls"},
     {"resilience", "config"},
-    {"bus"},
+    {"bus", "preflight"},
     {"agent", "interceptors", "transport", "client", "context", "patterns"},
     {"servicer", "server"},
     {"launcher", "cli", "__init__"},
