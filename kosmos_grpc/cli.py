@@ -79,28 +79,32 @@ async def _stream(config: MeshConfig, args: argparse.Namespace) -> int:
 
 async def _health(config: MeshConfig, args: argparse.Namespace) -> int:
     names = [args.agent] if args.agent else list(config.agents)
-    rows = []
+    rows: list[tuple[str, ...]] = []
+    answered = 0
     async with _client(config) as client:
         for name in names:
             address = client.registry.address(name)
             try:
                 status = await client.health(name, timeout_ms=args.timeout_ms)
+                answered += 1
             except KosmosError as exc:
                 if args.agent is not None:
                     raise
                 status = exc.code.name
             rows.append((name, address, status))
     print(format_table(("AGENT", "ADDRESS", "HEALTH"), rows))
-    return 0 if all(row[2] == "SERVING" for row in rows) else EXIT_FAILURE
+    return _health_exit(rows, answered)
 
 
 async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[tuple[str, ...]] = []
+    answered = 0
     async with _client(config) as client:
         for name in config.agents:
             address = client.registry.address(name)
             try:
                 status = await client.health(name, timeout_ms=args.timeout_ms)
+                answered += 1
                 card = await client.describe(name, timeout_ms=args.timeout_ms)
                 actions = ", ".join(a.name + (" (stream)" if a.streaming else "") for a in card.actions)
                 circuits = ", ".join(_circuit(c) for c in card.circuits) or "-"
@@ -108,7 +112,17 @@ async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
                 status, actions, circuits = exc.code.name, "-", "-"
             rows.append((name, address, status, actions, circuits))
     print(format_table(("AGENT", "ADDRESS", "HEALTH", "ACTIONS", "CIRCUITS"), rows))
-    return 0
+    return _health_exit(rows, answered)
+
+
+def _health_exit(rows: list[tuple[str, ...]], answered: int) -> int:
+    """0 when every agent is SERVING; else 1, with a line to stderr when none answered at all."""
+    if rows and not answered:
+        print(
+            "kosmos: no agent answers: is the mesh running? (start it with 'make run' or 'kosmos up')",
+            file=sys.stderr,
+        )
+    return 0 if all(row[2] == "SERVING" for row in rows) else EXIT_FAILURE
 
 
 def _circuit(circuit: CircuitInfo) -> str:

@@ -15,7 +15,8 @@ from kosmos_grpc.bus.nats_connection import ReconnectLog
 from kosmos_grpc.config import load_config
 from kosmos_grpc.errors import DependencyUnavailable
 from kosmos_grpc.preflight import check_dependencies
-from tests.conftest import NatsServer, free_port, tool
+from tests.conftest import Mesh, NatsServer, free_port, run_tool, tool
+from tests.helpers.agents import Echo
 from tests.test_cli import kosmos
 
 ATHENA = '[agents.athena]\nobject = "agents.athena:Athena"\naddress = "127.0.0.1:0"\n'
@@ -149,3 +150,44 @@ async def test_our_own_close_is_not_a_lost_server(nats_server: NatsServer, caplo
     async with NatsEventBus(nats_server.url, durable=()):
         pass
     assert reconnect_lines(caplog) == []
+
+
+NO_MESH = "kosmos: no agent answers: is the mesh running? (start it with 'make run' or 'kosmos up')"
+
+
+def two_agents(tmp_path: Path, echo: str, down: str) -> Path:
+    path = tmp_path / "two.toml"
+    path.write_text(
+        f'[agents.echo]\nobject = "tests.helpers.agents:Echo"\naddress = "{echo}"\n\n'
+        f'[agents.down]\nobject = "tests.helpers.agents:Echo"\naddress = "{down}"\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize("command", ["health", "agents"])
+async def test_health_and_agents_fail_when_an_agent_is_not_serving(mesh: Mesh, tmp_path: Path, command: str) -> None:
+    server = await mesh.serve(Echo())
+    config = two_agents(tmp_path, server.address, f"127.0.0.1:{free_port()}")
+    code, out, err = await run_tool(tool("kosmos"), "--config", str(config), command, "--timeout-ms", "2000")
+    assert code == 1, out  # agents exited 0 whatever the agents' health
+    assert "SERVING" in out
+    assert "UNAVAILABLE" in out
+    assert err == ""  # an agent answered: the mesh is running
+
+
+@pytest.mark.parametrize("command", ["health", "agents"])
+async def test_health_and_agents_ask_whether_the_mesh_runs_when_no_agent_answers(tmp_path: Path, command: str) -> None:
+    config = two_agents(tmp_path, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+    code, out, err = await run_tool(tool("kosmos"), "--config", str(config), command, "--timeout-ms", "2000")
+    assert code == 1
+    assert out.count("UNAVAILABLE") == 2
+    assert err.splitlines() == [NO_MESH]
+
+
+async def test_health_and_agents_pass_when_every_agent_serves(mesh: Mesh, tmp_path: Path) -> None:
+    server = await mesh.serve(Echo())
+    config = tmp_path / "one.toml"
+    config.write_text(f'[agents.echo]\nobject = "tests.helpers.agents:Echo"\naddress = "{server.address}"\n')
+    for command in ("health", "agents"):
+        code, out, err = await run_tool(tool("kosmos"), "--config", str(config), command)
+        assert (code, err) == (0, ""), out
