@@ -191,3 +191,22 @@ async def test_health_and_agents_pass_when_every_agent_serves(mesh: Mesh, tmp_pa
     for command in ("health", "agents"):
         code, out, err = await run_tool(tool("kosmos"), "--config", str(config), command)
         assert (code, err) == (0, ""), out
+
+
+@pytest.mark.parametrize(
+    ("command", "who"), [(["serve", "athena"], "agent 'athena'"), (["broker"], "the event broker")]
+)
+def test_a_taken_port_is_one_line_naming_who_and_where(tmp_path: Path, command: list[str], who: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        config = tmp_path / "kosmos.toml"
+        config.write_text(
+            f'[bus]\naddress = "{taken}"\n\n[agents.athena]\nobject = "agents.athena:Athena"\naddress = "{taken}"\n'
+        )
+        result = kosmos(config, *command)
+    assert result.returncode == 1
+    # gRPC's own C-core lines are kept out by GRPC_VERBOSITY (elsewhere); ours is one line.
+    ours = [line for line in result.stderr.splitlines() if "add_port.cc" not in line]
+    assert ours == [f"kosmos: {who} cannot listen on {taken}: the address is in use or not available"]
