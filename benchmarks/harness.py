@@ -272,7 +272,7 @@ def processes(cpu: int | None = None) -> Iterator[Start]:
     try:
         yield start
     finally:
-        for process in started:
+        for process in reversed(started):  # the last started first: an agent before the sink it sends to
             process.terminate()
         for process in started:
             try:
