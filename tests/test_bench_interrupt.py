@@ -25,7 +25,7 @@ def test_ctrl_c_during_the_benchmarks_is_one_line_and_stops_them_all() -> None:
     try:
         assert bench.stderr is not None
         deadline = time.monotonic() + 120
-        seen = []
+        seen: list[str] = []
         while "round 1/" not in (line := bench.stderr.readline()):  # servers up, calls under way
             assert line, f"the benchmark ended before its first round: {seen}"
             assert time.monotonic() < deadline, "no round within 120 s"
