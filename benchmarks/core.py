@@ -19,7 +19,6 @@ Run with ``make bench`` (``python -m benchmarks.core --help`` for sizes).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import time
@@ -32,7 +31,21 @@ from kosmos_grpc import Coordinator, new_message, runtime
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.bus import GrpcEventBus
 
-from .harness import Result, columns, concurrent, line, mark, paired, pin_client, placement, processes, sequential
+from . import harness
+from .harness import (
+    Result,
+    columns,
+    concurrent,
+    line,
+    mark,
+    paired,
+    pin_client,
+    placement,
+    processes,
+    run,
+    sequential,
+    sized,
+)
 from .serve import CLIENT_CODEC, ECHO, ECHO_BYTES, RELAY, STREAM
 
 PAYLOAD = {"text": "hello from the benchmark", "n": 42, "tags": ["a", "b"]}
@@ -195,15 +208,17 @@ async def main(args: argparse.Namespace) -> None:
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=15, help="rounds, bare and mesh in each (default 15)")
-    parser.add_argument("--calls", type=int, default=640, help="calls per scenario per round (default 640)")
+    rounds, calls, chunks = sized(15, 2), sized(640, 128), sized(5000, 1000)
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"rounds, bare and mesh in each (default {rounds})")
+    parser.add_argument("--calls", type=int, default=calls, help=f"calls per scenario per round (default {calls})")
     parser.add_argument("--inflight", type=int, default=64, help="concurrent calls in flight (default 64)")
-    parser.add_argument("--chunks", type=int, default=5000, help="chunks per stream (default 5000)")
+    parser.add_argument("--chunks", type=int, default=chunks, help=f"chunks per stream (default {chunks})")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave CPUs to the scheduler")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and calls (also KOSMOS_BENCH_QUICK=1)")
     args = parser.parse_args()
     args.cpus = pin_client(args.pin)  # before gRPC starts any thread: its threads inherit it
-    asyncio.run(main(args))
+    run(main(args))
 
 
 if __name__ == "__main__":
-    cli()
+    harness.main(cli, "benchmarks.core")

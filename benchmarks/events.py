@@ -27,10 +27,11 @@ from kosmos_grpc.bus import Event, EventBusServicer, GrpcEventBus, NatsEventBus,
 from kosmos_grpc.envelope import new_message
 from kosmos_grpc.subjects import AUDIT_LOG, USER_ACTION
 
-from .harness import paired, processes
+from . import harness
+from .harness import paired, processes, sized
 
-EVENTS = 20_000
-ROUNDS = 5
+EVENTS = sized(20_000, 2_000)
+ROUNDS = sized(5, 1)
 
 
 async def rate(address: str, subscribers: int) -> float:
@@ -98,7 +99,7 @@ async def _rate(
 def publish_cost_ns(subscriptions: int) -> float:
     """The broker's own work to publish one audit event, with ``subscriptions`` that do not match."""
     servicer = EventBusServicer()
-    calls, rounds = 20_000, 9
+    calls, rounds = sized(20_000, 2_000), sized(9, 3)
     servicer.bus.subscribe(AUDIT_LOG, capacity=calls * rounds)  # room for all: the delivery path is measured
     for i in range(subscriptions):
         servicer.bus.subscribe(f"kosmos.agents.agent{i}.requests" if i % 2 else f"tenant{i}.events.>")
@@ -160,5 +161,10 @@ async def main() -> None:
     print(f"  10,000 non-matching subscriptions     {crowded:8.0f} ns   {crowded / alone:.2f}x   target <= 1.2x")
 
 
+def cli() -> None:
+    """No options but ``--quick``: fewer events and rounds."""
+    harness.run(main())
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    harness.main(cli, "benchmarks.events")

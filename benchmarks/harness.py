@@ -2,6 +2,10 @@
 
 A server process is started as ``python -m MODULE ARGS [--cpu N]``, prints its address on
 stdout once listening, and serves until stdin closes or SIGTERM (``wait_for_stop``).
+
+Every benchmark has a quick variant (``--quick``, or ``KOSMOS_BENCH_QUICK=1`` as ``make bench
+QUICK=1`` sets): fewer rounds and calls, to see that it runs and roughly where it lands. A
+benchmark's entry point goes through :func:`main`, so that Ctrl-C ends it with one line.
 """
 
 from __future__ import annotations
@@ -14,14 +18,72 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 Call = Callable[[], Awaitable[object]]
+#: Set (to anything but 0) for the quick variant of every benchmark.
+QUICK_ENV = "KOSMOS_BENCH_QUICK"
+#: The exit status of a benchmark stopped by Ctrl-C.
+INTERRUPTED = 130
+
+
+def quick() -> bool:
+    """Whether this run is the quick variant: ``--quick`` on the command line, or KOSMOS_BENCH_QUICK."""
+    return "--quick" in sys.argv[1:] or os.environ.get(QUICK_ENV, "").strip() not in {"", "0"}
+
+
+def sized(full: int, fast: int) -> int:
+    """``full``, or ``fast`` in the quick variant: how many rounds, calls or events to run."""
+    return fast if quick() else full
+
+
+class _Interrupt:
+    """Whether Ctrl-C (or SIGTERM) arrived while a benchmark's event loop ran."""
+
+    seen = False
+
+
+def run(coroutine: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(coroutine)``, where Ctrl-C cancels it and comes out as KeyboardInterrupt.
+
+    Ctrl-C reaches the benchmark's server processes too, which stop at once, so the calls in
+    flight fail in every way; once interrupted, whatever the benchmark raises means "interrupted".
+    """
+
+    async def guarded() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def interrupt() -> None:
+            if not _Interrupt.seen:  # a second Ctrl-C must not cut the clean-up short
+                _Interrupt.seen = True
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, interrupt)
+        await coroutine
+
+    try:
+        asyncio.run(guarded())
+    except BaseException:
+        if _Interrupt.seen:
+            raise KeyboardInterrupt from None
+        raise
+
+
+def main(cli: Callable[[], None], name: str) -> None:
+    """Run a benchmark's command line; Ctrl-C ends it with one line (exit 130), not a traceback."""
+    try:
+        cli()
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
 
 class Start(Protocol):
@@ -101,9 +163,13 @@ async def alternate(sides: Mapping[str, Call], rounds: int, calls: int, inflight
 
 def on_off_arguments(parser: argparse.ArgumentParser, serve: list[str]) -> None:
     """The arguments of an on-against-off benchmark; ``serve`` names its hidden server kinds."""
-    parser.add_argument("--rounds", type=int, default=15, help="rounds, on and off in each (default 15)")
-    parser.add_argument("--calls", type=int, default=1280, help="calls per side per scenario per round (default 1280)")
+    rounds, calls = sized(15, 2), sized(1280, 256)
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"rounds, on and off in each (default {rounds})")
+    parser.add_argument(
+        "--calls", type=int, default=calls, help=f"calls per side per scenario per round (default {calls})"
+    )
     parser.add_argument("--inflight", type=int, default=64, help="concurrent calls in flight (default 64)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and calls (also KOSMOS_BENCH_QUICK=1)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave CPUs to the scheduler")
     parser.add_argument("--serve", choices=serve, help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
@@ -206,7 +272,7 @@ def processes(cpu: int | None = None) -> Iterator[Start]:
     try:
         yield start
     finally:
-        for process in started:
+        for process in reversed(started):  # the last started first: an agent before the sink it sends to
             process.terminate()
         for process in started:
             try:

@@ -21,12 +21,12 @@ Run with ``python -m benchmarks.resilience`` (``--help`` for sizes); part of ``m
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from kosmos_grpc import Coordinator, runtime
 
+from . import harness
 from .core import PAYLOAD  # the same payload, so the figures compare with core's "mesh 1 hop"
 from .harness import (
     Result,
@@ -113,8 +113,8 @@ def cli() -> None:
         runtime.run(serve(args.serve == "on"))
         return
     args.cpus = pin_client(args.pin)
-    asyncio.run(main(args))
+    harness.run(main(args))
 
 
 if __name__ == "__main__":
-    cli()
+    harness.main(cli, "benchmarks.resilience")

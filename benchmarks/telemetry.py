@@ -22,7 +22,6 @@ Pinned like the other benchmarks. Run with ``python -m benchmarks.telemetry [--e
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from typing import Any
 
 from kosmos_grpc import Coordinator, runtime
 
+from . import harness
 from .core import PAYLOAD
 from .harness import (
     Result,
@@ -162,8 +162,8 @@ def cli() -> None:
         runtime.run(serve(args.serve))
         return
     args.cpus = pin_client(args.pin)
-    asyncio.run(main(args))
+    harness.run(main(args))
 
 
 if __name__ == "__main__":
-    cli()
+    harness.main(cli, "benchmarks.telemetry")

@@ -20,7 +20,7 @@ from kosmos_grpc.bus import Event, Subscription, open_bus
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import MeshConfig, load_config
 from kosmos_grpc.envelope import Priority
-from kosmos_grpc.errors import KosmosError
+from kosmos_grpc.errors import DependencyUnavailable, KosmosError
 from kosmos_grpc.launcher import run_mesh, serve_agent, serve_broker
 from kosmos_grpc.tables import format_table
 from kosmos_grpc.telemetry.logs import LOG_FORMATS, configure_logging
@@ -79,28 +79,32 @@ async def _stream(config: MeshConfig, args: argparse.Namespace) -> int:
 
 async def _health(config: MeshConfig, args: argparse.Namespace) -> int:
     names = [args.agent] if args.agent else list(config.agents)
-    rows = []
+    rows: list[tuple[str, ...]] = []
+    answered = 0
     async with _client(config) as client:
         for name in names:
             address = client.registry.address(name)
             try:
                 status = await client.health(name, timeout_ms=args.timeout_ms)
+                answered += 1
             except KosmosError as exc:
                 if args.agent is not None:
                     raise
                 status = exc.code.name
             rows.append((name, address, status))
     print(format_table(("AGENT", "ADDRESS", "HEALTH"), rows))
-    return 0 if all(row[2] == "SERVING" for row in rows) else EXIT_FAILURE
+    return _health_exit(rows, answered)
 
 
 async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[tuple[str, ...]] = []
+    answered = 0
     async with _client(config) as client:
         for name in config.agents:
             address = client.registry.address(name)
             try:
                 status = await client.health(name, timeout_ms=args.timeout_ms)
+                answered += 1
                 card = await client.describe(name, timeout_ms=args.timeout_ms)
                 actions = ", ".join(a.name + (" (stream)" if a.streaming else "") for a in card.actions)
                 circuits = ", ".join(_circuit(c) for c in card.circuits) or "-"
@@ -108,7 +112,17 @@ async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
                 status, actions, circuits = exc.code.name, "-", "-"
             rows.append((name, address, status, actions, circuits))
     print(format_table(("AGENT", "ADDRESS", "HEALTH", "ACTIONS", "CIRCUITS"), rows))
-    return 0
+    return _health_exit(rows, answered)
+
+
+def _health_exit(rows: list[tuple[str, ...]], answered: int) -> int:
+    """0 when every agent is SERVING; else 1, with a line to stderr when none answered at all."""
+    if rows and not answered:
+        print(
+            "kosmos: no agent answers: is the mesh running? (start it with 'make run' or 'kosmos up')",
+            file=sys.stderr,
+        )
+    return 0 if all(row[2] == "SERVING" for row in rows) else EXIT_FAILURE
 
 
 def _circuit(circuit: CircuitInfo) -> str:
@@ -123,22 +137,36 @@ def _circuit(circuit: CircuitInfo) -> str:
 async def _publish(config: MeshConfig, args: argparse.Namespace) -> int:
     payload = _payload(args.payload)
     headers = dict(_header(h) for h in args.header)
-    bus = await open_bus(config, "cli")
-    try:
-        message_id = await bus.publish(
-            args.subject, payload, headers=headers, acknowledge=True, timeout_ms=args.timeout_ms
-        )
-    finally:
-        await bus.close()
+    try:  # a bus that is not there is one line naming it, within the command's timeout
+        bus = await open_bus(config, "cli", connect_timeout=args.timeout_ms / 1000)
+        try:
+            message_id = await bus.publish(
+                args.subject, payload, headers=headers, acknowledge=True, timeout_ms=args.timeout_ms
+            )
+        finally:
+            await bus.close()
+    except DependencyUnavailable as exc:
+        print(f"kosmos: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
     print(message_id)
     return 0
 
 
 async def _subscribe(config: MeshConfig, args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
-    bus = await open_bus(config, "cli")
+    # A bus that is not there is one line naming it, within the connect's timeout (5 s unless given).
+    connect_ms: float = getattr(args, "timeout_ms", None) or 5_000
     try:
-        subscription = await bus.subscribe(args.pattern, queue=args.queue)
+        bus = await open_bus(config, "cli", connect_timeout=connect_ms / 1000)
+    except DependencyUnavailable as exc:
+        print(f"kosmos: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        try:
+            subscription = await bus.subscribe(args.pattern, queue=args.queue)
+        except DependencyUnavailable as exc:
+            print(f"kosmos: {exc.message}", file=sys.stderr)
+            return EXIT_FAILURE
         print(f"subscribed to {args.pattern}; Ctrl-C stops", file=sys.stderr, flush=True)
         reading = asyncio.ensure_future(_print_events(subscription))
         stopping = asyncio.ensure_future(stop.wait())

@@ -15,6 +15,7 @@ the same class on the client::
     ├── DeadlineExceeded             DEADLINE_EXCEEDED  (also a TimeoutError)
     ├── AgentUnavailable             UNAVAILABLE
     │   └── CircuitOpen                (the caller's breaker refused the call without sending it)
+    ├── DependencyUnavailable        UNAVAILABLE        (NATS, the broker: what the mesh needs is down)
     ├── ResourceExhausted            RESOURCE_EXHAUSTED
     │   └── PayloadTooLarge
     ├── Cancelled                    CANCELLED
@@ -46,6 +47,7 @@ __all__ = [
     "CircuitOpen",
     "ConfigError",
     "DeadlineExceeded",
+    "DependencyUnavailable",
     "DuplicateMessage",
     "InvalidEnvelope",
     "KosmosError",
@@ -179,6 +181,16 @@ class CircuitOpen(AgentUnavailable):
         return False
 
 
+class DependencyUnavailable(KosmosError):
+    """Something the mesh needs (the NATS server, the embedded broker) cannot be reached.
+
+    The message is one line for the user: what is down, at which address, why, and what to do.
+    """
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "DEPENDENCY_UNAVAILABLE"
+
+
 class ResourceExhausted(KosmosError):
     """The agent is overloaded or a limit was hit."""
 
@@ -275,6 +287,7 @@ _BY_REASON: dict[str, type[KosmosError]] = {
         DeadlineExceeded,
         AgentUnavailable,
         CircuitOpen,
+        DependencyUnavailable,
         ResourceExhausted,
         PayloadTooLarge,
         Cancelled,

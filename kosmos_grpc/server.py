@@ -134,7 +134,9 @@ class AgentServer:
             self.port = 0
         if self.port == 0:
             await self._server.stop(0)  # never started, but it holds resources until stopped
-            raise OSError(f"cannot listen on {requested}: the address is in use or not available")
+            raise OSError(
+                f"agent {self.agent.name!r} cannot listen on {requested}: the address is in use or not available"
+            )
         self.registry.set(self.agent.name, self.address)
         for service in ("", AGENT_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)

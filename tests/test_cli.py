@@ -243,7 +243,7 @@ def test_serve_on_a_taken_address_is_one_readable_line(tmp_path: Path) -> None:
         taken = f"127.0.0.1:{holder.getsockname()[1]}"
         result = kosmos(write_config(tmp_path / "kosmos.toml", zeus=taken), "serve", "zeus")
     assert result.returncode == 1
-    assert f"kosmos: cannot listen on {taken}: the address is in use or not available" in result.stderr
+    assert f"kosmos: agent 'zeus' cannot listen on {taken}: the address is in use or not available" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -42,8 +42,8 @@ class Raiser(Agent):
 def test_every_exported_error_is_tested() -> None:
     expected = {
         "ActionFailed", "ActionNotFound", "AgentNotFound", "AgentUnavailable", "Cancelled", "CircuitOpen",
-        "ConfigError", "DeadlineExceeded", "DuplicateMessage", "InvalidEnvelope", "KosmosError",
-        "PayloadTooLarge", "ResourceExhausted", "SagaFailed", "StreamBroken", "WrongCallKind",
+        "ConfigError", "DeadlineExceeded", "DependencyUnavailable", "DuplicateMessage", "InvalidEnvelope",
+        "KosmosError", "PayloadTooLarge", "ResourceExhausted", "SagaFailed", "StreamBroken", "WrongCallKind",
     }  # fmt: skip
     assert set(ERRORS) == expected
 

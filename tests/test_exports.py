@@ -44,6 +44,7 @@ PUBLIC = [
     "Coordinator",
     "DeadlineExceeded",
     "Delegation",
+    "DependencyUnavailable",
     "DuplicateMessage",
     "Envelope",
     "Idempotency",

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"envelope", "subjects", "tables", "runtime", "deadlines"},
     {"_grpc", "registry", "telemetry", "idempotency", "admission", "calls"},
     {"resilience", "config", "config_schema"},
-    {"bus"},
+    {"bus", "preflight"},
     {"agent", "interceptors", "transport", "client", "context", "patterns"},
     {"servicer", "server"},
     {"launcher", "cli", "__init__"},

@@ -235,7 +235,9 @@ class BrokerServer:
             self.port = 0
         if self.port == 0:
             await self._server.stop(0)
-            raise OSError(f"cannot listen on {self._requested}: the address is in use or not available")
+            raise OSError(
+                f"the event broker cannot listen on {self._requested}: the address is in use or not available"
+            )
         if self.nats_url is not None:
             try:
                 nats = NatsEventBus(

@@ -17,7 +17,7 @@ from kosmos_grpc.bus.event import Event, event_message
 from kosmos_grpc.bus.metrics import published, received
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS
-from kosmos_grpc.errors import KosmosError, from_rpc_error
+from kosmos_grpc.errors import DependencyUnavailable, KosmosError, from_rpc_error
 from kosmos_grpc.telemetry.tracing import publish_headers
 
 if TYPE_CHECKING:
@@ -39,6 +39,18 @@ def _detached(event: events_pb2.Event) -> Event:
     message = envelope_pb2.AgentMessage()
     message.CopyFrom(event.message)
     return Event(event.subject, dict(event.headers), message)
+
+
+def _broker_error(address: str, exc: grpc.aio.AioRpcError) -> KosmosError:
+    """What a failed call to the broker means; a broker that is not there is one line naming it."""
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
+        cause = "connection refused" if "refused" in details.lower() else "no answer"
+        return DependencyUnavailable(
+            f"cannot reach the event broker at {address} ({cause}): is the mesh running?"
+            " (start it with 'make run' or 'kosmos up')"
+        )
+    return from_rpc_error(exc)
 
 
 class GrpcEventBus:
@@ -156,7 +168,7 @@ class GrpcEventBus:
         try:
             reply = await self._publish(request, timeout=timeout_ms / 1000)
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+            raise _broker_error(self.address, exc) from None
         return reply.message_id
 
     async def flush(self) -> None:
@@ -224,7 +236,7 @@ class GrpcEventBus:
                 async for _ in call:
                     pass
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+            raise _broker_error(self.address, exc) from None
         except TimeoutError:
             call.cancel()
             raise KosmosError(f"the broker at {self.address} did not take the subscription in time") from None

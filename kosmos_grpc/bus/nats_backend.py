@@ -2,9 +2,10 @@
 
 Subjects and patterns are NATS's own (``*`` and ``>`` mean the same), queue groups are NATS
 queue groups, headers are NATS headers, and the envelope travels as the serialized
-``AgentMessage``. nats-py reconnects on its own and resubscribes, so subscriptions go on after
-a server restart (it keeps trying for about a minute; then the connection closes and so do the
-subscriptions).
+``AgentMessage``. A server that is not there fails the connect at once, in one line
+(:mod:`kosmos_grpc.bus.nats_connection`). Once connected, nats-py reconnects on its own and
+resubscribes, so subscriptions go on after a server restart (it keeps trying for about a
+minute, logged once and then summarised; then the connection closes and so do the subscriptions).
 
 Most subjects get NATS core's at-most-once delivery. Subjects named durable (by default the
 audit log) go through a JetStream stream: a publish waits for the stream's acknowledgement
@@ -23,7 +24,6 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, Self
 
-import nats
 from google.protobuf.message import DecodeError
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, StorageType, StreamConfig
@@ -32,9 +32,10 @@ from nats.js.errors import BadRequestError
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
 from kosmos_grpc.bus.event import Event, event_message
 from kosmos_grpc.bus.metrics import published, received
+from kosmos_grpc.bus.nats_connection import ReconnectLog, connect_nats
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS
-from kosmos_grpc.errors import AgentUnavailable, KosmosError
+from kosmos_grpc.errors import AgentUnavailable, DependencyUnavailable, KosmosError
 from kosmos_grpc.subjects import matches, pattern_tokens
 from kosmos_grpc.telemetry.tracing import finish_span, publish_headers, start_consumer_span
 
@@ -52,9 +53,6 @@ log = logging.getLogger(__name__)
 
 BACKEND = "nats"
 CONNECT_TIMEOUT = 5.0
-# Reconnect for up to about a minute (0.25 s apart), then give up: nothing waits forever.
-RECONNECT_WAIT = 0.25
-RECONNECT_ATTEMPTS = 240
 NATS_PENDING_MESSAGES = 65_536
 STREAM = "KOSMOS_DURABLE"
 DEAD_LETTER_PREFIX = "kosmos.deadletter."
@@ -107,21 +105,18 @@ class NatsEventBus:
         self._js: JetStreamContext | None = None
         self._subscriptions: set[Subscription[Event]] = set()
         self._clock = clock
+        #: What the connection's losses and reconnects tell the log.
+        self.reconnects = ReconnectLog(url)
 
-    async def connect(self) -> Self:
-        """Connect (AgentUnavailable when the server cannot be reached)."""
-        try:
-            self._nc = await nats.connect(
-                self.url,
-                name=f"kosmos {self.source_agent}",
-                connect_timeout=CONNECT_TIMEOUT,
-                reconnect_time_wait=RECONNECT_WAIT,
-                max_reconnect_attempts=RECONNECT_ATTEMPTS,
-                allow_reconnect=True,
-                error_cb=self._on_error,
-            )
-        except (OSError, NatsError, TimeoutError) as exc:
-            raise AgentUnavailable(f"cannot reach NATS at {self.url}: {exc or type(exc).__name__}") from None
+    async def connect(self, connect_timeout: float = CONNECT_TIMEOUT) -> Self:
+        """Connect within ``connect_timeout`` seconds.
+
+        Raises:
+            DependencyUnavailable: the server cannot be reached, or has no JetStream (one line saying so).
+        """
+        self._nc = await connect_nats(
+            self.url, name=f"kosmos {self.source_agent}", connect_timeout=connect_timeout, report=self.reconnects
+        )
         if self.durable:
             try:
                 await self._ensure_stream()
@@ -143,14 +138,13 @@ class NatsEventBus:
                 config.subjects = sorted({*(info.config.subjects or []), *subjects})
                 await self._js.update_stream(config)
         except (NatsError, TimeoutError) as exc:
-            raise AgentUnavailable(f"NATS at {self.url} has no JetStream (run it with -js): {exc}") from None
+            raise DependencyUnavailable(
+                f"NATS at {self.url} has no JetStream ({exc or type(exc).__name__}): run it with -js"
+            ) from None
 
     def is_durable(self, subject: str) -> bool:
         """Whether events on ``subject`` go through JetStream."""
         return self._js is not None and any(matches(pattern, subject) for pattern in self.durable)
-
-    async def _on_error(self, error: Exception) -> None:
-        log.warning("NATS connection to %s: %s", self.url, error)
 
     @property
     def nc(self) -> Client:
@@ -171,6 +165,7 @@ class NatsEventBus:
         """Send what is buffered, end every subscription, then close the connection."""
         for subscription in list(self._subscriptions):
             await subscription.unsubscribe()
+        self.reconnects.closing = True
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await self._nc.drain()

@@ -102,11 +102,10 @@ def configure_tracing(service_name: str) -> TracerProvider | None:
     provider = TracerProvider(
         resource=Resource.create(attributes), sampler=None if exporting else ParentBased(ALWAYS_OFF)
     )
-    if exporting:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    if exporting:  # an endpoint that cannot be reached slows nothing, and is said once
+        from kosmos_grpc.telemetry.exporting import otlp_span_processor
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(otlp_span_processor())
     trace.set_tracer_provider(provider)
     _SHORTCUTS.sdk = True
     ours = trace.get_tracer_provider() is provider  # else another provider was set first
