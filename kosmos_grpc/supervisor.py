@@ -61,13 +61,13 @@ BROKER_NAME = "(broker)"
 BIND_ENV = "KOSMOS_UP_BIND"
 
 #: The first restarts wait 0.2 s, 0.4 s, 0.8 s ... up to 10 s, each plus up to 0.2 s at random.
-BACKOFF = wait_exponential_jitter(initial=0.2, max=10, jitter=0.2)
+BACKOFF = wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.2)
 #: This many restarts within CRASH_LOOP_WINDOW seconds make a crash loop ...
 CRASH_LOOP_RESTARTS = 5
 CRASH_LOOP_WINDOW = 60.0
 #: ... whose restarts wait 5 s, 10 s, 20 s ... up to this, plus up to 1 s at random.
 CRASH_LOOP_MAX_SECONDS = 60.0
-CRASH_LOOP_BACKOFF = wait_exponential_jitter(initial=5, max=CRASH_LOOP_MAX_SECONDS, jitter=1)
+CRASH_LOOP_BACKOFF = wait_exponential_jitter(multiplier=5, max=CRASH_LOOP_MAX_SECONDS, jitter=1)
 
 #: The last lines of a child's output kept to report with its exit: at most this many, and bytes.
 OUTPUT_LINES = 10
