@@ -302,7 +302,7 @@ class HealthEvents:
             try:
                 if self._bus is None:
                     self._bus = await asyncio.wait_for(open_bus(self._config, "kosmos-up", broker=self._broker), 5)
-                await self._bus.publish(SYSTEM_HEALTH, payload, timeout_ms=2_000)
+                await self._bus.publish(SYSTEM_HEALTH, payload, acknowledge=True, timeout_ms=2_000)
             except Exception as exc:  # a bus that cannot be reached must not stop the supervisor
                 await self._failed(exc)
             finally:

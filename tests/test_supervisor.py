@@ -8,6 +8,7 @@ by PID.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import signal
@@ -21,7 +22,17 @@ from typing import Any
 import pytest
 
 from kosmos_grpc import Coordinator
-from kosmos_grpc.supervisor import CRASH_LOOP_RESTARTS, OutputTail, Restarts, describe_exit, should_restart
+from kosmos_grpc.bus import BrokerServer, GrpcEventBus
+from kosmos_grpc.config import BusConfig, MeshConfig
+from kosmos_grpc.subjects import SYSTEM_HEALTH
+from kosmos_grpc.supervisor import (
+    CRASH_LOOP_RESTARTS,
+    HealthEvents,
+    OutputTail,
+    Restarts,
+    describe_exit,
+    should_restart,
+)
 
 from .conftest import Processes, environment
 from .test_cli import Lines, alive, free_port, wait_gone
@@ -74,6 +85,7 @@ SLOW = '''
 """An agent whose start takes long; it writes down its PID and every SIGINT or SIGTERM it gets."""
 
 import asyncio
+import io
 import os
 import signal
 from pathlib import Path
@@ -147,6 +159,13 @@ class Up:
         return self.table[name][1]
 
 
+def number(pattern: str, line: str) -> float:
+    """The number ``pattern``'s group catches in ``line`` (which must hold it)."""
+    found = re.search(pattern, line)
+    assert found is not None, f"no {pattern!r} in {line!r}"
+    return float(found.group(1))
+
+
 def mesh_config(tmp_path: Path, *, zeus: str = "127.0.0.1:0", athena_restart: str = "on-failure") -> Path:
     path = tmp_path / "kosmos.toml"
     path.write_text(MESH.format(zeus=zeus, athena_restart=athena_restart))
@@ -186,7 +205,7 @@ async def test_a_killed_agent_comes_back_under_load_and_its_circuit_in_zeus_clos
             assert "(restart 1)" in exited
             back = lines[-1]
             assert f"is back at {up.address('athena')} " in back, "she binds the address her first process got"
-            new_pid = int(re.search(r"pid (\d+)", back).group(1))  # type: ignore[union-attr]
+            new_pid = int(number(r"pid (\d+)", back))
             processes.adopt(new_pid)
             assert new_pid != up.pid("athena")
             seen_back = len(answers)
@@ -254,7 +273,7 @@ def test_a_crash_loop_is_reported_and_backs_off_further_without_stopping_the_oth
     assert all("exited with code 3" in line for line in exits[1:]), "each restart exits at once"
     crash = exits[-1]
     assert f"in a crash loop ({CRASH_LOOP_RESTARTS} restarts within 60 s)" in crash
-    delays = [float(re.search(r"restarting in ([\d.]+) s", line).group(1)) for line in exits]  # type: ignore[union-attr]
+    delays = [number(r"restarting in ([\d.]+) s", line) for line in exits]
     assert delays[:-1] == sorted(delays[:-1]), "the backoff grows"
     assert delays[-1] >= 5.0, "a crash loop backs off further"
     assert up.process.poll() is None
@@ -273,7 +292,7 @@ def test_sigterm_to_up_stops_every_child_even_restarted_ones(processes: Processe
     assert "(broker)" in up.table
     os.kill(up.pid("dionysus"), signal.SIGKILL)
     back = up.err.until("agent 'dionysus' is back", timeout=60)[-1]
-    restarted = int(re.search(r"pid (\d+)", back).group(1))  # type: ignore[union-attr]
+    restarted = int(number(r"pid (\d+)", back))
     processes.adopt(restarted)
     up.process.send_signal(signal.SIGTERM)
     assert up.process.wait(30) == 0
@@ -369,3 +388,38 @@ def test_output_tail_is_bounded_in_lines_and_bytes() -> None:
     assert tail.lines() == ["cccc", "dddd"]  # three lines would be 12 bytes
     tail.add("x" * 50)
     assert tail.lines() == ["x" * 10]
+
+
+async def test_health_events_reach_the_bus() -> None:
+    broker = BrokerServer(address="127.0.0.1:0")
+    await broker.start()
+    try:
+        async with GrpcEventBus(broker.address, source_agent="test") as watcher:
+            subscription = await watcher.subscribe(SYSTEM_HEALTH)
+            events = HealthEvents(MeshConfig(agents={}, bus=BusConfig(address="127.0.0.1:0")), io.StringIO())
+            events.start(broker.address)  # the real address, as `kosmos up` hands it out
+            events.announce("athena", "exited", exit_code=-9, restarts=0)
+            events.announce("athena", "restarted", exit_code=None, restarts=1, pid=42)
+            async with asyncio.timeout(20):
+                got = [(await anext(subscription)).payload for _ in range(2)]
+            await events.close()
+    finally:
+        await broker.stop(0)
+    assert got == [
+        {"agent": "athena", "state": "exited", "exit_code": -9, "restarts": 0},
+        {"agent": "athena", "state": "restarted", "exit_code": None, "restarts": 1, "pid": 42},
+    ]
+
+
+async def test_a_bus_that_cannot_be_reached_is_reported_once_and_stops_nothing() -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    err = io.StringIO()
+    events = HealthEvents(MeshConfig(agents={}, bus=BusConfig(address=nowhere)), err)
+    events.start(nowhere)
+    for restarts in range(3):
+        events.announce("athena", "exited", exit_code=1, restarts=restarts)
+    await events.close(flush=30)
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("kosmos: cannot announce agent health on the bus (")
+    assert lines[0].endswith("); the mesh goes on")
