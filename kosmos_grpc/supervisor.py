@@ -132,8 +132,8 @@ class OutputTail:
 
     def add(self, line: str) -> None:
         """Keep ``line`` (cut to the byte bound), forgetting the oldest lines past the bounds."""
-        self._lines.append(line.rstrip("\n")[: self._size])
-        while sum(len(kept) for kept in self._lines) > self._size:
+        self._lines.append(line.rstrip("\n").encode()[: self._size].decode(errors="ignore"))
+        while sum(len(kept.encode()) for kept in self._lines) > self._size:
             self._lines.popleft()
 
     def lines(self) -> list[str]:

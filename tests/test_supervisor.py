@@ -254,6 +254,16 @@ def test_an_agent_with_restart_never_stays_down_and_the_rest_runs(processes: Pro
     assert not any("is back" in line for line in up.err.seen)
 
 
+def test_the_mesh_stops_when_every_agent_is_down_for_good(processes: Processes, tmp_path: Path) -> None:
+    config = tmp_path / "kosmos.toml"
+    config.write_text('[agents.athena]\nobject = "agents.athena:Athena"\naddress = "127.0.0.1:0"\nrestart = "never"\n')
+    up = Up(processes, config).wait_up()
+    os.kill(up.pid("athena"), signal.SIGTERM)
+    assert up.process.wait(30) == 1
+    assert "kosmos: every agent is down and none will be restarted; stopping the mesh" in up.err.rest()
+    up.out.until("mesh stopped")
+
+
 @pytest.mark.timeout(180)
 def test_a_crash_loop_is_reported_and_backs_off_further_without_stopping_the_others(
     processes: Processes, tmp_path: Path
@@ -299,6 +309,34 @@ def test_sigterm_to_up_stops_every_child_even_restarted_ones(processes: Processe
     up.out.until("mesh stopped")
     children = [pid for _, pid in up.table.values() if pid != up.pid("dionysus")] + [restarted]
     assert wait_gone(children) == []
+
+
+def test_kosmos_agents_shows_restarts_and_uptime(processes: Processes, tmp_path: Path) -> None:
+    up = Up(processes, mesh_config(tmp_path)).wait_up()
+    os.kill(up.pid("dionysus"), signal.SIGKILL)
+    back = up.err.until("agent 'dionysus' is back", timeout=60)[-1]
+    processes.adopt(int(number(r"pid (\d+)", back)))
+    live = tmp_path / "live.toml"
+    live.write_text(
+        "".join(
+            f'[agents.{name}]\nobject = "agents.{name}:{name.title()}"\naddress = "{address}"\n'
+            for name, (address, _) in up.table.items()
+        )
+    )
+    agents = subprocess.run(
+        [sys.executable, "-m", "kosmos_grpc.cli", "--config", str(live), "agents"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=environment({}),
+    )
+    assert agents.returncode == 0, agents.stderr
+    header, *rows = agents.stdout.splitlines()
+    assert header.split()[:5] == ["AGENT", "ADDRESS", "HEALTH", "RESTARTS", "UPTIME"]
+    restarts = {row.split()[0]: (row.split()[3], row.split()[4]) for row in rows}
+    assert restarts["dionysus"][0] == "1"
+    assert restarts["zeus"][0] == restarts["athena"][0] == "0"
+    assert all(re.fullmatch(r"\d+s|\d+m\d\ds", uptime) for _, uptime in restarts.values()), restarts
 
 
 def test_ctrl_c_while_the_mesh_starts_reaches_only_up_and_ends_in_one_line(
