@@ -159,7 +159,7 @@ class Child:
     gone: bool = False
     tail: OutputTail = field(default_factory=OutputTail)
     history: Restarts = field(default_factory=Restarts)
-    _ready: asyncio.Future[dict[str, Any]] | None = None
+    _ready: asyncio.Future[dict[str, Any] | None] | None = None
     _readers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -200,7 +200,7 @@ class Child:
         ]
 
     async def _read(
-        self, stream: asyncio.StreamReader, out: TextIO, ready: asyncio.Future[dict[str, Any]] | None
+        self, stream: asyncio.StreamReader, out: TextIO, ready: asyncio.Future[dict[str, Any] | None] | None
     ) -> None:
         """Copy a pipe to ``out`` line by line, so it never fills; catch the READY line on stdout."""
         while line := (await stream.readline()).decode(errors="replace"):
@@ -211,14 +211,13 @@ class Child:
             out.write(line)
             out.flush()
         if ready is not None and not ready.done():
-            ready.set_exception(EOFError())
+            ready.set_result(None)  # it ended without saying where it listens
 
     async def ready(self) -> bool:
         """Wait for its process to say where it listens; False when the process ended first."""
         assert self._ready is not None
-        try:
-            ready = await self._ready
-        except EOFError:
+        ready = await self._ready
+        if ready is None:
             return False
         if not self.address:
             self.address, self.metrics = ready["address"], ready.get("metrics")
