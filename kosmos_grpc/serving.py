@@ -130,16 +130,21 @@ async def _serve_agent(
     stdin = await _open_stdin()
     watcher: asyncio.Task[None] | None = None
     signalled: list[signal.Signals] = []
+    closed = asyncio.Event()  # stdin closed: `kosmos up` stops us
 
     def on_signal(sig: signal.Signals) -> None:
         signalled.append(sig)
+        server.request_stop()
+
+    def on_eof() -> None:
+        closed.set()
         server.request_stop()
 
     async def ready(server: AgentServer) -> None:
         nonlocal watcher
         mesh = await _handshake(stdin, name, server.address, metrics)
         if mesh is None:  # `kosmos up` is stopping: end quietly, as asked
-            server.request_stop()
+            on_eof()
             await asyncio.Future()  # cancelled at once by the stop just asked for
             return
         loop = asyncio.get_running_loop()
@@ -148,14 +153,21 @@ async def _serve_agent(
         server.servicer.restarts = int(mesh.get("restarts", 0))
         server.registry.update_from(mesh["agents"])
         await attach(mesh.get("bus"))
-        watcher = asyncio.create_task(_stop_on_eof(stdin, server.request_stop))
+        watcher = asyncio.create_task(_stop_on_eof(stdin, on_eof))
 
     try:
         await serve_forever(server, ready=ready)
     finally:
         if watcher is not None:
             watcher.cancel()
-    return signalled[0] if signalled else None
+    return _stopped_by(closed, signalled)
+
+
+def _stopped_by(closed: asyncio.Event, signalled: list[signal.Signals]) -> signal.Signals | None:
+    """None when stdin closed; else the signal that stopped us (SIGTERM when it came before we could tell)."""
+    if closed.is_set():
+        return None
+    return signalled[0] if signalled else signal.SIGTERM
 
 
 async def serve_broker(config: MeshConfig, *, handshake: bool = False) -> None:
@@ -180,7 +192,12 @@ async def _serve_broker(config: MeshConfig, metrics: str | None, *, handshake: b
         max_deliveries=bus.max_deliveries,
     )
     stop = asyncio.Event()
+    closed = asyncio.Event()  # stdin closed: `kosmos up` stops us
     signalled: list[signal.Signals] = []
+
+    def on_eof() -> None:
+        closed.set()
+        stop.set()
 
     def on_signal(sig: signal.Signals) -> None:
         signalled.append(sig)
@@ -195,14 +212,16 @@ async def _serve_broker(config: MeshConfig, metrics: str | None, *, handshake: b
         if handshake:
             stdin = await _open_stdin()
             handshake_task = asyncio.ensure_future(_handshake(stdin, BROKER_NAME, broker.address, metrics))
-            if not await until(stop, handshake_task) or handshake_task.result() is None:
-                return signalled[0] if signalled else None
-            watcher = asyncio.create_task(_stop_on_eof(stdin, stop.set))
+            if not await until(stop, handshake_task):
+                return _stopped_by(closed, signalled)
+            if handshake_task.result() is None:
+                return None
+            watcher = asyncio.create_task(_stop_on_eof(stdin, on_eof))
         elif metrics is not None:
             log.info("event broker metrics on %s", metrics)
         log.info("event broker serving on %s", broker.address)
         await stop.wait()
-        return signalled[0] if signalled else None
+        return _stopped_by(closed, signalled)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
