@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -101,6 +102,16 @@ class AgentCard:
     version: str
     actions: list[ActionInfo] = field(default_factory=list)
     circuits: list[CircuitInfo] = field(default_factory=list)
+    #: The process serving it: its PID, when it started (seconds since the epoch; 0 when the
+    #: agent does not say), and how often ``kosmos up`` restarted the agent before it.
+    pid: int = 0
+    started: float = 0.0
+    restarts: int = 0
+
+    @property
+    def uptime(self) -> float | None:
+        """Seconds its process has been serving, by this machine's clock (None when unknown)."""
+        return max(0.0, time.time() - self.started) if self.started else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,10 +108,11 @@ async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
                 card = await client.describe(name, timeout_ms=args.timeout_ms)
                 actions = ", ".join(a.name + (" (stream)" if a.streaming else "") for a in card.actions)
                 circuits = ", ".join(_circuit(c) for c in card.circuits) or "-"
+                restarts, uptime = str(card.restarts), _uptime(card.uptime)
             except KosmosError as exc:
-                status, actions, circuits = exc.code.name, "-", "-"
-            rows.append((name, address, status, actions, circuits))
-    print(format_table(("AGENT", "ADDRESS", "HEALTH", "ACTIONS", "CIRCUITS"), rows))
+                status, actions, circuits, restarts, uptime = exc.code.name, "-", "-", "-", "-"
+            rows.append((name, address, status, restarts, uptime, actions, circuits))
+    print(format_table(("AGENT", "ADDRESS", "HEALTH", "RESTARTS", "UPTIME", "ACTIONS", "CIRCUITS"), rows))
     return _health_exit(rows, answered)
 
 
@@ -123,6 +124,21 @@ def _health_exit(rows: list[tuple[str, ...]], answered: int) -> int:
             file=sys.stderr,
         )
     return 0 if all(row[2] == "SERVING" for row in rows) else EXIT_FAILURE
+
+
+def _uptime(seconds: float | None) -> str:
+    """``42s``, ``12m05s``, ``3h07m`` or ``2d04h``: how long an agent's process has been serving."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    days, hours, minutes = whole // 86400, whole // 3600 % 24, whole // 60 % 60
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{whole % 60:02d}s"
+    return f"{whole}s"
 
 
 def _circuit(circuit: CircuitInfo) -> str:

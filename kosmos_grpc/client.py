@@ -301,6 +301,9 @@ class Coordinator:
                 )
                 for circuit in reply.circuits
             ],
+            pid=reply.process.pid,
+            started=reply.process.started.ToNanoseconds() / 1e9,
+            restarts=reply.process.restarts,
         )
 
     async def health(self, agent: str, *, service: str = "", timeout_ms: float = 2_000) -> str:

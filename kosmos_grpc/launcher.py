@@ -1,340 +1,285 @@
-"""``kosmos up``: run every agent of a config in its own process and stop them all together.
+"""``kosmos up``: run every agent of a config in its own process, restart those that end, stop them together.
 
-Each child binds its configured address (port 0 picks a free one) and reports the address it
-got, and where it serves ``/metrics`` if it does, on a line of its own (``KOSMOS-READY {...}``)
-on stdout; then it reads the whole mesh's addresses as one JSON line on stdin before it reports
-SERVING. Anything else a child prints is passed through to the launcher's stdout. A child also
-stops when its stdin closes, so no agent outlives its launcher, even one killed without a chance
-to clean up.
+The mesh starts whole or not at all: every agent (and the event broker, when the config has one)
+must bind, take the mesh's addresses and say SERVING within :data:`START_TIMEOUT`. From then on
+an agent whose process ends is restarted by its ``restart`` policy (:mod:`kosmos_grpc.supervisor`
+says how and when), at the address its first process got, and the others keep running. The mesh
+stops on SIGINT or SIGTERM, or when every agent is down and none will be restarted.
+What one child runs is :mod:`kosmos_grpc.serving`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
+import errno
 import signal
+import socket
 import sys
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TextIO
+import time
+from typing import TYPE_CHECKING, TextIO
 
-from kosmos_grpc.agent import import_object, load_agent
-from kosmos_grpc.bus import BrokerServer, open_bus
 from kosmos_grpc.client import Coordinator
-from kosmos_grpc.errors import ConfigError, KosmosError
+from kosmos_grpc.errors import ConfigError, DependencyUnavailable, KosmosError
+from kosmos_grpc.preflight import PREFLIGHT_SECONDS, check_dependencies
 from kosmos_grpc.runtime import until
-from kosmos_grpc.server import AgentServer, serve_forever
+from kosmos_grpc.serving import START_TIMEOUT, agent_server, serve_agent, serve_broker
+from kosmos_grpc.supervisor import (
+    BROKER_NAME,
+    CRASH_LOOP_WINDOW,
+    READY_MARK,
+    Child,
+    HealthEvents,
+    describe_exit,
+    should_restart,
+    stop_children,
+)
 from kosmos_grpc.tables import format_table
-from kosmos_grpc.telemetry.instrumentation import grpc_client_interceptors, grpc_server_interceptors
-from kosmos_grpc.telemetry.metrics import serve_metrics
-from kosmos_grpc.telemetry.tracing import configure_tracing
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
-    from kosmos_grpc.config import AgentConfig, MeshConfig
+    from kosmos_grpc.config import MeshConfig
 
 __all__ = [
     "BROKER_NAME",
     "READY_MARK",
     "START_TIMEOUT",
-    "MeshProcess",
     "agent_server",
+    "already_running",
     "run_mesh",
     "serve_agent",
     "serve_broker",
 ]
 
-#: Seconds the whole mesh has to start: every agent bound, addresses exchanged, SERVING.
-START_TIMEOUT = 60.0
-READY_MARK = "KOSMOS-READY "
-#: How ``kosmos up`` lists the embedded event broker among the agents.
-BROKER_NAME = "(broker)"
 
-log = logging.getLogger(__name__)
+class _Mesh:
+    """The children of one ``kosmos up``, where they write, and the event that stops them all."""
+
+    def __init__(self, config: MeshConfig, out: TextIO, err: TextIO, options: Sequence[str]) -> None:
+        assert config.path is not None
+        self.config = config
+        self.out, self.err = out, err
+        self.options = options
+        self.children: list[Child] = []
+        self.stop = asyncio.Event()
+        self.events = HealthEvents(config, err)
+        #: Set when the mesh stops because every agent is down for good.
+        self.all_gone = False
+
+    def addresses(self) -> tuple[dict[str, str], str | None]:
+        """Agent name -> address, and the event broker's address (None without one)."""
+        agents = {c.name: c.address for c in self.children if c.name != BROKER_NAME}
+        return agents, next((c.address for c in self.children if c.name == BROKER_NAME), None)
+
+    async def spawn(self, child: Child) -> None:
+        assert self.config.path is not None
+        await child.spawn(self.config.path, self.options, self.out, self.err)
 
 
-@dataclass(slots=True)
-class MeshProcess:
-    """One agent's process under ``kosmos up``."""
-
-    name: str
-    process: asyncio.subprocess.Process
-    address: str = ""
-    #: Its ``/metrics`` URL, or None when it serves none.
-    metrics: str | None = None
-    health: str = "UNKNOWN"
-    output: asyncio.Task[None] | None = None
+def _who(name: str) -> str:
+    return "the event broker" if name == BROKER_NAME else f"agent {name!r}"
 
 
-def _observe(stack: contextlib.ExitStack, service: str, address: str, metrics_port: int | None) -> str | None:
-    """Trace as ``service`` and, when a port is configured, serve ``/metrics`` on ``address``'s host.
+def _in_use(address: str) -> bool:
+    """Whether ``address`` is taken by a listening socket (its own bind would fail with EADDRINUSE)."""
+    host, _, port = address.rpartition(":")
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)[0]
+    except (OSError, ValueError, IndexError):
+        return False  # the child's own bind says what is wrong with it
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+        try:
+            sock.bind(where)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
-    ``stack`` stops both (flushing the last spans); returns the metrics URL, if any.
+
+async def already_running(config: MeshConfig) -> str | None:
+    """Why the config's fixed (non-zero) addresses cannot be served, in a line; None when they are free.
+
+    A KOSMOS server that answers health there means a mesh is already running on them.
     """
-    provider = configure_tracing(service)
-    if provider is not None:
-        stack.callback(provider.shutdown)
-    if metrics_port is None:
+    fixed = [(name, spec.address) for name, spec in config.agents.items() if not spec.address.endswith(":0")]
+    if config.bus.address is not None and not config.bus.address.endswith(":0"):
+        fixed.insert(0, (BROKER_NAME, config.bus.address))
+    if not fixed:
         return None
-    endpoint = serve_metrics(address.rsplit(":", 1)[0], metrics_port)
-    stack.callback(endpoint.close)
-    return endpoint.url
+    async with Coordinator(dict(fixed), resilience=False, telemetry=False) as client:
+        for name, address in fixed:
+            with contextlib.suppress(KosmosError):
+                await client.health(name, timeout_ms=1_000)
+                who = "the event broker" if name == BROKER_NAME else name
+                return f"a mesh is already running: {who} answers at {address} (stop it first, or use another config)"
+            if _in_use(address):
+                return (
+                    f"{_who(name)} cannot listen on {address}: the port is in use by something else "
+                    "(stop it, or give the agent another address in the config)"
+                )
+    return None
 
 
-async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False) -> None:
-    """Serve one agent of ``config`` until SIGTERM/SIGINT (or, with ``handshake``, until stdin closes)."""
-    spec = config.agent(name)
-    with contextlib.ExitStack() as stack:
-        metrics = _observe(stack, name, spec.address, spec.metrics_port)
-        await _serve_agent(config, spec, metrics, handshake=handshake)
+async def _serving(client: Coordinator, child: Child) -> bool:
+    """Poll ``child``'s gRPC health until it says SERVING (the caller bounds the wait); False if it ended."""
+    assert child.process is not None
+    while child.process.returncode is None:
+        with contextlib.suppress(KosmosError):
+            child.health = await client.health(child.name, timeout_ms=1000)
+        if child.health == "SERVING":
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
-def agent_server(config: MeshConfig, name: str) -> AgentServer:
-    """Agent ``name`` of ``config``, loaded and ready to start, with the interceptors the config names."""
-    folder = config.path.parent if config.path else None
-    grpc_instrumentation = config.telemetry.grpc_instrumentation
-    return AgentServer(
-        load_agent(config.agent(name).object, folder),
-        config.server(name),
-        registry=config.addresses(),
-        resilience=config.resilience,
-        interceptors=[import_object(spec, folder) for spec in config.interceptors.inbound],
-        client_interceptors=[import_object(spec, folder) for spec in config.interceptors.outbound],
-        grpc_interceptors=grpc_server_interceptors() if grpc_instrumentation else (),
-        grpc_client_interceptors=grpc_client_interceptors() if grpc_instrumentation else (),
-    )
+async def _start(mesh: _Mesh) -> None:
+    """Start the broker and every agent, each in its own process, into ``mesh.children`` (so a
+    failure leaves them to stop); hand out the addresses; wait until each says SERVING."""
+    config = mesh.config
+    if config.bus.address is not None:
+        mesh.children.append(Child(BROKER_NAME, ("broker",)))
+    mesh.children += [Child(name, ("serve", name), spec.restart) for name, spec in config.agents.items()]
+    for child in mesh.children:
+        await mesh.spawn(child)
+    for child in mesh.children:
+        if not await child.ready():
+            code = await child.ended()
+            raise ConfigError(f"{_who(child.name)} {describe_exit(code)} while starting (its error is above)")
+    agents, bus = mesh.addresses()
+    for child in mesh.children:
+        await child.hand_over(agents, bus)
+    async with Coordinator({c.name: c.address for c in mesh.children}) as client:
+        for child in mesh.children:
+            if not await _serving(client, child):
+                raise ConfigError(f"{_who(child.name)} {describe_exit(await child.ended())} while starting")
 
 
-async def _serve_agent(config: MeshConfig, spec: AgentConfig, metrics: str | None, *, handshake: bool) -> None:
-    name = spec.name
-    server = agent_server(config, name)
-
-    async def attach(broker: str | None) -> None:
-        if config.bus.configured:
-            server.attach_bus(await open_bus(config, name, broker=broker))
-
-    if not handshake:
-        if metrics is not None:
-            log.info("%s metrics on %s", name, metrics)
-        await attach(None)
-        await serve_forever(server)
-        return
-    stdin = await _open_stdin()
-    watcher: asyncio.Task[None] | None = None
-
-    async def ready(server: AgentServer) -> None:
-        nonlocal watcher
-        mesh = await _handshake(stdin, name, server.address, metrics)
-        server.registry.update_from(mesh["agents"])
-        await attach(mesh.get("bus"))
-        watcher = asyncio.create_task(_stop_on_eof(stdin, server.request_stop))
-
-    try:
-        await serve_forever(server, ready=ready)
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-
-
-async def serve_broker(config: MeshConfig, *, handshake: bool = False) -> None:
-    """Run the embedded event broker at the config's ``[bus] address`` until SIGTERM/SIGINT (or stdin closes)."""
-    with contextlib.ExitStack() as stack:
-        metrics = _observe(stack, "kosmos-broker", config.bus.broker_address(), config.bus.metrics_port)
-        await _serve_broker(config, metrics, handshake=handshake)
-
-
-async def _serve_broker(config: MeshConfig, metrics: str | None, *, handshake: bool) -> None:
-    bus = config.bus
-    broker = BrokerServer(
-        address=bus.broker_address(),
-        payload_limit=config.limits.payload_limit,
-        grace_seconds=1.0,
-        nats_url=bus.nats_url,
-        durable=bus.durable,
-        max_deliveries=bus.max_deliveries,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    watcher: asyncio.Task[None] | None = None
-    try:
-        await broker.start()
-        if handshake:
-            stdin = await _open_stdin()
-            if not await until(stop, _handshake(stdin, BROKER_NAME, broker.address, metrics)):
-                return
-            watcher = asyncio.create_task(_stop_on_eof(stdin, stop.set))
-        elif metrics is not None:
-            log.info("event broker metrics on %s", metrics)
-        log.info("event broker serving on %s", broker.address)
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        if watcher is not None:
-            watcher.cancel()
-        await broker.stop()
-
-
-async def _open_stdin() -> asyncio.StreamReader:
-    stdin = asyncio.StreamReader()
-    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
-    return stdin
-
-
-async def _handshake(stdin: asyncio.StreamReader, name: str, address: str, metrics: str | None) -> dict[str, Any]:
-    """Tell ``kosmos up`` where we listen (calls, and ``/metrics``); the mesh's addresses it answers with."""
-    print(READY_MARK + json.dumps({"agent": name, "address": address, "metrics": metrics}), flush=True)
-    try:
-        line = await asyncio.wait_for(stdin.readline(), START_TIMEOUT)
-    except TimeoutError:
-        raise ConfigError(f"no mesh addresses from `kosmos up` within {START_TIMEOUT:.0f} s") from None
-    if not line:
-        raise ConfigError("`kosmos up` went away before the mesh started")
-    mesh: dict[str, Any] = json.loads(line)
-    return mesh
-
-
-async def _stop_on_eof(stdin: asyncio.StreamReader, stop: Callable[[], None]) -> None:
-    while await stdin.readline():
-        pass
-    stop()
-
-
-async def _pass_through(stream: asyncio.StreamReader, out: TextIO) -> None:
-    """Copy a child's output to ours, line by line, so its pipe never fills."""
-    while line := await stream.readline():
-        out.write(line.decode(errors="replace"))
-        out.flush()
-
-
-async def _start(config: MeshConfig, children: list[MeshProcess], out: TextIO, options: Sequence[str] = ()) -> None:
-    """Start the broker and every agent, each in its own process, into ``children`` (so a failure
-    leaves them to stop), and hand out the addresses. ``options`` go before each child's command."""
-    assert config.path is not None
-    commands = [(BROKER_NAME, ["broker"])] if config.bus.address is not None else []
-    commands += [(name, ["serve", name]) for name in config.agents]
-    for name, command in commands:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "kosmos_grpc.cli",
-            "--config",
-            str(config.path),
-            *options,
-            *command,
-            "--handshake",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        children.append(MeshProcess(name, process))
-    for child in children:
-        assert child.process.stdout is not None
-        while True:
-            line = (await child.process.stdout.readline()).decode(errors="replace")
-            if not line:
-                code = await child.process.wait()
-                raise ConfigError(f"agent {child.name!r} exited with code {code} while starting (its error is above)")
-            if line.startswith(READY_MARK):
-                ready = json.loads(line.removeprefix(READY_MARK))
-                child.address, child.metrics = ready["address"], ready.get("metrics")
-                break
-            out.write(line)
-    agents = {child.name: child.address for child in children if child.name != BROKER_NAME}
-    bus = next((child.address for child in children if child.name == BROKER_NAME), None)
-    addresses = json.dumps({"agents": agents, "bus": bus}) + "\n"
-    for child in children:
-        assert child.process.stdin is not None
-        assert child.process.stdout is not None
-        child.process.stdin.write(addresses.encode())
-        await child.process.stdin.drain()
-        child.output = asyncio.create_task(_pass_through(child.process.stdout, out))
-
-
-async def _wait_serving(children: list[MeshProcess]) -> None:
-    """Poll each agent's gRPC health until it says SERVING (the caller bounds the wait)."""
-    async with Coordinator({c.name: c.address for c in children}) as client:
-        for child in children:
-            while True:
-                if child.process.returncode is not None:
-                    raise ConfigError(f"agent {child.name!r} exited with code {child.process.returncode}")
-                with contextlib.suppress(KosmosError):
-                    child.health = await client.health(child.name, timeout_ms=1000)
-                if child.health == "SERVING":
-                    break
-                await asyncio.sleep(0.05)
-
-
-async def _stop(children: list[MeshProcess], grace: float) -> None:
-    """Close every child's stdin, SIGTERM it, wait for the drain, SIGKILL what is left."""
-    for child in children:
-        if child.process.stdin is not None:
-            child.process.stdin.close()
-        if child.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.process.send_signal(signal.SIGTERM)
-    waits = [asyncio.ensure_future(c.process.wait()) for c in children]
-    if not waits:
-        return
-    _, pending = await asyncio.wait(waits, timeout=grace + 5)
-    for child in children:
-        if child.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.process.kill()
-    if pending:
-        await asyncio.wait(pending, timeout=5)
-    for child in children:  # the child is gone: its last output is in the pipe or nowhere
-        if child.output is not None:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(child.output, 1)
-
-
-async def _bounded_start(config: MeshConfig, children: list[MeshProcess], out: TextIO, options: Sequence[str]) -> None:
+async def _bounded_start(mesh: _Mesh) -> None:
     try:
         async with asyncio.timeout(START_TIMEOUT):
-            await _start(config, children, out, options)
-            await _wait_serving(children)
+            await _start(mesh)
     except TimeoutError:
-        waiting = [c.name for c in children if c.health != "SERVING"]
+        waiting = [c.name for c in mesh.children if c.health != "SERVING"]
         raise ConfigError(f"the mesh did not start within {START_TIMEOUT:.0f} s (waiting for {waiting})") from None
 
 
-async def run_mesh(config: MeshConfig, out: TextIO = sys.stdout, *, options: Sequence[str] = ()) -> int:
-    """Run the whole mesh until SIGINT/SIGTERM or until an agent dies; the exit code to return.
+async def _restart(mesh: _Mesh, child: Child) -> bool:
+    """Run ``child`` in a new process at its address, with the mesh's addresses; whether it says SERVING.
+
+    A process that does not get there in time is killed: its exit is the next one to supervise.
+    """
+    await mesh.spawn(child)
+    assert child.process is not None
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            if not await child.ready():
+                return False
+            await child.hand_over(*mesh.addresses())
+            async with Coordinator({child.name: child.address}, resilience=False, telemetry=False) as client:
+                return await _serving(client, child)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            child.process.kill()
+        return False
+
+
+def _last_output(child: Child) -> str:
+    lines = child.tail.lines()
+    return "; its last output:\n" + "\n".join(f"    {line}" for line in lines) if lines else ""
+
+
+async def _supervise(mesh: _Mesh, child: Child) -> None:
+    """Restart ``child`` each time its process ends, as its policy says, until the mesh stops."""
+    err = mesh.err
+    while True:
+        code = await child.ended()
+        if mesh.stop.is_set():
+            return
+        name, output = child.name, _last_output(child)
+        if not should_restart(child.policy, code):
+            child.gone = True
+            print(
+                f"kosmos: {_who(name)} {describe_exit(code)}; it stays down (restart = {child.policy!r}){output}",
+                file=err,
+            )
+            mesh.events.announce(name, "gone", exit_code=code, restarts=child.restarts, output=child.tail.lines())
+            if all(c.gone for c in mesh.children if c.name != BROKER_NAME):
+                print("kosmos: every agent is down and none will be restarted; stopping the mesh", file=err)
+                mesh.all_gone = True
+                mesh.stop.set()
+            return
+        plan = child.history.plan(time.monotonic())
+        what = describe_exit(code)
+        if plan.crash_loop:
+            what = f"is in a crash loop ({plan.recent} restarts within {CRASH_LOOP_WINDOW:.0f} s): it {what}"
+        print(
+            f"kosmos: {_who(name)} {what}; restarting in {plan.delay:.1f} s (restart {child.restarts + 1}){output}",
+            file=err,
+        )
+        err.flush()
+        state = "crash_loop" if plan.crash_loop else "exited"
+        mesh.events.announce(name, state, exit_code=code, restarts=child.restarts, output=child.tail.lines())
+        if not await until(mesh.stop, asyncio.sleep(plan.delay)):
+            return
+        child.restarts += 1
+        restarting = asyncio.ensure_future(_restart(mesh, child))
+        if not await until(mesh.stop, restarting):
+            return
+        if restarting.result():
+            print(
+                f"kosmos: {_who(name)} is back at {child.address} (pid {child.pid}, restart {child.restarts})", file=err
+            )
+            err.flush()
+            mesh.events.announce(name, "restarted", exit_code=None, restarts=child.restarts, pid=child.pid)
+
+
+def _table(mesh: _Mesh) -> str:
+    rows = [(c.name, c.address, c.health, str(c.pid), c.metrics or "-") for c in mesh.children]
+    return format_table(("AGENT", "ADDRESS", "HEALTH", "PID", "METRICS"), rows)
+
+
+async def run_mesh(
+    config: MeshConfig, out: TextIO = sys.stdout, *, options: Sequence[str] = (), err: TextIO = sys.stderr
+) -> int:
+    """Run and supervise the whole mesh until SIGINT/SIGTERM (or every agent is down for good); the exit code.
 
     ``options`` are ``kosmos`` options every child gets, such as ``("--log-format", "json")``.
     """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    mesh = _Mesh(config, out, err, options)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    children: list[MeshProcess] = []
+        loop.add_signal_handler(sig, mesh.stop.set)
+    watchers: list[asyncio.Task[None]] = []
     try:
-        if not await until(stop, _bounded_start(config, children, out, options)):
+        check = asyncio.ensure_future(already_running(config))
+        if not await until(mesh.stop, check):
             return 0
-        rows = [(c.name, c.address, c.health, str(c.process.pid), c.metrics or "-") for c in children]
-        print(format_table(("AGENT", "ADDRESS", "HEALTH", "PID", "METRICS"), rows), file=out)
-        agents = sum(child.name != BROKER_NAME for child in children)
-        broker = " and the event broker" if agents < len(children) else ""
+        if (busy := check.result()) is not None:
+            print(f"kosmos: {busy}", file=err)
+            return 1
+        try:  # what the agents need (NATS), checked before any of them starts
+            if not await until(mesh.stop, check_dependencies(config, timeout=PREFLIGHT_SECONDS)):
+                return 0
+        except DependencyUnavailable as exc:
+            print(f"kosmos: {exc.message}", file=err)
+            return 1
+        if not await until(mesh.stop, _bounded_start(mesh)):
+            return 0
+        print(_table(mesh), file=out)
+        agents = sum(child.name != BROKER_NAME for child in mesh.children)
+        broker = " and the event broker" if agents < len(mesh.children) else ""
         print(f"mesh up: {agents} agents{broker}. Ctrl-C stops them.", file=out, flush=True)
-        exits = {asyncio.ensure_future(c.process.wait()): c for c in children}
-        stopping = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({stopping, *exits}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (stopping, *exits):
-            task.cancel()
-        died = [exits[task] for task in done if task in exits]
-        for child in died:
-            print(
-                f"kosmos: agent {child.name!r} exited with code {child.process.returncode}; stopping the mesh",
-                file=sys.stderr,
-            )
-        return 1 if died else 0
+        mesh.events.start(mesh.addresses()[1])
+        watchers = [asyncio.create_task(_supervise(mesh, child)) for child in mesh.children]
+        await mesh.stop.wait()
+        return 1 if mesh.all_gone else 0
     finally:
-        await _stop(children, config.limits.grace_seconds)
+        for watcher in watchers:
+            watcher.cancel()
+        await mesh.events.close()
+        await stop_children(mesh.children, config.limits.grace_seconds)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        if children:
+        if mesh.children:
             print("mesh stopped", file=out, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,10 @@ class AgentServicer:
             intercepted=intercepted,
         )
         self._card = _card(agent)
+        #: When this process began serving the agent (seconds since the epoch), and how often
+        #: ``kosmos up`` restarted the agent before it (the supervisor says so in its handshake).
+        self.started = time.time()
+        self.restarts = 0
         # Looked up on every call: kept here rather than read through self.agent each time.
         self._name = agent.name
         self._actions = agent.actions
@@ -186,6 +191,9 @@ class AgentServicer:
     ) -> agent_pb2.DescribeResponse:
         """The agent's card, and its circuits to the agents it has called."""
         response = agent_pb2.DescribeResponse(card=self._card)
+        response.process.pid = os.getpid()
+        response.process.started.FromNanoseconds(int(self.started * 1e9))
+        response.process.restarts = self.restarts
         resilience = self.coordinator.resilience
         for target, breaker in sorted((resilience.breakers if resilience else {}).items()):
             response.circuits.add(

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"bus", "preflight"},
     {"agent", "interceptors", "transport", "client", "context", "patterns"},
     {"servicer", "server"},
+    {"supervisor", "serving"},
     {"launcher", "cli", "__init__"},
 ]
 # Hand-written modules stay small enough to read at one sitting.

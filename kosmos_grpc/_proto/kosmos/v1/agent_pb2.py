@@ -24,36 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2 as kosmos_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15kosmos/v1/agent.proto\x12\tkosmos.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18kosmos/v1/envelope.proto\":\n\x0e\x45xecuteRequest\x12(\n\x07message\x18\x01 \x01(\x0b\x32\x17.kosmos.v1.AgentMessage\"=\n\x0f\x45xecuteResponse\x12*\n\x08response\x18\x01 \x01(\x0b\x32\x18.kosmos.v1.AgentResponse\"9\n\rStreamRequest\x12(\n\x07message\x18\x01 \x01(\x0b\x32\x17.kosmos.v1.AgentMessage\"7\n\x0eStreamResponse\x12%\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x16.kosmos.v1.StreamChunk\"\x11\n\x0f\x44\x65scribeRequest\"\\\n\x10\x44\x65scribeResponse\x12\"\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x14.kosmos.v1.AgentCard\x12$\n\x08\x63ircuits\x18\x02 \x03(\x0b\x32\x12.kosmos.v1.Circuit\"m\n\x07\x43ircuit\x12\x0e\n\x06target\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.kosmos.v1.CircuitState\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x05\x12\x18\n\x10retry_in_seconds\x18\x04 \x01(\x01\"g\n\tAgentCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12&\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x15.kosmos.v1.ActionSpec\"q\n\nActionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x11\n\tstreaming\x18\x03 \x01(\x08\x12-\n\x0cinput_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x02\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x03\x32\xd6\x01\n\x0c\x41gentService\x12@\n\x07\x45xecute\x12\x19.kosmos.v1.ExecuteRequest\x1a\x1a.kosmos.v1.ExecuteResponse\x12?\n\x06Stream\x12\x18.kosmos.v1.StreamRequest\x1a\x19.kosmos.v1.StreamResponse0\x01\x12\x43\n\x08\x44\x65scribe\x12\x1a.kosmos.v1.DescribeRequest\x1a\x1b.kosmos.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15kosmos/v1/agent.proto\x12\tkosmos.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18kosmos/v1/envelope.proto\":\n\x0e\x45xecuteRequest\x12(\n\x07message\x18\x01 \x01(\x0b\x32\x17.kosmos.v1.AgentMessage\"=\n\x0f\x45xecuteResponse\x12*\n\x08response\x18\x01 \x01(\x0b\x32\x18.kosmos.v1.AgentResponse\"9\n\rStreamRequest\x12(\n\x07message\x18\x01 \x01(\x0b\x32\x17.kosmos.v1.AgentMessage\"7\n\x0eStreamResponse\x12%\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x16.kosmos.v1.StreamChunk\"\x11\n\x0f\x44\x65scribeRequest\"\x86\x01\n\x10\x44\x65scribeResponse\x12\"\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x14.kosmos.v1.AgentCard\x12$\n\x08\x63ircuits\x18\x02 \x03(\x0b\x32\x12.kosmos.v1.Circuit\x12(\n\x07process\x18\x03 \x01(\x0b\x32\x17.kosmos.v1.AgentProcess\"Z\n\x0c\x41gentProcess\x12\x0b\n\x03pid\x18\x01 \x01(\x03\x12+\n\x07started\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08restarts\x18\x03 \x01(\x05\"m\n\x07\x43ircuit\x12\x0e\n\x06target\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.kosmos.v1.CircuitState\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x05\x12\x18\n\x10retry_in_seconds\x18\x04 \x01(\x01\"g\n\tAgentCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12&\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x15.kosmos.v1.ActionSpec\"q\n\nActionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x11\n\tstreaming\x18\x03 \x01(\x08\x12-\n\x0cinput_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x02\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x03\x32\xd6\x01\n\x0c\x41gentService\x12@\n\x07\x45xecute\x12\x19.kosmos.v1.ExecuteRequest\x1a\x1a.kosmos.v1.ExecuteResponse\x12?\n\x06Stream\x12\x18.kosmos.v1.StreamRequest\x1a\x19.kosmos.v1.StreamResponse0\x01\x12\x43\n\x08\x44\x65scribe\x12\x1a.kosmos.v1.DescribeRequest\x1a\x1b.kosmos.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kosmos.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CIRCUITSTATE']._serialized_start=775
-  _globals['_CIRCUITSTATE']._serialized_end=899
-  _globals['_EXECUTEREQUEST']._serialized_start=92
-  _globals['_EXECUTEREQUEST']._serialized_end=150
-  _globals['_EXECUTERESPONSE']._serialized_start=152
-  _globals['_EXECUTERESPONSE']._serialized_end=213
-  _globals['_STREAMREQUEST']._serialized_start=215
-  _globals['_STREAMREQUEST']._serialized_end=272
-  _globals['_STREAMRESPONSE']._serialized_start=274
-  _globals['_STREAMRESPONSE']._serialized_end=329
-  _globals['_DESCRIBEREQUEST']._serialized_start=331
-  _globals['_DESCRIBEREQUEST']._serialized_end=348
-  _globals['_DESCRIBERESPONSE']._serialized_start=350
-  _globals['_DESCRIBERESPONSE']._serialized_end=442
-  _globals['_CIRCUIT']._serialized_start=444
-  _globals['_CIRCUIT']._serialized_end=553
-  _globals['_AGENTCARD']._serialized_start=555
-  _globals['_AGENTCARD']._serialized_end=658
-  _globals['_ACTIONSPEC']._serialized_start=660
-  _globals['_ACTIONSPEC']._serialized_end=773
-  _globals['_AGENTSERVICE']._serialized_start=902
-  _globals['_AGENTSERVICE']._serialized_end=1116
+  _globals['_CIRCUITSTATE']._serialized_start=943
+  _globals['_CIRCUITSTATE']._serialized_end=1067
+  _globals['_EXECUTEREQUEST']._serialized_start=125
+  _globals['_EXECUTEREQUEST']._serialized_end=183
+  _globals['_EXECUTERESPONSE']._serialized_start=185
+  _globals['_EXECUTERESPONSE']._serialized_end=246
+  _globals['_STREAMREQUEST']._serialized_start=248
+  _globals['_STREAMREQUEST']._serialized_end=305
+  _globals['_STREAMRESPONSE']._serialized_start=307
+  _globals['_STREAMRESPONSE']._serialized_end=362
+  _globals['_DESCRIBEREQUEST']._serialized_start=364
+  _globals['_DESCRIBEREQUEST']._serialized_end=381
+  _globals['_DESCRIBERESPONSE']._serialized_start=384
+  _globals['_DESCRIBERESPONSE']._serialized_end=518
+  _globals['_AGENTPROCESS']._serialized_start=520
+  _globals['_AGENTPROCESS']._serialized_end=610
+  _globals['_CIRCUIT']._serialized_start=612
+  _globals['_CIRCUIT']._serialized_end=721
+  _globals['_AGENTCARD']._serialized_start=723
+  _globals['_AGENTCARD']._serialized_end=826
+  _globals['_ACTIONSPEC']._serialized_start=828
+  _globals['_ACTIONSPEC']._serialized_end=941
+  _globals['_AGENTSERVICE']._serialized_start=1070
+  _globals['_AGENTSERVICE']._serialized_end=1284
 # @@protoc_insertion_point(module_scope)

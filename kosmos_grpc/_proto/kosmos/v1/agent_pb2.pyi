@@ -8,6 +8,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2 as _envelope_pb2
@@ -161,23 +162,60 @@ class DescribeResponse(_message.Message):
 
     CARD_FIELD_NUMBER: _builtins.int
     CIRCUITS_FIELD_NUMBER: _builtins.int
+    PROCESS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def card(self) -> Global___AgentCard: ...
     @_builtins.property
     def circuits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Circuit]: ...
+    @_builtins.property
+    def process(self) -> Global___AgentProcess:
+        """The process serving the agent, so `kosmos agents` can show its restarts and uptime."""
+
     def __init__(
         self,
         *,
         card: Global___AgentCard | None = ...,
         circuits: _abc.Iterable[Global___Circuit] | None = ...,
+        process: Global___AgentProcess | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["card", b"card"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "process", b"process"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "circuits", b"circuits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "circuits", b"circuits", "process", b"process"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DescribeResponse: _TypeAlias = DescribeResponse  # noqa: Y015
+
+@_typing.final
+class AgentProcess(_message.Message):
+    """AgentProcess is the operating-system process that serves an agent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PID_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
+    pid: _builtins.int
+    restarts: _builtins.int
+    """How often `kosmos up` restarted the agent before this process (0 for its first)."""
+    @_builtins.property
+    def started(self) -> _timestamp_pb2.Timestamp:
+        """When the process started serving."""
+
+    def __init__(
+        self,
+        *,
+        pid: _builtins.int = ...,
+        started: _timestamp_pb2.Timestamp | None = ...,
+        restarts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started", b"started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "restarts", b"restarts", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentProcess: _TypeAlias = AgentProcess  # noqa: Y015
 
 @_typing.final
 class Circuit(_message.Message):
