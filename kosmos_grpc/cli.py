@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["EXIT_INTERRUPTED", "main"]
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "main"]
 
 #: 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C.
 EXIT_INTERRUPTED = 130
+#: 128 + SIGPIPE, what a shell reports for a command whose reader closed the pipe.
+EXIT_BROKEN_PIPE = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # command's task and closed its channels; a second Ctrl-C while we exit is ignored.
         _ignore_interrupts()
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`kosmos stream ... | head -1`): stop quietly, as `cat` does, and keep
+        # Python's final flush of stdout from failing again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _ignore_interrupts() -> None:

@@ -266,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"kosmos: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        raise  # stdout's reader went away: kosmos_grpc.cli ends quietly
     except OSError as exc:
         print(f"kosmos: {exc}", file=sys.stderr)
     return EXIT_FAILURE

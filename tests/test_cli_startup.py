@@ -154,3 +154,13 @@ async def test_ctrl_c_while_a_call_waits_cancels_it_and_ends_quietly(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_reader_that_goes_away_ends_the_stream_quietly(mesh: Mesh, tmp_path: Path) -> None:
+    """`kosmos stream ... | head -1`: the pipe closes under the command, which stops without a word."""
+    config = _config(tmp_path, await mesh.serve(Echo()), "echo", "tests.helpers.agents:Echo")
+    pipeline = '"$0" stream echo count \'{"n": 100000}\' --config "$1" | head -n 1; exit "${PIPESTATUS[0]}"'
+    code, out, err = await run_tool("bash", "-c", pipeline, tool("kosmos"), str(config), limit=60)
+    assert json.loads(out) == {"i": 0}
+    assert err == ""
+    assert code == 141
