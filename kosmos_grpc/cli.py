@@ -1,6 +1,6 @@
 """The ``kosmos`` command's entry point: quiet gRPC, Ctrl-C without a traceback, then the command.
 
-This module imports nothing but the standard library's ``os`` and ``sys`` before :func:`main` runs,
+This module imports only ``os``, ``sys`` and ``typing`` before :func:`main` runs,
 so a Ctrl-C at any moment, even while the command's modules load, ends with status 130 and no
 traceback. The grammar is in kosmos_grpc.commandline, what each command does in kosmos_grpc.commands.
 """
