@@ -212,7 +212,7 @@ def free_port() -> int:
         (["call", "athena", "answer", "--priority", "urgent"], 2, "priority 'urgent' is not one of"),
         (["call", "athena", "answer"], 1, "kosmos: UNAVAILABLE: agent 'athena' is unavailable"),
         (["health", "athena"], 1, "kosmos: UNAVAILABLE"),
-        (["serve", "hermes"], 1, "kosmos: FAILED_PRECONDITION: no agent named 'hermes' in the config"),
+        (["serve", "hermes"], 1, "kosmos: no agent named 'hermes' in the config"),
         (["call", "athena", "answer", "--timeout-ms", "nan"], 2, "'nan' is not a number of milliseconds above zero"),
         (["call", "athena", "answer", "--timeout-ms", "0"], 2, "'0' is not a number of milliseconds above zero"),
         (["stream", "athena", "explain", "--timeout-ms", "soon"], 2, "'soon' is not a number of milliseconds"),
@@ -231,9 +231,33 @@ def test_missing_config_is_one_readable_line(tmp_path: Path) -> None:
     result = kosmos(tmp_path / "absent.toml", "agents")
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"kosmos: FAILED_PRECONDITION: config file {tmp_path / 'absent.toml'} not found (given); "
+        f"kosmos: config file {tmp_path / 'absent.toml'} not found (given); "
         "choose one with --config FILE or $KOSMOS_CONFIG"
+    ), "a config error is the user's file, not a gRPC status"
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_config_check_prints_one_summary_line(tmp_path: Path, where: str) -> None:
+    config = write_config(tmp_path / "mesh.toml", "127.0.0.1:50001", "127.0.0.1:50002")
+    config.write_text(config.read_text() + '\n[bus]\naddress = "127.0.0.1:50000"\n')
+    args = ["config", "check", str(config)] if where == "after" else ["--config", str(config), "config", "check"]
+    result = subprocess.run([tool("kosmos"), *args], cwd=ROOT, env=environment({}), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{config}: ok; 2 agents (zeus, athena); bus: 127.0.0.1:50000\n"
+
+
+def test_config_check_prints_the_config_error_and_fails(tmp_path: Path) -> None:
+    config = tmp_path / "broken.toml"
+    config.write_text("[agents.zeus]\naddress = 7\n")
+    result = subprocess.run(
+        [tool("kosmos"), "config", "check", str(config)], cwd=ROOT, env=environment({}), capture_output=True, text=True
     )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("kosmos: ")
+    assert str(config) in line, "the error names the file"
+    assert "FAILED_PRECONDITION" not in line
 
 
 def test_serve_on_a_taken_address_is_one_readable_line(tmp_path: Path) -> None:
@@ -243,8 +267,30 @@ def test_serve_on_a_taken_address_is_one_readable_line(tmp_path: Path) -> None:
         taken = f"127.0.0.1:{holder.getsockname()[1]}"
         result = kosmos(write_config(tmp_path / "kosmos.toml", zeus=taken), "serve", "zeus")
     assert result.returncode == 1
-    assert f"kosmos: agent 'zeus' cannot listen on {taken}: the address is in use or not available" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr == f"kosmos: agent 'zeus' cannot listen on {taken}: the address is in use or not available\n"
+
+
+def test_grpc_core_logs_only_when_the_user_asks(tmp_path: Path) -> None:
+    """gRPC's C core says ``E1203 ... add_port.cc:83] Failed to add port`` on a clash, unless GRPC_VERBOSITY=NONE."""
+    config = tmp_path / "kosmos.toml"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        write_config(config, zeus=f"127.0.0.1:{holder.getsockname()[1]}")
+        quiet, asked = (
+            subprocess.run(
+                [tool("kosmos"), "--config", str(config), "serve", "zeus"],
+                cwd=ROOT,
+                env={k: v for k, v in environment(env).items() if k != "GRPC_VERBOSITY" or env},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            for env in ({}, {"GRPC_VERBOSITY": "debug"})
+        )
+    assert "add_port.cc" not in quiet.stderr
+    assert len(quiet.stderr.splitlines()) == 1
+    assert "add_port.cc" in asked.stderr, "a user who sets GRPC_VERBOSITY sees the C core's lines"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -300,8 +346,9 @@ def test_broker_publish_and_subscribe_from_the_shell(processes: Processes, tmp_p
         "payload": {"who": "zeus"},
         "headers": {"trace": "abc"},
     }
-    subscriber.send_signal(signal.SIGINT)
+    subscriber.send_signal(signal.SIGINT)  # Ctrl-C is how a subscription is meant to end: status 0
     assert subscriber.wait(10) == 0
+    assert subscriber.stderr.read() == "", "nothing after the subscribed line: no traceback"
     bad = kosmos(config, "publish", "kosmos.events.*", "{}")
     assert bad.returncode == 1
     assert "kosmos: INVALID_ARGUMENT: subject 'kosmos.events.*' has a wildcard" in bad.stderr

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 import kosmos_grpc
 
 
@@ -101,3 +109,26 @@ def test_every_public_error_is_exported() -> None:
 
     public = {n for n in errors.__all__ if n[0].isupper() and isinstance(getattr(errors, n), type)}
     assert public <= set(kosmos_grpc.__all__)
+
+
+def test_each_name_is_imported_on_first_use_from_the_module_the_type_checker_sees() -> None:
+    """The lazy table and the TYPE_CHECKING imports name the same module for every public name."""
+    tree = ast.parse(Path(kosmos_grpc.__file__).read_text())
+    (block,) = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"]
+    seen = {alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert seen == kosmos_grpc._EXPORTS
+    assert set(kosmos_grpc._EXPORTS) == set(kosmos_grpc.__all__)
+    for name, module in kosmos_grpc._EXPORTS.items():
+        assert getattr(kosmos_grpc, name) is getattr(importlib.import_module(module), name)
+    assert set(kosmos_grpc.__all__) <= set(dir(kosmos_grpc))
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="has no attribute 'Coordinater'"):
+        _ = kosmos_grpc.Coordinater  # type: ignore[attr-defined]
+
+
+def test_importing_the_package_imports_none_of_its_modules() -> None:
+    code = "import sys, kosmos_grpc; print(sorted(m for m in sys.modules if m.startswith(('kosmos_grpc.', 'grpc'))))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip() == "[]"

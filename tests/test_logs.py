@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kosmos_grpc import Coordinator
-from kosmos_grpc.cli import UsageError, _log_format
+from kosmos_grpc.commands import UsageError, _log_format
 from kosmos_grpc.config import load_config
 from kosmos_grpc.telemetry import JsonFormatter, TextFormatter, configure_logging
 from tests.helpers.agents import Narrator

@@ -1,8 +1,18 @@
-"""Observability: OpenTelemetry traces, Prometheus metrics and structured logs."""
+"""Observability: OpenTelemetry traces, Prometheus metrics and structured logs.
 
-from kosmos_grpc.telemetry.logs import JsonFormatter, TextFormatter, configure_logging, current_call
-from kosmos_grpc.telemetry.metrics import DelegationMetrics
-from kosmos_grpc.telemetry.tracing import configure_tracing
+Each name is imported on first use (PEP 562): a process that only logs (``kosmos call``) loads
+neither prometheus_client nor the tracing helpers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kosmos_grpc.telemetry.logs import JsonFormatter, TextFormatter, configure_logging, current_call
+    from kosmos_grpc.telemetry.metrics import DelegationMetrics
+    from kosmos_grpc.telemetry.tracing import configure_tracing
 
 __all__ = [
     "DelegationMetrics",
@@ -12,3 +22,29 @@ __all__ = [
     "configure_tracing",
     "current_call",
 ]
+
+_EXPORTS: dict[str, str] = {
+    "DelegationMetrics": "kosmos_grpc.telemetry.metrics",
+    "JsonFormatter": "kosmos_grpc.telemetry.logs",
+    "TextFormatter": "kosmos_grpc.telemetry.logs",
+    "configure_logging": "kosmos_grpc.telemetry.logs",
+    "configure_tracing": "kosmos_grpc.telemetry.tracing",
+    "current_call": "kosmos_grpc.telemetry.logs",
+}
+
+
+# Hidden from type checkers, which read the names above: a misspelt name stays an error for them.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """Import a public name's module on first use and keep the name here for the next lookups."""
+        try:
+            module = _EXPORTS[name]
+        except KeyError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})
