@@ -452,3 +452,16 @@ address = "127.0.0.1:{dionysus}"
         f"kosmos: UNAVAILABLE: agent 'athena' is unavailable at 127.0.0.1:{athena} (connection refused); "
         f"its fallback 'dionysus' too (127.0.0.1:{dionysus}, connection refused): is the mesh running? (make run)"
     ]
+
+
+async def test_a_fallback_that_fails_otherwise_is_its_own_error_told_of_the_agent_asked(mesh: Mesh) -> None:
+    athena = f"127.0.0.1:{free_port()}"  # nothing listens there
+    mesh.registry.set("athena", athena)
+    await mesh.serve(_named(Flaky, "dionysus"))
+    async with mesh.client(resilience=resilience(fallbacks={"athena": "dionysus"})) as client:
+        with pytest.raises(ActionFailed) as caught:
+            await client.delegate("athena", "fail_then_succeed", {"times": 1, "error": "internal"})
+    assert str(caught.value).startswith(
+        f"agent 'athena' is unavailable at {athena} (connection refused); then its fallback 'dionysus': "
+    )
+    assert caught.value.origin == "dionysus"

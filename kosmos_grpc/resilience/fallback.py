@@ -168,7 +168,7 @@ def _told(tried: list[tuple[str, KosmosError]], fallback: str, error: KosmosErro
     head = first.message.removesuffix(NOT_RUNNING)
     if not _falls_back(error):
         told = error
-        message = f"{head}; its fallback {fallback!r} answered instead: {error.message}"
+        message = f"{head}; then its fallback {fallback!r}: {error.message}"
     else:
         told = first
         told.metadata.setdefault("fallback", others[0][0])
