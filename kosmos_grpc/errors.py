@@ -37,8 +37,12 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 __all__ = [
+    "ADDRESS",
+    "CAUSE",
     "DOMAIN",
+    "NOT_RUNNING",
     "ORIGIN",
+    "REFUSED",
     "ActionFailed",
     "ActionNotFound",
     "AgentNotFound",
@@ -64,6 +68,12 @@ __all__ = [
 DOMAIN = "kosmos"
 #: The metadata key naming the agent a failure comes from.
 ORIGIN = "origin"
+#: The metadata keys of an agent found unavailable: the address called, and why it failed there.
+ADDRESS = "address"
+CAUSE = "cause"
+#: The cause of an agent that nothing listens for, and what its error then asks.
+REFUSED = "connection refused"
+NOT_RUNNING = ": is the mesh running? (make run)"
 
 
 class KosmosError(Exception):

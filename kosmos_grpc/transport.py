@@ -10,7 +10,17 @@ from opentelemetry import trace
 
 from kosmos_grpc._grpc import AgentStub, channel_options
 from kosmos_grpc.deadlines import time_left
-from kosmos_grpc.errors import ORIGIN, ActionFailed, KosmosError, PayloadTooLarge, from_rpc_error
+from kosmos_grpc.errors import (
+    ADDRESS,
+    CAUSE,
+    NOT_RUNNING,
+    ORIGIN,
+    REFUSED,
+    ActionFailed,
+    KosmosError,
+    PayloadTooLarge,
+    from_rpc_error,
+)
 from kosmos_grpc.interceptors.outbound import OpenStream, OutboundInterceptor
 
 if TYPE_CHECKING:
@@ -83,7 +93,8 @@ class Transport(OutboundInterceptor):
     async def delegate(self, call: Delegation[agent_pb2.ExecuteRequest]) -> agent_pb2.ExecuteResponse:
         target = call.target
         call.request.message.target_agent = target
-        stub = self.stub(target, call.address if target == call.agent else None)
+        address = (call.address if target == call.agent else None) or self.registry.address(target)
+        stub = self.stub(target, address)
         call.address = None
         token = self._current(call)
         try:
@@ -91,7 +102,7 @@ class Transport(OutboundInterceptor):
                 call.request, timeout=time_left(call.deadline, target, call.action), metadata=call.metadata
             )
         except grpc.aio.AioRpcError as exc:
-            raise explain(exc, target, call.action, call.timeout) from None
+            raise explain(exc, target, call.action, call.timeout, address) from None
         finally:
             if token is not None:
                 otel_context.detach(token)
@@ -101,7 +112,8 @@ class Transport(OutboundInterceptor):
     async def open_stream(self, call: Delegation[agent_pb2.StreamRequest]) -> OpenStream:
         target, action = call.target, call.action
         call.request.message.target_agent = target
-        stub = self.stub(target, call.address if target == call.agent else None)
+        address = (call.address if target == call.agent else None) or self.registry.address(target)
+        stub = self.stub(target, address)
         call.address = None
         token = self._current(call)
         try:
@@ -112,7 +124,7 @@ class Transport(OutboundInterceptor):
         try:
             first = await stream.read()
         except grpc.aio.AioRpcError as exc:
-            raise explain(exc, target, action, call.timeout) from None
+            raise explain(exc, target, action, call.timeout, address) from None
         except BaseException:
             stream.cancel()
             raise
@@ -124,11 +136,14 @@ class Transport(OutboundInterceptor):
         return OpenStream(first, stream, read_to_end=bool(self._grpc_interceptors))
 
 
-def explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float) -> KosmosError:
+def explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float, address: str = "") -> KosmosError:
     """The mesh error for a failed call, with the agent named where the transport said little.
 
     Its ``origin`` is the agent whose failure it is: the one called, unless that one passed on
-    the failure of an agent it called in turn (which set its own ``origin``).
+    the failure of an agent it called in turn (which set its own ``origin``). An agent that
+    could not be reached is named with the ``address`` called and the cause, in the message and
+    in its metadata (``address``, ``cause``); when nothing listens there, it asks whether the
+    mesh is running.
     """
     error = from_rpc_error(exc)
     explained = bool(error.metadata) or isinstance(error, ActionFailed)  # by the agent itself
@@ -144,8 +159,22 @@ def explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float) 
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         error.message = f"{agent}.{action} did not answer within {timeout * 1000:.0f} ms"
     elif code == grpc.StatusCode.UNAVAILABLE:
-        error.message = f"agent {agent!r} is unavailable: {exc.details()}"
+        cause = _cause(exc.details() or "")
+        if address:
+            error.metadata[ADDRESS] = address
+        error.metadata[CAUSE] = cause
+        where = f" at {address}" if address else ""
+        error.message = f"agent {agent!r} is unavailable{where} ({cause}){NOT_RUNNING if cause == REFUSED else ''}"
     else:
         error.message = f"{agent}.{action} failed: {error.message}"
     error.args = (error.message,)
     return error
+
+
+def _cause(details: str) -> str:
+    """Why gRPC could not reach an agent, without its preamble (``failed to connect to all
+    addresses; last error: UNKNOWN: ipv4:127.0.0.1:50052: Failed to connect to remote host: ...``)."""
+    if "Connection refused" in details:
+        return REFUSED
+    cause = details.rsplit("Failed to connect to remote host: ", 1)[-1].strip()
+    return cause[:1].lower() + cause[1:] if cause else "no reason given"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,9 +21,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from kosmos_grpc import DeadlineExceeded, InvalidEnvelope, from_rpc_error, new_message
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus import BrokerServer, Event, GrpcEventBus, NatsEventBus, Subscription
+from kosmos_grpc.bus.metrics import BROKER_PREFIXES
 from kosmos_grpc.subjects import AUDIT_LOG, USER_ACTION
 
-from .conftest import ROOT, Mesh, NatsServer, run_tool, tool
+from .conftest import ROOT, Mesh, NatsServer, Processes, free_port, run_tool, tool
+from .test_metrics import scrape, value
 
 
 @pytest.fixture
@@ -529,3 +533,41 @@ async def test_a_handler_continues_the_publishers_trace(bus: Bus) -> None:
     trace_id = publisher.get_span_context().trace_id
     # The handler runs in the publisher's trace, which the event's envelope names too.
     assert seen == [(trace_id, format(trace_id, "032x"))]
+
+
+async def test_the_brokers_metrics_count_what_it_carried(processes: Processes, tmp_path: Path) -> None:
+    bus_port, metrics_port = free_port(), free_port()
+    config = tmp_path / "kosmos.toml"
+    config.write_text(
+        f'[bus]\naddress = "127.0.0.1:{bus_port}"\nmetrics_port = {metrics_port}\n\n'
+        f'[agents.athena]\nobject = "agents.athena:Athena"\naddress = "127.0.0.1:{free_port()}"\n'
+    )
+    processes.start(sys.executable, "-m", "kosmos_grpc.cli", "--config", str(config), "broker")
+    address = f"127.0.0.1:{bus_port}"
+    async with grpc.aio.insecure_channel(address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)  # bounded: the broker starts within seconds
+    async with GrpcEventBus(address, source_agent="test") as client:
+        events, actions = await client.subscribe("kosmos.events.>"), await client.subscribe(USER_ACTION)
+        orders = await client.subscribe("orders.>")
+        for i in range(3):
+            await client.publish(USER_ACTION, {"i": i})
+        await client.publish("orders.created.eu", {"i": 3})
+        for subject in (f"kosmos.t{i}.x" for i in range(BROKER_PREFIXES + 6)):  # more prefixes than it keeps
+            await client.publish(subject, {})
+        await take(events, 3)
+        await take(actions, 3)
+        await take(orders, 1)
+        await client.publish(USER_ACTION, {"i": 4})  # past every event before: once it arrives, all were counted
+        await take(actions, 1)
+    samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+
+    def count(name: str, subject: str) -> float | None:
+        return value(samples, name, backend="broker", subject=subject)
+
+    assert count("nats_messages_published_total", "kosmos.events.user") == 4
+    assert count("nats_messages_received_total", "kosmos.events.user") == 8  # each to both subscriptions
+    # A subject outside kosmos., and the prefixes past the broker's bound, are "other": bounded labels.
+    assert count("nats_messages_published_total", "other") == 1 + 7
+    assert count("nats_messages_received_total", "other") == 1
+    subjects = {dict(labels)["subject"] for name, labels in samples if name == "nats_messages_published_total"}
+    assert len(subjects) == BROKER_PREFIXES + 1

@@ -9,11 +9,14 @@ import urllib.request
 from typing import TYPE_CHECKING
 
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from kosmos_grpc.resilience import Resilience, ResiliencePolicy, RetryPolicy
 from kosmos_grpc.telemetry.metrics import serve_metrics
+from tests.helpers.agents import Echo
 
-from .conftest import Processes, free_port, tool
+from .conftest import Mesh, Processes, free_port, tool
 from .test_cli import Lines, kosmos, write_config
 
 if TYPE_CHECKING:
@@ -160,3 +163,25 @@ def test_a_metrics_endpoint_on_port_zero_takes_a_free_port_and_closes() -> None:
         endpoint.close()  # twice is harmless
     with pytest.raises(urllib.error.URLError, match="refused"):
         urllib.request.urlopen(endpoint.url, timeout=2)
+
+
+async def test_a_fallback_is_counted_as_such_and_not_as_an_ok_of_the_agent_that_was_down(mesh: Mesh) -> None:
+    mesh.registry.set("athena", f"127.0.0.1:{free_port()}")  # nothing listens there
+    await mesh.serve(type("EchoAsDionysus", (Echo,), {"name": "dionysus"})())
+    source = "fallback-counting"
+    policy = ResiliencePolicy(retry=RetryPolicy(attempts=2, initial=0.01, jitter=0), fallbacks={"athena": "dionysus"})
+    async with mesh.client(source_agent=source, resilience=Resilience(policy, source=source)) as client:
+        for _ in range(2):
+            assert (await client.delegate("athena", "echo", {"q": 1})).agent == "dionysus"
+
+    def counted(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"source": source, **labels})
+
+    assert counted("kosmos_fallbacks_total", target="athena", fallback="dionysus") == 2
+    athena, dionysus = {"target": "athena", "action": "echo"}, {"target": "dionysus", "action": "echo"}
+    # Athena's calls failed, whoever answered in her place; Dionysus's answers are his own delegations.
+    assert counted("agent_delegation_total", **athena, code="UNAVAILABLE") == 2
+    assert counted("agent_delegation_errors_total", **athena, code="UNAVAILABLE") == 2
+    assert counted("agent_delegation_total", **athena, code="OK") is None
+    assert counted("agent_delegation_total", **dionysus, code="OK") == 2
+    assert counted("agent_delegation_duration_seconds_count", **dionysus) == 2

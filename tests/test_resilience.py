@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,7 +21,7 @@ from kosmos_grpc import (
     ResourceExhausted,
 )
 from kosmos_grpc.resilience import BreakerPolicy, CircuitState, Resilience, ResiliencePolicy, RetryPolicy
-from tests.conftest import ManualClock, Mesh, free_port
+from tests.conftest import ManualClock, Mesh, free_port, run_tool
 from tests.helpers.agents import Echo, Flaky, Forward
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05, jitter=0.01)
@@ -209,10 +211,11 @@ async def test_a_fallback_answers_at_once_while_the_targets_circuit_is_open(mesh
     flaky = Flaky()
     await mesh.serve(flaky)
     await mesh.serve(_named(Flaky, "understudy"))
-    policy = BreakerPolicy(failure_threshold=3)
+    policy = BreakerPolicy(failure_threshold=1)
     async with mesh.client(resilience=resilience(breaker=policy, fallbacks={"flaky": "understudy"})) as client:
         failing = {"times": 3, "only": "flaky"}
-        response = await client.delegate("flaky", "fail_then_succeed", failing)  # 3 UNAVAILABLE: opens
+        # 3 attempts, each UNAVAILABLE: one failed call, which opens the circuit.
+        response = await client.delegate("flaky", "fail_then_succeed", failing)
         assert response.agent == "understudy"
         response = await client.delegate("flaky", "fail_then_succeed", failing)
         assert response.agent == "understudy"
@@ -245,7 +248,7 @@ async def test_a_stream_is_retried_and_falls_back_until_its_first_chunk(mesh: Me
     async with mesh.client(resilience=resilience(fallbacks={"athena": "dionysus"})) as client:
         chunks = [chunk async for chunk in client.stream("athena", "count", {"n": 3})]
         assert client.resilience is not None
-        assert client.resilience.breaker("athena").failures == 3  # each attempt counted
+        assert client.resilience.breaker("athena").failures == 1  # one call, its 3 attempts included
     assert [(c.agent, c.data) for c in chunks] == [("dionysus", {"i": i}) for i in range(3)]
 
 
@@ -269,7 +272,7 @@ async def test_a_failure_passed_on_by_a_middle_agent_is_not_blamed_on_it(mesh: M
     assert breaker.failures == 0
     server = mesh.servers[0]
     assert server.coordinator.resilience is not None
-    assert server.coordinator.resilience.breaker("athena").failures == 2  # both of its attempts
+    assert server.coordinator.resilience.breaker("athena").failures == 1  # one call, both of its attempts
 
 
 async def test_a_call_cancelled_while_it_probes_frees_its_probe(mesh: Mesh) -> None:
@@ -349,3 +352,116 @@ async def test_a_stream_that_fails_after_its_first_chunk_is_not_retried(mesh: Me
             await read(client)
     assert seen == [{"effects": 1, "i": 0}, {"effects": 1, "i": 1}]  # no chunk twice
     assert flaky.effects == 1
+
+
+async def test_a_call_counts_once_against_the_circuit_whatever_its_retries(mesh: Mesh) -> None:
+    mesh.registry.set("athena", f"127.0.0.1:{free_port()}")  # nothing listens there
+    rez = resilience(breaker=BreakerPolicy(failure_threshold=5))
+    assert rez.policy.retry_for("athena").attempts == 3  # each call below is 3 attempts
+    async with mesh.client(resilience=rez) as client:
+        breaker = rez.breaker("athena")
+        for calls in range(1, 5):
+            with pytest.raises(AgentUnavailable):
+                await client.delegate("athena", "echo")
+            assert (breaker.state, breaker.failures) == (CircuitState.CLOSED, calls)
+        with pytest.raises(AgentUnavailable) as fifth:
+            await client.delegate("athena", "echo")
+        assert breaker.state is CircuitState.OPEN
+        assert not isinstance(fifth.value, CircuitOpen)  # the fifth call was made, and opened it
+        with pytest.raises(CircuitOpen):
+            await client.delegate("athena", "echo")
+
+
+async def test_each_attempt_of_a_call_is_made_but_the_call_counts_once(mesh: Mesh) -> None:
+    flaky = Flaky()
+    await mesh.serve(flaky)
+    rez = resilience(breaker=BreakerPolicy(failure_threshold=2))
+    async with mesh.client(resilience=rez) as client:
+        with pytest.raises(AgentUnavailable):
+            await client.delegate("flaky", "fail_then_succeed", {"times": 100})
+    assert len(flaky.calls) == 3
+    assert (rez.breaker("flaky").state, rez.breaker("flaky").failures) == (CircuitState.CLOSED, 1)
+
+
+async def test_a_call_whose_agent_and_fallback_are_down_names_the_agent_asked(mesh: Mesh) -> None:
+    athena, dionysus = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"  # nothing listens there
+    mesh.registry.set("athena", athena)
+    mesh.registry.set("dionysus", dionysus)
+    async with mesh.client(resilience=resilience(fallbacks={"athena": "dionysus"})) as client:
+        with pytest.raises(AgentUnavailable) as caught:
+            await client.delegate("athena", "answer")
+    error = caught.value
+    assert str(error) == (
+        f"agent 'athena' is unavailable at {athena} (connection refused); "
+        f"its fallback 'dionysus' too ({dionysus}, connection refused): is the mesh running? (make run)"
+    )
+    assert error.code == grpc.StatusCode.UNAVAILABLE
+    assert error.reason == "AGENT_UNAVAILABLE"
+    assert error.origin == "athena"
+    assert error.metadata["fallback"] == "dionysus"
+
+
+async def test_an_open_circuit_and_a_fallback_down_are_both_told(mesh: Mesh) -> None:
+    dionysus = f"127.0.0.1:{free_port()}"
+    mesh.registry.set("athena", f"127.0.0.1:{free_port()}")
+    mesh.registry.set("dionysus", dionysus)
+    rez = resilience(breaker=BreakerPolicy(failure_threshold=1), fallbacks={"athena": "dionysus"})
+    async with mesh.client(resilience=rez) as client:
+        with pytest.raises(AgentUnavailable):
+            await client.delegate("athena", "answer")  # both circuits open now
+        rez.breaker("dionysus").succeeded()  # dionysus's circuit closed again: it is tried, and fails
+        with pytest.raises(CircuitOpen) as caught:
+            await client.delegate("athena", "answer")
+    message = str(caught.value)
+    assert message.startswith("the circuit to 'athena' is open after 1 failures in a row")
+    assert message.endswith(
+        f"; its fallback 'dionysus' too ({dionysus}, connection refused): is the mesh running? (make run)"
+    )
+    assert caught.value.origin == "athena"
+
+
+async def test_a_cli_call_to_a_down_agent_and_its_down_fallback_is_one_line(tmp_path: Path) -> None:
+    athena, dionysus = free_port(), free_port()
+    config = tmp_path / "kosmos.toml"
+    config.write_text(
+        f"""
+[agents.athena]
+object = "agents.athena:Athena"
+address = "127.0.0.1:{athena}"
+fallback = "dionysus"
+
+[agents.dionysus]
+object = "agents.dionysus:Dionysus"
+address = "127.0.0.1:{dionysus}"
+"""
+    )
+    code, out, err = await run_tool(
+        sys.executable,
+        "-m",
+        "kosmos_grpc.cli",
+        "--config",
+        str(config),
+        "call",
+        "athena",
+        "answer",
+        '{"topic": "grpc"}',
+    )
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == [
+        f"kosmos: UNAVAILABLE: agent 'athena' is unavailable at 127.0.0.1:{athena} (connection refused); "
+        f"its fallback 'dionysus' too (127.0.0.1:{dionysus}, connection refused): is the mesh running? (make run)"
+    ]
+
+
+async def test_a_fallback_that_fails_otherwise_is_its_own_error_told_of_the_agent_asked(mesh: Mesh) -> None:
+    athena = f"127.0.0.1:{free_port()}"  # nothing listens there
+    mesh.registry.set("athena", athena)
+    await mesh.serve(_named(Flaky, "dionysus"))
+    async with mesh.client(resilience=resilience(fallbacks={"athena": "dionysus"})) as client:
+        with pytest.raises(ActionFailed) as caught:
+            await client.delegate("athena", "fail_then_succeed", {"times": 1, "error": "internal"})
+    assert str(caught.value).startswith(
+        f"agent 'athena' is unavailable at {athena} (connection refused); then its fallback 'dionysus': "
+    )
+    assert caught.value.origin == "dionysus"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -121,7 +124,7 @@ async def test_one_trace_spans_every_process_hop_and_event(
         "publish kosmos.events.user.action",
         "process kosmos.events.user.action",
     }
-    received = await receiver.wait_for(names | {"delegate.planner.no_such_action"})
+    received = await receiver.wait_for(names | {"delegate.planner._unknown"})
     spans = [s for s in received if s.trace_id == trace_id]
     by_name: dict[str, ReceivedSpan] = {}
     for span in spans:
@@ -167,9 +170,11 @@ async def test_one_trace_spans_every_process_hop_and_event(
     assert streamed["stream.scribe.recite"].attributes["agent.response.status"] == "OK"
 
     # A failed delegation: its span says how it ended, is an error, and records the exception.
-    failure = next(s for s in received if s.name == "delegate.planner.no_such_action")
+    # Named, as in the metrics, _unknown: the agent has no such action.
+    failure = next(s for s in received if s.name == "delegate.planner._unknown")
     assert failure.trace_id == failed_trace
     assert failure.attributes["agent.response.status"] == "UNIMPLEMENTED"
+    assert failure.attributes["agent.action"] == "_unknown"
     assert failure.status_code == 2
     assert "exception" in failure.events
     served = next(s for s in received if s.trace_id == failed_trace and s.name == "execute.zeus.delegate")
@@ -305,3 +310,43 @@ async def test_the_grpc_instrumentation_switch_puts_the_librarys_spans_into_ever
         (library, CLIENT, "zeus"),
         ("delegate.planner.plan", CLIENT, "zeus"),
     ]
+
+
+async def _recorded(scenario: str) -> list[dict[str, Any]]:
+    """The spans tests/helpers/recorded_spans.py recorded for ``scenario``."""
+    code, out, err = await run_tool(sys.executable, "-m", "tests.helpers.recorded_spans", scenario, limit=60)
+    assert code == 0, err
+    spans: list[dict[str, Any]] = json.loads(out)
+    return spans
+
+
+async def test_a_fallback_ends_the_targets_span_with_its_failure_and_has_a_span_of_its_own() -> None:
+    spans = await _recorded("fallback")
+    caller = next(s for s in spans if s["name"] == "caller")
+    alone = {s["name"]: s for s in spans if s["trace_id"] != caller["trace_id"]}
+    inside = {s["name"]: s for s in spans if s["trace_id"] == caller["trace_id"]}
+    for by_name in (alone, inside):
+        target, fallback = by_name["delegate.athena.echo"], by_name["delegate.dionysus.echo"]
+        assert target["attributes"]["agent.response.status"] == "UNAVAILABLE"
+        assert target["status"] == "ERROR"
+        assert fallback["attributes"]["agent.name"] == "dionysus"
+        assert fallback["attributes"]["kosmos.fallback_for"] == "athena"
+        assert fallback["attributes"]["agent.response.status"] == "OK"
+        assert by_name["execute.dionysus.echo"]["parent_id"] == fallback["span_id"]
+    # Inside the caller's span, the fallback's span is a sibling of its target's; a delegation
+    # that began its trace has no parent to share, and its fallback's span is the failed one's child.
+    assert (
+        inside["delegate.athena.echo"]["parent_id"]
+        == inside["delegate.dionysus.echo"]["parent_id"]
+        == caller["span_id"]
+    )
+    assert alone["delegate.athena.echo"]["parent_id"] == ""
+    assert alone["delegate.dionysus.echo"]["parent_id"] == alone["delegate.athena.echo"]["span_id"]
+
+
+async def test_an_unknown_actions_span_is_named_as_its_metrics_label_it() -> None:
+    (span,) = await _recorded("unknown")
+    assert span["name"] == "delegate.echo._unknown"
+    assert span["attributes"]["agent.action"] == "_unknown"
+    assert span["attributes"]["agent.name"] == "echo"
+    assert span["attributes"]["agent.response.status"] == "UNIMPLEMENTED"

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from kosmos_grpc._grpc import server_options
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus.local import LocalBus
+from kosmos_grpc.bus.metrics import BrokerCounts
 from kosmos_grpc.bus.nats_backend import DEFAULT_DURABLE, DEFAULT_MAX_DELIVERIES, NatsEventBus
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate_and_fill
 from kosmos_grpc.errors import KosmosError, to_status
@@ -69,6 +70,8 @@ class EventBusServicer:
         self.nats = nats
         #: Events a publish stream carried that broke a rule, skipped.
         self.refused = 0
+        #: ``nats_messages_published_total`` and ``nats_messages_received_total``, backend ``broker``.
+        self.counts = BrokerCounts()
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> NoReturn:
         status = to_status(error)
@@ -79,7 +82,9 @@ class EventBusServicer:
         """Validate ``event`` (KosmosError naming the field) and hand it to every matching subscription
         on the LocalBus (Publish and PublishStream go through ``_publish``, which also bridges)."""
         ttl_left = self._check(event)
-        return self.bus.publish(event.subject, (time.time_ns() + int(ttl_left * 1e9), _frame(event)))
+        delivered = self.bus.publish(event.subject, (time.time_ns() + int(ttl_left * 1e9), _frame(event)))
+        self.counts.published(event.subject, delivered)
+        return delivered
 
     def _check(self, event: events_pb2.Event) -> float:
         check_subject(event.subject)
@@ -98,6 +103,7 @@ class EventBusServicer:
             await self.nats.publish_durable(event.subject, event.message, dict(event.headers))
         else:
             await self.nats.publish_message(event.subject, event.message, dict(event.headers))
+        self.counts.published(event.subject, 0)  # NATS delivers: counted as the bridge hands them on
         return 0
 
     async def Publish(
@@ -160,6 +166,7 @@ class EventBusServicer:
         try:
             await context.send_initial_metadata(())
             async for event in subscription:
+                self.counts.delivered(event.subject)
                 yield _frame(events_pb2.Event(subject=event.subject, headers=event.headers, message=event.message))
         finally:
             await subscription.unsubscribe()

@@ -33,10 +33,10 @@ def client_chain(
 ) -> tuple[OutboundInterceptor, OutboundInterceptor]:
     """The chain a delegation goes through, outermost first:
 
-    1. telemetry: the span covers everything below, retries and fallbacks included;
+    1. telemetry: the span covers everything below, retries included (a fallback gets its own);
     2. announcements: one per delegation, not per attempt;
     3. the caller's own ``interceptors``, in the order given, each seeing the delegation once;
-    4. resilience: each attempt, to the target or a fallback, through its breaker, retried;
+    4. resilience: the call to the target or a fallback, through its breaker (once), retried;
     5. the transport: one gRPC call per attempt.
 
     A concern that is off is left out of the chain, so that it costs nothing. Returned: the

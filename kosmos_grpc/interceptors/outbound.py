@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
     #: What runs when a stream ends: the status name it ended with, and its exception if any.
     StreamEnd: TypeAlias = Callable[[str, BaseException | None], Awaitable[None]]
+    #: What hears of a fallback: the agent that failed, how, and the agent tried in its place.
+    FellBack: TypeAlias = Callable[[str, KosmosError, str], None]
 
 __all__ = ["Delegation", "OpenStream", "OutboundInterceptor", "Replies", "failure_of", "made", "status_name"]
 
@@ -79,6 +81,21 @@ class Delegation(Generic[RequestT]):
     span: Span | None = None
     #: What runs when a stream ends (see :meth:`at_end`).
     on_end: list[StreamEnd] | None = None
+    #: What hears of each fallback (see :meth:`at_fallback`).
+    on_fallback: list[FellBack] | None = None
+
+    def at_fallback(self, callback: FellBack) -> None:
+        """Have ``callback`` told of each fallback, before the fallback is tried: the agent that
+        failed, how, and the agent tried in its place."""
+        if self.on_fallback is None:
+            self.on_fallback = [callback]
+        else:
+            self.on_fallback.append(callback)
+
+    def fell_back(self, target: str, error: KosmosError, fallback: str) -> None:
+        """Tell the fallback callbacks that ``target`` failed with ``error`` and ``fallback`` is tried."""
+        for callback in self.on_fallback or ():
+            callback(target, error, fallback)
 
     def at_end(self, callback: StreamEnd) -> None:
         """Have ``callback`` run when the stream ends, however it ends, the last registered first,

@@ -17,7 +17,8 @@ __all__ = ["ResilienceInterceptor"]
 
 
 class ResilienceInterceptor(OutboundInterceptor):
-    """Each attempt goes on to ``next`` with ``target`` set, as :class:`Resilience` decides.
+    """Each attempt goes on to ``next`` with ``target`` set, as :class:`Resilience` decides; a
+    fallback is told to the delegation's fallback callbacks (:meth:`Delegation.at_fallback`).
 
     A stream is covered until its first chunk: after that, chunks have been seen, and a retry
     would repeat them.
@@ -33,11 +34,11 @@ class ResilienceInterceptor(OutboundInterceptor):
             return self.next.delegate(call)
 
         # Not a coroutine of its own: every call pays for this link, so it adds no frame to await.
-        return self.resilience.call(call.agent, attempt, call.deadline)
+        return self.resilience.call(call.agent, attempt, call.deadline, call.fell_back if call.on_fallback else None)
 
     def open_stream(self, call: Delegation[agent_pb2.StreamRequest]) -> Coroutine[Any, Any, OpenStream]:
         def start(target: str) -> Coroutine[Any, Any, OpenStream]:
             call.target = target
             return self.next.open_stream(call)
 
-        return self.resilience.call(call.agent, start, call.deadline)
+        return self.resilience.call(call.agent, start, call.deadline, call.fell_back if call.on_fallback else None)

@@ -22,6 +22,7 @@ __all__ = [
     "DELEGATION_ERRORS",
     "DELEGATION_SECONDS",
     "DURATION_BUCKETS",
+    "FALLBACKS",
     "QUEUE_DEPTH",
     "UNKNOWN_LABEL",
     "DelegationMetrics",
@@ -38,12 +39,17 @@ DELEGATIONS = Counter(
 )
 DELEGATION_SECONDS = Histogram(
     "agent_delegation_duration_seconds",
-    "How long delegations took, retries and fallbacks included.",
+    "How long delegations took, retries included (a fallback's call is a delegation of its own).",
     ("source", "target", "action"),
     buckets=DURATION_BUCKETS,
 )
 DELEGATION_ERRORS = Counter(
     "agent_delegation_errors_total", "Delegations that failed, by status.", ("source", "target", "action", "code")
+)
+FALLBACKS = Counter(
+    "kosmos_fallbacks_total",
+    "Calls that went to a fallback because their target was unavailable or its circuit open.",
+    ("source", "target", "fallback"),
 )
 CALLS_IN_FLIGHT = Gauge("kosmos_calls_in_flight", "Calls an agent is handling now.", ("agent",))
 QUEUE_DEPTH = Gauge("kosmos_queue_depth", "Calls waiting in an agent's priority queue.", ("agent",))
