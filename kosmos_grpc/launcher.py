@@ -269,7 +269,7 @@ async def run_mesh(
         print(_table(mesh), file=out)
         agents = sum(child.name != BROKER_NAME for child in mesh.children)
         broker = " and the event broker" if agents < len(mesh.children) else ""
-        print(f"mesh up: {agents} agents{broker}. Ctrl-C stops them.", file=out, flush=True)
+        print(f"mesh up: {agents} agents{broker}, from {config.path}. Ctrl-C stops them.", file=out, flush=True)
         mesh.events.start(mesh.addresses()[1])
         watchers = [asyncio.create_task(_supervise(mesh, child)) for child in mesh.children]
         await mesh.stop.wait()

@@ -101,9 +101,11 @@ Mesh = tuple[subprocess.Popen[str], Lines, dict[str, tuple[str, int]]]
 
 def start_mesh(processes: Processes, tmp_path: Path) -> Mesh:
     """`kosmos up` on a two-agent config with free ports: the process, its output, and name -> (address, pid)."""
-    up = processes.start(tool("kosmos"), "--config", str(write_config(tmp_path / "kosmos.toml")), "up")
+    config = write_config(tmp_path / "kosmos.toml")
+    up = processes.start(tool("kosmos"), "--config", str(config), "up")
     output = Lines(up)
     lines = output.until("mesh up")
+    assert f"from {config.resolve()}." in lines[-1], "kosmos up names the config it read"
     table = {}
     for line in lines[lines.index(next(x for x in lines if x.startswith("AGENT"))) + 1 : -1]:
         name, address, health, pid, metrics = line.split()
