@@ -201,13 +201,15 @@ async def serve_forever(
     """Run ``server`` until SIGTERM or SIGINT, then drain within its grace period.
 
     ``ready`` runs once the server is bound, before it reports SERVING (``kosmos up`` uses it
-    to learn the port and hand over the mesh's addresses); a signal cuts it short.
+    to learn the port and hand over the mesh's addresses); a signal cuts it, or the agent's
+    ``on_start``, short.
     """
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
-    try:
-        await server.start(serving=ready is None)
+    try:  # a signal cuts a slow on_start short too
+        if not await until(server.stop_requested, server.start(serving=ready is None)):
+            return
         if ready is not None:
             if not await until(server.stop_requested, ready(server)):
                 return

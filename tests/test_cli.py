@@ -319,6 +319,42 @@ async def test_serve_drains_the_call_in_flight_on_a_signal(tmp_path: Path, sig: 
             await process.wait()
 
 
+SLOW_START = """
+import asyncio
+import sys
+
+from kosmos_grpc import Agent
+
+
+class SlowStart(Agent):
+    name = "slow"
+
+    async def on_start(self) -> None:
+        print("on_start begun", file=sys.stderr, flush=True)
+        await asyncio.sleep(120)  # far longer than the test waits: only a signal ends it in time
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_ends_serve_while_the_agents_on_start_runs(tmp_path: Path, sig: signal.Signals) -> None:
+    (tmp_path / "slowstart.py").write_text(SLOW_START)
+    config = tmp_path / "kosmos.toml"
+    config.write_text('[agents.slow]\nobject = "slowstart:SlowStart"\naddress = "127.0.0.1:0"\n')
+    process = await kosmos_serve(config, "slow")
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(30):  # until on_start runs
+            while "on_start begun" not in (line := (await process.stderr.readline()).decode()):
+                assert line, "kosmos serve exited before on_start"
+        process.send_signal(sig)
+        assert await asyncio.wait_for(process.wait(), 20) == 0, "the signal did not end on_start"
+        assert b"Traceback" not in await process.stderr.read()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 def test_pid_helper_sees_this_process() -> None:
     assert alive(os.getpid())
 
