@@ -72,6 +72,16 @@ async def test_preflight_names_a_nats_server_that_is_not_running(tmp_path: Path)
     assert caught.value.message == f"cannot reach NATS at {url} (connection refused): {HINT}"
 
 
+async def test_preflight_names_a_nats_server_that_never_answers(tmp_path: Path) -> None:
+    with socket.socket() as silent:  # takes the connection, never says INFO
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"nats://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(DependencyUnavailable) as caught:
+            await check_dependencies(load_config(nats_config(tmp_path, url)), timeout=1)
+    assert caught.value.message.startswith(f"cannot reach NATS at {url} (no answer within 1 s)")
+
+
 async def test_preflight_passes_with_nats_running_and_without_nats(tmp_path: Path, nats_server: NatsServer) -> None:
     await check_dependencies(load_config(nats_config(tmp_path, nats_server.url)), timeout=5)
     broker = tmp_path / "broker.toml"
