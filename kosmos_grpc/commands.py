@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["run"]
 
 EXIT_FAILURE = 1
+#: How long a command's exit waits for its spans to reach a collector (unless OTEL_* says).
+CLI_EXPORT_SECONDS = 0.5
 
 
 class UsageError(Exception):
@@ -290,8 +292,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     from kosmos_grpc.telemetry.tracing import configure_tracing, spans_exported
 
     handler = HANDLERS[args.command]
-    # A command sent where spans are exported starts the trace the agents continue.
-    provider = configure_tracing("kosmos-cli") if spans_exported() else None
+    # A command sent where spans are exported starts the trace the agents continue; its way out
+    # waits for its spans at most CLI_EXPORT_SECONDS, whatever the collector does.
+    provider = configure_tracing("kosmos-cli", export_timeout=CLI_EXPORT_SECONDS) if spans_exported() else None
     try:
         return asyncio.run(handler(config, args))
     finally:

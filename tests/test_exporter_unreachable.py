@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,3 +96,26 @@ def test_the_exporters_first_warning_becomes_one_line_naming_the_endpoint(caplog
         "a debug line goes through",
     ]
     assert trouble.count == 5
+
+
+def test_a_commands_exports_are_bounded_by_the_timeout_it_asks_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``kosmos`` command exits after at most half a second of waiting on a collector that never answers."""
+    from kosmos_grpc.commands import CLI_EXPORT_SECONDS
+    from kosmos_grpc.telemetry.exporting import EXPORT_TIMEOUT, otlp_span_processor
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TIMEOUT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    # The processor keeps its exporter, and the exporter its timeout, in private attributes.
+    command: Any = otlp_span_processor(CLI_EXPORT_SECONDS)
+    agent: Any = otlp_span_processor()
+    try:
+        assert command._batch_processor._exporter._timeout == CLI_EXPORT_SECONDS < EXPORT_TIMEOUT
+        assert agent._batch_processor._exporter._timeout == EXPORT_TIMEOUT
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "7")  # the user's word wins
+        asked: Any = otlp_span_processor(CLI_EXPORT_SECONDS)
+        assert asked._batch_processor._exporter._timeout == 7
+        asked.shutdown()
+    finally:
+        command.shutdown()
+        agent.shutdown()

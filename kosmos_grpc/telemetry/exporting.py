@@ -78,13 +78,14 @@ def _cause(message: str) -> str:
     return message.splitlines()[0][:200] if message else "an export failed"
 
 
-def _timeout() -> float | None:
-    """The export timeout: None when an OTEL_* variable sets it (the exporter reads it), else ours."""
-    return None if any(os.environ.get(name, "").strip() for name in _TIMEOUTS) else EXPORT_TIMEOUT
+def _timeout(seconds: float) -> float | None:
+    """The export timeout: None when an OTEL_* variable sets it (the exporter reads it), else ``seconds``."""
+    return None if any(os.environ.get(name, "").strip() for name in _TIMEOUTS) else seconds
 
 
-def otlp_span_processor() -> SpanProcessor:
-    """A batch processor exporting over OTLP/gRPC to the endpoint the OTEL_* variables name.
+def otlp_span_processor(timeout: float = EXPORT_TIMEOUT) -> SpanProcessor:
+    """A batch processor exporting over OTLP/gRPC to the endpoint the OTEL_* variables name, each
+    export bounded by ``timeout`` seconds (a short-lived command waits that long at most on its way out).
 
     Its trouble is reported once through :class:`ExportTrouble`, installed on
     :data:`EXPORTER_LOGGERS` (once per process, whatever the number of calls).
@@ -96,7 +97,7 @@ def otlp_span_processor() -> SpanProcessor:
         os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or ""
     )
     retried = None if os.environ.get(_RETRYABLE, "").strip() else _RETRIED
-    exporter = OTLPSpanExporter(timeout=_timeout(), retryable_error_codes=retried)
+    exporter = OTLPSpanExporter(timeout=_timeout(timeout), retryable_error_codes=retried)
     for name in EXPORTER_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, ExportTrouble) for f in logger.filters):

@@ -84,11 +84,12 @@ _SHORTCUTS = _Shortcuts()
 _ASK_EVERY = 256
 
 
-def configure_tracing(service_name: str) -> TracerProvider | None:
+def configure_tracing(service_name: str, *, export_timeout: float | None = None) -> TracerProvider | None:
     """Set this process's tracer provider as the ``OTEL_*`` variables say; it, or None when disabled.
 
     ``service.name`` is ``service_name`` unless ``OTEL_SERVICE_NAME`` says otherwise. Shut the
-    provider down on the way out, so the last spans are sent.
+    provider down on the way out, so the last spans are sent. ``export_timeout`` bounds each
+    export in seconds (default: the exporting module's), unless an ``OTEL_*`` variable sets it.
     """
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
@@ -105,7 +106,9 @@ def configure_tracing(service_name: str) -> TracerProvider | None:
     if exporting:  # an endpoint that cannot be reached slows nothing, and is said once
         from kosmos_grpc.telemetry.exporting import otlp_span_processor
 
-        provider.add_span_processor(otlp_span_processor())
+        provider.add_span_processor(
+            otlp_span_processor() if export_timeout is None else otlp_span_processor(export_timeout)
+        )
     trace.set_tracer_provider(provider)
     _SHORTCUTS.sdk = True
     ours = trace.get_tracer_provider() is provider  # else another provider was set first
