@@ -10,8 +10,9 @@ read the names from the ``TYPE_CHECKING`` block.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from kosmos_grpc._lazy import lazy_names
 
 if TYPE_CHECKING:
     from kosmos_grpc.agent import ActionSpec, Agent, action, load_agent
@@ -241,16 +242,4 @@ _EXPORTS: dict[str, str] = {
 
 # Hidden from type checkers, which read the names above: a misspelt name stays an error for them.
 if not TYPE_CHECKING:
-
-    def __getattr__(name: str) -> Any:
-        """Import a public name's module on first use and keep the name here for the next lookups."""
-        try:
-            module = _EXPORTS[name]
-        except KeyError:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
-
-    def __dir__() -> list[str]:
-        return sorted({*globals(), *__all__})
+    __getattr__, __dir__ = lazy_names(__name__, _EXPORTS, __all__)

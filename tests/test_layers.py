@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kosmos_grpc"
 # Bottom to top: a module may import from its own layer or the ones below it, never above.
 # The cycle check covers imports within a layer.
 LAYERS: list[set[str]] = [
-    {"errors"},
+    {"errors", "_lazy"},
     {"envelope", "subjects", "tables", "runtime", "deadlines"},
     {"_grpc", "registry", "telemetry", "idempotency", "admission", "calls"},
     {"resilience", "config", "config_schema"},
