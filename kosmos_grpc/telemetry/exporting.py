@@ -58,7 +58,8 @@ class ExportTrouble(logging.Filter):
         self.count += 1
         if self.count == 1:
             log.warning(
-                "cannot export spans to %s (%s): spans are being dropped; further exporter errors are not logged",
+                "cannot export spans to %s (%s): spans are being dropped, further exporter errors are not logged;"
+                " start the collector, or unset OTEL_EXPORTER_OTLP_ENDPOINT",
                 self.endpoint,
                 _cause(record.getMessage()),
             )
