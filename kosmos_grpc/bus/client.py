@@ -17,7 +17,7 @@ from kosmos_grpc.bus.event import Event, event_message
 from kosmos_grpc.bus.metrics import published, received
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS
-from kosmos_grpc.errors import DependencyUnavailable, KosmosError, from_rpc_error
+from kosmos_grpc.errors import MESH_HINT, DependencyUnavailable, KosmosError, from_rpc_error
 from kosmos_grpc.telemetry.tracing import publish_headers
 
 if TYPE_CHECKING:
@@ -46,10 +46,7 @@ def _broker_error(address: str, exc: grpc.aio.AioRpcError) -> KosmosError:
     details = exc.details() or ""
     if exc.code() == grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
         cause = "connection refused" if "refused" in details.lower() else "no answer"
-        return DependencyUnavailable(
-            f"cannot reach the event broker at {address} ({cause}): is the mesh running?"
-            " (start it with 'make run' or 'kosmos up')"
-        )
+        return DependencyUnavailable(f"cannot reach the event broker at {address} ({cause}): {MESH_HINT}")
     return from_rpc_error(exc)
 
 
