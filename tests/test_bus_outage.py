@@ -15,13 +15,14 @@ import grpc
 import pytest
 
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
-from kosmos_grpc.bus import Event, GrpcEventBus, Subscription
+from kosmos_grpc.bus import Event, GrpcEventBus, NatsEventBus, Subscription
 from kosmos_grpc.bus.event import event_message
+from kosmos_grpc.bus.nats_connection import RECONNECT_ATTEMPTS
 from kosmos_grpc.bus.outage import Outage
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS
 from kosmos_grpc.subjects import USER_ACTION
 
-from .conftest import Processes, free_port
+from .conftest import NatsServer, Processes, free_port
 from .test_bus import take
 
 LOST = (
@@ -190,3 +191,25 @@ async def test_an_outage_is_told_once_summarised_at_most_every_30_seconds_and_it
         ),
         "subscribed again to the event broker at 127.0.0.1:50050 after 100 failed attempts (200.0 s)",
     ]
+
+
+async def test_nats_is_reconnected_to_without_end(nats_server: NatsServer) -> None:
+    async with NatsEventBus(nats_server.url, durable=()) as bus:
+        # Set after the first connect, which tries once: nats-py must read them at each reconnect.
+        assert bus.nc.options["allow_reconnect"] is True
+        assert bus.nc.options["max_reconnect_attempts"] == RECONNECT_ATTEMPTS == -1
+        subscription = await bus.subscribe(USER_ACTION)
+        bus.nc.options["reconnect_time_wait"] = 0.01  # only to reach nats-py's old limit in seconds, not a minute
+        await nats_server.stop(clean=False)
+        deadline = time.monotonic() + 60
+        while bus.reconnects.attempts <= 300:  # past the 240 after which nats-py used to close for good
+            assert not bus.nc.is_closed, f"nats-py gave up after {bus.reconnects.attempts} attempts"
+            assert time.monotonic() < deadline, "nats-py did not keep trying to reconnect"
+            await asyncio.sleep(0.05)
+        await nats_server.start()  # the same port
+        while not bus.nc.is_connected:
+            assert not bus.nc.is_closed, "nats-py gave up"
+            assert time.monotonic() < deadline + 30, "nats-py did not reconnect"
+            await asyncio.sleep(0.05)
+        await bus.publish(USER_ACTION, {"after": "reconnect"}, acknowledge=True)
+        assert [e.payload for e in await take(subscription, 1, seconds=10)] == [{"after": "reconnect"}]
