@@ -25,9 +25,7 @@ from kosmos_grpc.subjects import USER_ACTION
 from .conftest import NatsServer, Processes, free_port
 from .test_bus import take
 
-LOST = (
-    "lost the event broker at {address} (UNAVAILABLE); subscribing again (events published meanwhile are not delivered)"
-)
+LOST = "lost the event broker at {address} ({cause}); trying again (events published meanwhile are not delivered)"
 
 
 class Broker:
@@ -143,9 +141,36 @@ async def test_subscriptions_come_back_after_the_broker_is_killed_and_started_ag
         assert iterated.error is None
         assert not bus.outage.lost
     lines = bus_lines(caplog)
-    assert lines[0] == LOST.format(address=broker.address)
-    assert lines[1].startswith(f"subscribed again to the event broker at {broker.address} after ")
+    assert lines[0] == LOST.format(address=broker.address, cause="UNAVAILABLE")
+    assert lines[1].startswith(f"the event broker at {broker.address} is back after ")
     assert len(lines) == 2, lines  # once lost, once back, for both subscriptions together
+
+
+async def test_publishing_while_the_broker_is_away_is_one_line_then_one_with_the_events_lost(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    await broker.start()
+    async with GrpcEventBus(broker.address, source_agent="test") as bus:
+        await bus.publish(USER_ACTION, {"n": 0})
+        await bus.flush()
+        broker.kill()
+        deadline = time.monotonic() + 30
+        while bus.outage.attempts < 5:  # every event published now breaks the stream again: no line each
+            assert time.monotonic() < deadline, "publishing did not notice the broker had gone"
+            await bus.publish(USER_ACTION, {"n": "away"})
+            await asyncio.sleep(0.05)
+        await broker.start()
+        while bus.outage.lost:  # the next publish that gets through ends the outage
+            assert time.monotonic() < deadline + 30, "publishing did not resume"
+            await bus.publish(USER_ACTION, {"n": "back"})
+            await bus.flush()
+            await asyncio.sleep(0.05)
+    lines = bus_lines(caplog)
+    assert lines[0] == LOST.format(address=broker.address, cause="the publish stream broke")
+    assert lines[1].startswith(f"the event broker at {broker.address} is back after ")
+    assert " events published meanwhile were lost" in lines[1]
+    assert len(lines) == 2, lines  # it was a line for every event published while the broker was away
 
 
 async def test_a_subscription_ended_while_the_broker_is_away_stops_at_once_and_never_comes_back(
@@ -181,15 +206,16 @@ async def test_an_outage_is_told_once_summarised_at_most_every_30_seconds_and_it
         outage.failed("UNAVAILABLE")
     outage.found(first)
     assert outage.lost, "the second subscription is still away"
+    outage.lose(second, "the publish stream broke", 3)  # a part that breaks again is one more attempt
     outage.found(second)
     assert [r.getMessage() for r in caplog.records] == [
-        LOST.format(address="127.0.0.1:50050"),
+        LOST.format(address="127.0.0.1:50050", cause="UNAVAILABLE"),
         *(
-            f"still subscribing again to the event broker at 127.0.0.1:50050 ({n} attempts, {2 * n} s;"
-            " last: UNAVAILABLE)"
+            f"still trying the event broker at 127.0.0.1:50050 ({n} failed attempts, {2 * n} s; last: UNAVAILABLE)"
             for n in (15, 30, 45, 60, 75, 90)
         ),
-        "subscribed again to the event broker at 127.0.0.1:50050 after 100 failed attempts (200.0 s)",
+        "the event broker at 127.0.0.1:50050 is back after 101 failed attempts (200.0 s);"
+        " 3 events published meanwhile were lost",
     ]
 
 

@@ -179,7 +179,10 @@ class GrpcEventBus:
         await self._outbox.join()
 
     async def _write(self) -> None:
-        """Send the outbox as batches over one PublishStream, reopening it whenever it breaks."""
+        """Send the outbox as batches over one PublishStream, reopening it whenever it breaks.
+
+        What was in a batch that broke is lost (at most once), counted in the outage's lines.
+        """
         outbox = self._outbox
         while True:
             call = self._publish_stream()
@@ -196,22 +199,21 @@ class GrpcEventBus:
                         size += event.ByteSize()
                     count = len(batch.events)
                     await call.write(batch)
+                    self.outage.found(outbox)
                     batch = events_pb2.PublishStreamRequest()
                     for _ in range(count):
                         outbox.task_done()
             except asyncio.CancelledError:
                 call.cancel()
                 raise
-            except Exception as exc:  # the call ended (a broker restart, say): reopen it, log the loss
+            except Exception as exc:  # the call ended (a broker restart, say): reopen it, count the loss
                 lost = len(batch.events)
                 for _ in range(lost):
                     outbox.task_done()
-                log.warning(
-                    "publish stream to %s broke (%s); %d events lost, reopening",
-                    self.address,
-                    type(exc).__name__,
-                    lost,
-                )
+                # A write on a connection that went is INTERNAL in grpcio: say what it means.
+                code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.INTERNAL
+                cause = "the publish stream broke" if code == grpc.StatusCode.INTERNAL else code.name
+                self.outage.lose(outbox, cause, lost)
                 call.cancel()
                 await asyncio.sleep(0.1)
 
