@@ -19,7 +19,7 @@ from kosmos_grpc import runtime
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.commandline import EXIT_USAGE, LOG_FORMATS
 from kosmos_grpc.config import MeshConfig, load_config
-from kosmos_grpc.errors import ConfigError, DependencyUnavailable, KosmosError
+from kosmos_grpc.errors import MESH_HINT, ConfigError, DependencyUnavailable, KosmosError
 from kosmos_grpc.tables import format_table
 
 if TYPE_CHECKING:
@@ -119,10 +119,7 @@ async def _agents(config: MeshConfig, args: argparse.Namespace) -> int:
 def _health_exit(rows: list[tuple[str, ...]], answered: int) -> int:
     """0 when every agent is SERVING; else 1, with a line to stderr when none answered at all."""
     if rows and not answered:
-        print(
-            "kosmos: no agent answers: is the mesh running? (start it with 'make run' or 'kosmos up')",
-            file=sys.stderr,
-        )
+        print(f"kosmos: no agent answers: {MESH_HINT}", file=sys.stderr)
     return 0 if all(row[2] == "SERVING" for row in rows) else EXIT_FAILURE
 
 

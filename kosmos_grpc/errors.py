@@ -40,6 +40,7 @@ __all__ = [
     "ADDRESS",
     "CAUSE",
     "DOMAIN",
+    "MESH_HINT",
     "NOT_RUNNING",
     "ORIGIN",
     "REFUSED",
@@ -73,7 +74,9 @@ ADDRESS = "address"
 CAUSE = "cause"
 #: The cause of an agent that nothing listens for, and what its error then asks.
 REFUSED = "connection refused"
-NOT_RUNNING = ": is the mesh running? (make run)"
+#: What an error that finds nothing listening asks, in every message that says so.
+MESH_HINT = "is the mesh running? (start it with 'make run' or 'kosmos up')"
+NOT_RUNNING = f": {MESH_HINT}"
 
 
 class KosmosError(Exception):

@@ -393,7 +393,8 @@ async def test_a_call_whose_agent_and_fallback_are_down_names_the_agent_asked(me
     error = caught.value
     assert str(error) == (
         f"agent 'athena' is unavailable at {athena} (connection refused); "
-        f"its fallback 'dionysus' too ({dionysus}, connection refused): is the mesh running? (make run)"
+        f"its fallback 'dionysus' too ({dionysus}, connection refused): is the mesh running?"
+        " (start it with 'make run' or 'kosmos up')"
     )
     assert error.code == grpc.StatusCode.UNAVAILABLE
     assert error.reason == "AGENT_UNAVAILABLE"
@@ -415,7 +416,8 @@ async def test_an_open_circuit_and_a_fallback_down_are_both_told(mesh: Mesh) -> 
     message = str(caught.value)
     assert message.startswith("the circuit to 'athena' is open after 1 failures in a row")
     assert message.endswith(
-        f"; its fallback 'dionysus' too ({dionysus}, connection refused): is the mesh running? (make run)"
+        f"; its fallback 'dionysus' too ({dionysus}, connection refused): is the mesh running?"
+        " (start it with 'make run' or 'kosmos up')"
     )
     assert caught.value.origin == "athena"
 
@@ -450,7 +452,8 @@ address = "127.0.0.1:{dionysus}"
     assert out == ""
     assert err.splitlines() == [
         f"kosmos: UNAVAILABLE: agent 'athena' is unavailable at 127.0.0.1:{athena} (connection refused); "
-        f"its fallback 'dionysus' too (127.0.0.1:{dionysus}, connection refused): is the mesh running? (make run)"
+        f"its fallback 'dionysus' too (127.0.0.1:{dionysus}, connection refused): is the mesh running?"
+        " (start it with 'make run' or 'kosmos up')"
     ]
 
 

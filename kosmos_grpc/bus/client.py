@@ -9,20 +9,24 @@ import time
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from kosmos_grpc._grpc import channel_options
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2, events_pb2
 from kosmos_grpc.bus.broker import BUS_SERVICE, MAX_BATCH, MAX_BATCH_BYTES
 from kosmos_grpc.bus.event import Event, event_message
 from kosmos_grpc.bus.metrics import published, received
+from kosmos_grpc.bus.outage import RESUBSCRIBE_WAIT, Outage
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, DEFAULT_TTL_MS
-from kosmos_grpc.errors import DependencyUnavailable, KosmosError, from_rpc_error
+from kosmos_grpc.errors import MESH_HINT, DependencyUnavailable, KosmosError, from_rpc_error
 from kosmos_grpc.telemetry.tracing import publish_headers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
     from types import TracebackType
+
+    _SubscribeCall = grpc.aio.UnaryStreamCall[Any, events_pb2.SubscribeResponse]
 
 __all__ = ["GrpcEventBus"]
 
@@ -46,10 +50,7 @@ def _broker_error(address: str, exc: grpc.aio.AioRpcError) -> KosmosError:
     details = exc.details() or ""
     if exc.code() == grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
         cause = "connection refused" if "refused" in details.lower() else "no answer"
-        return DependencyUnavailable(
-            f"cannot reach the event broker at {address} ({cause}): is the mesh running?"
-            " (start it with 'make run' or 'kosmos up')"
-        )
+        return DependencyUnavailable(f"cannot reach the event broker at {address} ({cause}): {MESH_HINT}")
     return from_rpc_error(exc)
 
 
@@ -91,6 +92,8 @@ class GrpcEventBus:
         self._outbox: asyncio.Queue[events_pb2.Event] = asyncio.Queue(OUTBOX_CAPACITY)
         self._writer: asyncio.Task[None] | None = None
         self._clock = clock
+        #: The broker's going away, as this bus's subscriptions see it.
+        self.outage = Outage(address)
 
     async def __aenter__(self) -> Self:
         return self
@@ -176,7 +179,10 @@ class GrpcEventBus:
         await self._outbox.join()
 
     async def _write(self) -> None:
-        """Send the outbox as batches over one PublishStream, reopening it whenever it breaks."""
+        """Send the outbox as batches over one PublishStream, reopening it whenever it breaks.
+
+        What was in a batch that broke is lost (at most once), counted in the outage's lines.
+        """
         outbox = self._outbox
         while True:
             call = self._publish_stream()
@@ -193,22 +199,21 @@ class GrpcEventBus:
                         size += event.ByteSize()
                     count = len(batch.events)
                     await call.write(batch)
+                    self.outage.found(outbox)
                     batch = events_pb2.PublishStreamRequest()
                     for _ in range(count):
                         outbox.task_done()
             except asyncio.CancelledError:
                 call.cancel()
                 raise
-            except Exception as exc:  # the call ended (a broker restart, say): reopen it, log the loss
+            except Exception as exc:  # the call ended (a broker restart, say): reopen it, count the loss
                 lost = len(batch.events)
                 for _ in range(lost):
                     outbox.task_done()
-                log.warning(
-                    "publish stream to %s broke (%s); %d events lost, reopening",
-                    self.address,
-                    type(exc).__name__,
-                    lost,
-                )
+                # A write on a connection that went is INTERNAL in grpcio: say what it means.
+                code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.INTERNAL
+                cause = "the publish stream broke" if code == grpc.StatusCode.INTERNAL else code.name
+                self.outage.lose(outbox, cause, lost)
                 call.cancel()
                 await asyncio.sleep(0.1)
 
@@ -226,52 +231,132 @@ class GrpcEventBus:
         """Subscribe to ``pattern``; every event published after this returns reaches the subscription.
 
         Iterate the subscription, or give a ``handler`` that is called for each event in a task
-        of the subscription's own. ``queue`` shares the events among the group's members.
+        of the subscription's own. ``queue`` shares the events among the group's members. When
+        the broker goes away (a restart, say) the subscription subscribes again, with backoff,
+        until the broker is back or its owner ends it; what was published meanwhile is lost.
         """
-        call = self._subscribe(events_pb2.SubscribeRequest(pattern=pattern, queue=queue or ""))
+        request = events_pb2.SubscribeRequest(pattern=pattern, queue=queue or "")
+        try:
+            call = await self._open(request)
+        except grpc.aio.AioRpcError as exc:
+            raise _broker_error(self.address, exc) from None
+        except TimeoutError:
+            raise KosmosError(f"the broker at {self.address} did not take the subscription in time") from None
+
+        async def stop(ended: Subscription[Event]) -> None:
+            self._subscriptions.discard(ended)
+            # The reader's cancel ends its call, or its wait to subscribe again, at once.
+            if reader is not asyncio.current_task():
+                reader.cancel()
+                await asyncio.wait({reader})
+
+        subscription: Subscription[Event] = Subscription(
+            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=self._expired
+        )
+        self._subscriptions.add(subscription)
+        reader = asyncio.create_task(self._read(call, request, subscription), name=f"kosmos-bus-reader {pattern}")
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+        if handler is not None:
+            subscription.start_handler(handler)
+        return subscription
+
+    async def _open(self, request: events_pb2.SubscribeRequest) -> _SubscribeCall:
+        """A Subscribe call in place at the broker: once its headers came, every event published reaches it.
+
+        Raises:
+            grpc.aio.AioRpcError: the broker refused it or could not be reached.
+            TimeoutError: the broker did not take it within SUBSCRIBE_TIMEOUT.
+        """
+        call: _SubscribeCall = self._subscribe(request)
         try:
             await asyncio.wait_for(call.initial_metadata(), SUBSCRIBE_TIMEOUT)
             if call.done():  # refused before it started: a bad pattern, say
                 await call.code()
                 async for _ in call:
                     pass
-        except grpc.aio.AioRpcError as exc:
-            raise _broker_error(self.address, exc) from None
-        except TimeoutError:
+        except BaseException:
             call.cancel()
-            raise KosmosError(f"the broker at {self.address} did not take the subscription in time") from None
+            raise
+        return call
 
-        async def stop(ended: Subscription[Event]) -> None:
-            self._subscriptions.discard(ended)
-            call.cancel()
-
-        subscription: Subscription[Event] = Subscription(
-            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=self._expired
-        )
-        self._subscriptions.add(subscription)
-
-        async def read() -> None:
-            try:
-                async for reply in call:
-                    # Events still waiting from an earlier reply: the consumer is behind, and this
-                    # reply's events are copied (see _detached). So the buffer holds at most one
-                    # reply whole, bounded in bytes as in events; a consumer that keeps up costs
-                    # no copy.
-                    behind = not subscription.empty
-                    for event in reply.events:
-                        received(BACKEND, event.subject).inc()
-                        copy = behind and not subscription.full  # a full buffer drops it (counted)
-                        subscription.offer(_detached(event) if copy else Event.from_proto(event))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.CANCELLED:  # not our own unsubscribe
-                    subscription.error = f"the broker at {self.address} ended the subscription: {exc.code().name}"
+    async def _read(
+        self, call: _SubscribeCall, request: events_pb2.SubscribeRequest, subscription: Subscription[Event]
+    ) -> None:
+        """Hand the call's events to ``subscription``; when the broker ends it, subscribe again."""
+        try:
+            while True:
+                cause = await self._forward(call, subscription)
+                if cause in _GIVE_UP:
+                    subscription.error = f"the broker at {self.address} ended the subscription: {cause}"
                     log.warning("%s", subscription.error)
-            finally:
-                subscription.close()
+                    return
+                self.outage.lose(subscription, cause)
+                try:
+                    call = await self._again(request)
+                except grpc.aio.AioRpcError as exc:  # refused for good: a broker that no longer knows it
+                    subscription.error = f"the broker at {self.address} refused the subscription: {exc.code().name}"
+                    log.warning("%s", subscription.error)
+                    return
+                self.outage.found(subscription)
+        finally:
+            call.cancel()
+            self.outage.forget(subscription)
+            subscription.close()
 
-        reader = asyncio.create_task(read(), name=f"kosmos-bus-reader {pattern}")
-        self._readers.add(reader)
-        reader.add_done_callback(self._readers.discard)
-        if handler is not None:
-            subscription.start_handler(handler)
-        return subscription
+    async def _forward(self, call: _SubscribeCall, subscription: Subscription[Event]) -> str:
+        """Offer each event of ``call`` to ``subscription`` until the call ends; why it ended."""
+        try:
+            async for reply in call:
+                # Events still waiting from an earlier reply: the consumer is behind, and this
+                # reply's events are copied (see _detached). So the buffer holds at most one
+                # reply whole, bounded in bytes as in events; a consumer that keeps up costs
+                # no copy.
+                behind = not subscription.empty
+                for event in reply.events:
+                    received(BACKEND, event.subject).inc()
+                    copy = behind and not subscription.full  # a full buffer drops it (counted)
+                    subscription.offer(_detached(event) if copy else Event.from_proto(event))
+        except grpc.aio.AioRpcError as exc:  # (our own unsubscribe cancels this task instead)
+            return exc.code().name
+        return "the stream ended"
+
+    async def _again(self, request: events_pb2.SubscribeRequest) -> _SubscribeCall:
+        """Subscribe again with capped exponential backoff and jitter until the broker takes it.
+
+        Raises:
+            grpc.aio.AioRpcError: the broker refused it in a way that no retry mends.
+        """
+        retrying = AsyncRetrying(
+            wait=RESUBSCRIBE_WAIT,
+            retry=retry_if_exception(_passing),
+            before_sleep=self._failed_again,
+            reraise=True,
+        )
+        call: _SubscribeCall = await retrying(self._open, request)
+        return call
+
+    def _failed_again(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        cause = error.code().name if isinstance(error, grpc.aio.AioRpcError) else "no answer"
+        self.outage.failed(cause)
+
+
+# The ends of a subscription that no new attempt would mend; any other end (UNAVAILABLE when the
+# broker went, CANCELLED when it stopped, a stream it closed) is an outage, subscribed again.
+_GIVE_UP = frozenset(
+    code.name
+    for code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+)
+
+
+def _passing(error: BaseException) -> bool:
+    """Whether a failed attempt to subscribe again is worth another: the broker is away, not refusing."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code().name not in _GIVE_UP
+    return isinstance(error, TimeoutError)

@@ -2,9 +2,10 @@
 
 The first connect tries once (nats-py's first connect would otherwise go through every
 reconnect attempt, a minute of them) and fails with one line naming the server, the cause and
-what to do. Once connected, nats-py reconnects on its own; :class:`ReconnectLog` turns its
-callbacks into one warning when the server is lost, at most one summary every 30 s while it is
-away, and one line when it is back, never a line per attempt.
+what to do. Once connected, nats-py reconnects on its own, for as long as the server is away
+(giving up would leave an agent serving with a dead bus, and restarting the agent would not bring
+NATS back); :class:`ReconnectLog` turns its callbacks into one warning when the server is lost, at
+most one summary every 30 s while it is away, and one line when it is back, never a line per attempt.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ __all__ = ["RECONNECT_ATTEMPTS", "ReconnectLog", "connect_nats", "describe_failu
 
 log = logging.getLogger("kosmos_grpc.bus.nats_backend")
 
-# Once connected, reconnect for up to about a minute (0.25 s apart), then give up: nothing waits forever.
+# Once connected, reconnect 0.25 s apart for as long as it takes (nats-py's -1: no limit). What waits
+# on the connection meanwhile is bounded by its own timeout, and nats-py's pending buffer by its size.
 RECONNECT_WAIT = 0.25
-RECONNECT_ATTEMPTS = 240
+RECONNECT_ATTEMPTS = -1
 #: How often, at most, a reconnect still under way is reported.
 SUMMARY_EVERY = 30.0
 _HINT = "start it with '.venv/bin/nats-server -js' or set [bus] nats"
@@ -127,7 +129,8 @@ class ReconnectLog:
         self._lost_at = None
 
     async def on_closed(self) -> None:
-        """Closed for good: said when it was nats-py giving up, not our own close."""
+        """Closed for good: said when it was not our own close (with no limit to the reconnect
+        attempts nats-py does not give up, so this is a last resort that should not be seen)."""
         if self._lost_at is not None and not self.closing:
             log.error(
                 "gave up on NATS at %s after %d attempts (%.0f s); its subscriptions have ended",
@@ -167,7 +170,8 @@ async def connect_nats(url: str, *, name: str, connect_timeout: float, report: R
             await asyncio.wait_for(nc.close(), 1)
         raise nats_unreachable(url, describe_failure(error or exc, connect_timeout)) from None
     report.connecting = False
-    # Connected: from now on nats-py reconnects on its own, and resubscribes.
+    # Connected: from now on nats-py reconnects on its own, without end, and resubscribes. nats-py
+    # 2.x reads these options at each reconnect (tests/test_bus_outage.py holds it to that).
     nc.options["allow_reconnect"] = True
     nc.options["max_reconnect_attempts"] = RECONNECT_ATTEMPTS
     return nc

@@ -49,7 +49,7 @@ class Subscription(Generic[T]):
         self.dropped = 0
         #: Handler calls that raised.
         self.handler_errors = 0
-        #: Why the subscription ended, when it was not unsubscribed (the broker went away, say).
+        #: Why the subscription ended, when it was not unsubscribed (the broker refused it, say).
         self.error: str | None = None
         self._buffer: asyncio.Queue[T | object] = asyncio.Queue(capacity)
         self._closed = False
