@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"bus", "preflight"},
     {"agent", "interceptors", "transport", "client", "context", "patterns"},
     {"servicer", "server"},
+    {"child_output"},
     {"supervisor", "serving"},
     {"launcher", "commands", "commandline", "completion", "cli", "__init__"},
 ]
