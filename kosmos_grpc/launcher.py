@@ -16,9 +16,9 @@ import errno
 import signal
 import socket
 import sys
-import time
 from typing import TYPE_CHECKING, TextIO
 
+from kosmos_grpc.child_output import Output
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.errors import ConfigError, DependencyUnavailable, KosmosError
 from kosmos_grpc.preflight import PREFLIGHT_SECONDS, check_dependencies
@@ -26,8 +26,8 @@ from kosmos_grpc.runtime import until
 from kosmos_grpc.serving import START_TIMEOUT, agent_server, serve_agent, serve_broker
 from kosmos_grpc.supervisor import (
     BROKER_NAME,
-    CRASH_LOOP_WINDOW,
     READY_MARK,
+    STABLE_SECONDS,
     Child,
     HealthEvents,
     describe_exit,
@@ -59,7 +59,8 @@ class _Mesh:
     def __init__(self, config: MeshConfig, out: TextIO, err: TextIO, options: Sequence[str]) -> None:
         assert config.path is not None
         self.config = config
-        self.out, self.err = out, err
+        # A closed stdout or stderr (`kosmos up | head -1`) stops the copying, never the mesh.
+        self.out, self.err = Output(out), Output(err)
         self.options = options
         self.children: list[Child] = []
         self.stop = asyncio.Event()
@@ -153,6 +154,7 @@ async def _start(mesh: _Mesh) -> None:
         for child in mesh.children:
             if not await _serving(client, child):
                 raise ConfigError(f"{_who(child.name)} {describe_exit(await child.ended())} while starting")
+            child.history.serving()
 
 
 async def _bounded_start(mesh: _Mesh) -> None:
@@ -177,7 +179,10 @@ async def _restart(mesh: _Mesh, child: Child) -> bool:
                 return False
             await child.hand_over(*mesh.addresses())
             async with Coordinator({child.name: child.address}, resilience=False, telemetry=False) as client:
-                return await _serving(client, child)
+                if not await _serving(client, child):
+                    return False
+            child.history.serving()
+            return True
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             child.process.kill()
@@ -209,10 +214,13 @@ async def _supervise(mesh: _Mesh, child: Child) -> None:
                 mesh.all_gone = True
                 mesh.stop.set()
             return
-        plan = child.history.plan(time.monotonic())
+        plan = child.history.plan()
         what = describe_exit(code)
         if plan.crash_loop:
-            what = f"is in a crash loop ({plan.recent} restarts within {CRASH_LOOP_WINDOW:.0f} s): it {what}"
+            what = (
+                f"is in a crash loop ({plan.failures} exits in a row, none after {STABLE_SECONDS:.0f} s"
+                f" of serving): it {what}"
+            )
         print(
             f"kosmos: {_who(name)} {what}; restarting in {plan.delay:.1f} s (restart {child.restarts + 1}){output}",
             file=err,
@@ -256,20 +264,20 @@ async def run_mesh(
         if not await until(mesh.stop, check):
             return 0
         if (busy := check.result()) is not None:
-            print(f"kosmos: {busy}", file=err)
+            print(f"kosmos: {busy}", file=mesh.err)
             return 1
         try:  # what the agents need (NATS), checked before any of them starts
             if not await until(mesh.stop, check_dependencies(config, timeout=PREFLIGHT_SECONDS)):
                 return 0
         except DependencyUnavailable as exc:
-            print(f"kosmos: {exc.message}", file=err)
+            print(f"kosmos: {exc.message}", file=mesh.err)
             return 1
         if not await until(mesh.stop, _bounded_start(mesh)):
             return 0
-        print(_table(mesh), file=out)
+        print(_table(mesh), file=mesh.out)
         agents = sum(child.name != BROKER_NAME for child in mesh.children)
         broker = " and the event broker" if agents < len(mesh.children) else ""
-        print(f"mesh up: {agents} agents{broker}, from {config.path}. Ctrl-C stops them.", file=out, flush=True)
+        print(f"mesh up: {agents} agents{broker}, from {config.path}. Ctrl-C stops them.", file=mesh.out, flush=True)
         mesh.events.start(mesh.addresses()[1])
         watchers = [asyncio.create_task(_supervise(mesh, child)) for child in mesh.children]
         await mesh.stop.wait()
@@ -277,9 +285,11 @@ async def run_mesh(
     finally:
         for watcher in watchers:
             watcher.cancel()
+        # Awaited before the children are stopped: a restart's new process is then on its child.
+        await asyncio.gather(*watchers, return_exceptions=True)
         await mesh.events.close()
         await stop_children(mesh.children, config.limits.grace_seconds)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         if mesh.children:
-            print("mesh stopped", file=out, flush=True)
+            print("mesh stopped", file=mesh.out, flush=True)

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["START_TIMEOUT", "agent_server", "serve_agent", "serve_broker"]
 
-#: Seconds a child waits for the mesh's addresses from ``kosmos up``.
+#: Seconds a child waits for the mesh's addresses from ``kosmos up``, and ``kosmos up`` for the
+#: whole mesh to start, or for a restarted process to say SERVING (else it is killed).
 START_TIMEOUT = 60.0
 
 log = logging.getLogger(__name__)

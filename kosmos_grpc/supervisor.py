@@ -1,9 +1,10 @@
 """How ``kosmos up`` keeps its agents running: restart policy, backoff, crash loops, each child's process.
 
 An agent whose process ends is restarted by its ``restart`` policy after an exponential backoff
-with jitter (tenacity's ``wait_exponential_jitter``, the strategy delegations retry with). When it
-ends :data:`CRASH_LOOP_RESTARTS` times within :data:`CRASH_LOOP_WINDOW` seconds it is in a crash
-loop: that is reported, and its next restarts wait up to :data:`CRASH_LOOP_MAX_SECONDS`. A
+with jitter (tenacity's ``wait_exponential_jitter``, the strategy delegations retry with). Its
+failures are counted since its last process that stayed SERVING for :data:`STABLE_SECONDS`: past
+:data:`CRASH_LOOP_RESTARTS` of them it is in a crash loop, which is reported, and its next restarts
+wait longer, up to :data:`CRASH_LOOP_MAX_SECONDS`, until a process of it runs stably again. A
 restarted process binds the address the first one got and is told its restart count. Changes of
 state are announced on ``kosmos.events.system.health`` when the mesh has a bus; a bus that cannot
 be reached is reported once and never stops the supervisor.
@@ -12,13 +13,13 @@ be reached is reported once and never stops the supervisor.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
@@ -26,10 +27,11 @@ from tenacity import RetryCallState, Retrying
 from tenacity.wait import wait_exponential_jitter
 
 from kosmos_grpc.bus import open_bus
+from kosmos_grpc.child_output import CHUNK_BYTES, Output, OutputLines, OutputTail
 from kosmos_grpc.subjects import SYSTEM_HEALTH
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from tenacity.wait import wait_base
@@ -42,14 +44,14 @@ __all__ = [
     "BROKER_NAME",
     "CRASH_LOOP_MAX_SECONDS",
     "CRASH_LOOP_RESTARTS",
-    "CRASH_LOOP_WINDOW",
     "READY_MARK",
+    "STABLE_SECONDS",
     "Child",
     "HealthEvents",
-    "OutputTail",
     "RestartPlan",
     "Restarts",
     "describe_exit",
+    "exit_code",
     "should_restart",
     "stop_children",
 ]
@@ -60,18 +62,16 @@ BROKER_NAME = "(broker)"
 #: The environment variable that tells a restarted child where to bind: ``{"address", "metrics_port"}``.
 BIND_ENV = "KOSMOS_UP_BIND"
 
-#: The first restarts wait 0.2 s, 0.4 s, 0.8 s ... up to 10 s, each plus up to 0.2 s at random.
+#: The first restarts wait 0.2 s, 0.4 s, 0.8 s, 1.6 s, 3.2 s, each plus up to 0.2 s at random ...
 BACKOFF = wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.2)
-#: This many restarts within CRASH_LOOP_WINDOW seconds make a crash loop ...
+#: ... as many as this; the next failure in a row is a crash loop ...
 CRASH_LOOP_RESTARTS = 5
-CRASH_LOOP_WINDOW = 60.0
-#: ... whose restarts wait 5 s, 10 s, 20 s ... up to this, plus up to 1 s at random.
+#: ... unless a process served this long in between: then the count starts again.
+STABLE_SECONDS = 60.0
+#: A crash loop's restarts wait 5 s, 10 s, 20 s ... up to this, plus up to 1 s at random.
 CRASH_LOOP_MAX_SECONDS = 60.0
 CRASH_LOOP_BACKOFF = wait_exponential_jitter(multiplier=5, max=CRASH_LOOP_MAX_SECONDS, jitter=1)
 
-#: The last lines of a child's output kept to report with its exit: at most this many, and bytes.
-OUTPUT_LINES = 10
-OUTPUT_BYTES = 4096
 #: Health events waiting for the bus at most; more are dropped (the log lines still say it all).
 EVENTS_QUEUED = 100
 
@@ -98,47 +98,47 @@ def _wait(strategy: wait_base, attempt: int) -> float:
 
 
 class RestartPlan(NamedTuple):
-    """When to restart an agent that just ended: after ``delay`` seconds; ``recent`` restarts in the window."""
+    """When to restart an agent that just ended: after ``delay`` seconds; ``failures`` in a row so far."""
 
     delay: float
-    recent: int
+    failures: int
     crash_loop: bool
 
 
 class Restarts:
-    """The restarts of one agent within the crash-loop window, and the backoff they call for."""
+    """The failures of one agent since its last stable run, and the backoff they call for.
 
-    def __init__(self) -> None:
-        self._times: collections.deque[float] = collections.deque()
+    A failure is a process that ended before serving :data:`STABLE_SECONDS` (or never served), so
+    a lasting crash loop keeps backing off up to the cap, however slowly it crashes.
+    """
 
-    def plan(self, now: float) -> RestartPlan:
-        """Count a restart at ``now`` (``time.monotonic``); how long to wait before it."""
-        while self._times and now - self._times[0] > CRASH_LOOP_WINDOW:
-            self._times.popleft()
-        self._times.append(now)
-        recent = len(self._times)
-        if recent > CRASH_LOOP_RESTARTS:
-            return RestartPlan(_wait(CRASH_LOOP_BACKOFF, recent - CRASH_LOOP_RESTARTS), recent - 1, True)
-        # A process that ran for a while starts again from the shortest wait.
-        return RestartPlan(_wait(BACKOFF, recent), recent - 1, False)
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        stable: float = STABLE_SECONDS,
+        crash_loop_after: int = CRASH_LOOP_RESTARTS,
+    ) -> None:
+        self._clock = clock
+        self._stable = stable
+        self._crash_loop_after = crash_loop_after
+        self._failures = 0
+        self._serving_since: float | None = None
 
+    def serving(self) -> None:
+        """Its current process says SERVING: from now on its run time counts."""
+        self._serving_since = self._clock()
 
-class OutputTail:
-    """The last lines a child wrote, bounded in lines and in bytes."""
-
-    def __init__(self, lines: int = OUTPUT_LINES, size: int = OUTPUT_BYTES) -> None:
-        self._lines: collections.deque[str] = collections.deque(maxlen=lines)
-        self._size = size
-
-    def add(self, line: str) -> None:
-        """Keep ``line`` (cut to the byte bound), forgetting the oldest lines past the bounds."""
-        self._lines.append(line.rstrip("\n").encode()[: self._size].decode(errors="ignore"))
-        while sum(len(kept.encode()) for kept in self._lines) > self._size:
-            self._lines.popleft()
-
-    def lines(self) -> list[str]:
-        """The lines kept, oldest first."""
-        return list(self._lines)
+    def plan(self) -> RestartPlan:
+        """Count its process's end now; how long to wait before the restart."""
+        since, self._serving_since = self._serving_since, None
+        if since is not None and self._clock() - since >= self._stable:
+            self._failures = 0  # it ran stably: this end is a first failure again
+        self._failures += 1
+        failures = self._failures
+        if failures > self._crash_loop_after:
+            return RestartPlan(_wait(CRASH_LOOP_BACKOFF, failures - self._crash_loop_after), failures, True)
+        return RestartPlan(_wait(BACKOFF, failures), failures, False)
 
 
 @dataclass(slots=True)
@@ -167,13 +167,14 @@ class Child:
         """Its current process's PID (0 before the first)."""
         return self.process.pid if self.process is not None else 0
 
-    async def spawn(self, config: Path, options: Sequence[str], out: TextIO, err: TextIO) -> None:
+    async def spawn(self, config: Path, options: Sequence[str], out: Output, err: Output) -> None:
         """Start a process for it, in a session of its own (a Ctrl-C at the terminal reaches only
         ``kosmos up``), its output passed through to ``out``/``err`` and kept in :attr:`tail`."""
         env = None
         if self.address:
             port = None if self.metrics is None else int(self.metrics.rsplit(":", 1)[1].split("/", 1)[0])
             env = {**os.environ, BIND_ENV: json.dumps({"address": self.address, "metrics_port": port})}
+        self._cancel_readers()  # a grandchild may still hold the last process's pipes
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -200,16 +201,15 @@ class Child:
         ]
 
     async def _read(
-        self, stream: asyncio.StreamReader, out: TextIO, ready: asyncio.Future[dict[str, Any] | None] | None
+        self, stream: asyncio.StreamReader, out: Output, ready: asyncio.Future[dict[str, Any] | None] | None
     ) -> None:
-        """Copy a pipe to ``out`` line by line, so it never fills; catch the READY line on stdout."""
-        while line := (await stream.readline()).decode(errors="replace"):
-            if ready is not None and not ready.done() and line.startswith(READY_MARK):
-                ready.set_result(json.loads(line.removeprefix(READY_MARK)))
-                continue
-            self.tail.add(line)
-            out.write(line)
-            out.flush()
+        """Drain a pipe to its end, in bounded chunks whatever the output, so it never fills: each
+        line is passed to ``out`` and kept (cut if long) in :attr:`tail`; the READY line on stdout
+        is caught instead."""
+        lines = OutputLines(self.tail, out, None if ready is None else _catch_ready(ready))
+        while chunk := await stream.read(CHUNK_BYTES):
+            lines.feed(chunk)
+        lines.end()
         if ready is not None and not ready.done():
             ready.set_result(None)  # it ended without saying where it listens
 
@@ -235,24 +235,67 @@ class Child:
     async def ended(self) -> int:
         """Wait for its process to end and its output to be read; the exit code."""
         assert self.process is not None
-        code = await self.process.wait()
+        code = await exit_code(self.process)
         # The pipes are closed, or held by a grandchild: the last output is there or nowhere.
-        await asyncio.wait(self._readers, timeout=1)
+        if self._readers:
+            await asyncio.wait(self._readers, timeout=1)
+        self._cancel_readers()
         return code
+
+    def _cancel_readers(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+
+
+async def exit_code(process: asyncio.subprocess.Process) -> int:
+    """Wait for ``process`` to end; its exit code.
+
+    ``Process.wait()`` (Python 3.11) also waits for its pipes to close, which a grandchild that
+    inherited them may never do: its exit code, set as soon as it ends, is looked at too.
+    """
+    waiting = asyncio.ensure_future(process.wait())
+    try:
+        while process.returncode is None:
+            await asyncio.wait({waiting}, timeout=0.5)
+    finally:
+        waiting.cancel()
+    return process.returncode
+
+
+def _catch_ready(ready: asyncio.Future[dict[str, Any] | None]) -> Callable[[str], bool]:
+    def catch(line: str) -> bool:
+        if ready.done() or not line.startswith(READY_MARK):
+            return False
+        ready.set_result(json.loads(line.removeprefix(READY_MARK)))
+        return True
+
+    return catch
 
 
 async def stop_children(children: Sequence[Child], grace: float) -> None:
-    """Close every child's stdin, SIGTERM it, wait for the drain, SIGKILL what is left."""
-    processes = [c.process for c in children if c.process is not None]
+    """Close every child's stdin, SIGTERM it, wait for the drain, SIGKILL what is left.
+
+    A process a child got meanwhile (a restart whose spawn just finished) is stopped the same way.
+    """
+    stopped: set[int] = set()
+    while processes := [c.process for c in children if c.process is not None and id(c.process) not in stopped]:
+        stopped.update(id(p) for p in processes)
+        await _stop_processes(processes, grace)
+    readers = [task for child in children for task in child._readers]
+    if readers:
+        await asyncio.wait(readers, timeout=1)
+    for child in children:
+        child._cancel_readers()
+
+
+async def _stop_processes(processes: Sequence[asyncio.subprocess.Process], grace: float) -> None:
     for process in processes:
         if process.stdin is not None:
             process.stdin.close()
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
-    if not processes:
-        return
-    waits = [asyncio.ensure_future(p.wait()) for p in processes]
+    waits = [asyncio.ensure_future(exit_code(p)) for p in processes]
     _, pending = await asyncio.wait(waits, timeout=grace + 5)
     for process in processes:
         if process.returncode is None:
@@ -260,9 +303,6 @@ async def stop_children(children: Sequence[Child], grace: float) -> None:
                 process.kill()
     if pending:
         await asyncio.wait(pending, timeout=5)
-    readers = [task for child in children for task in child._readers]
-    if readers:
-        await asyncio.wait(readers, timeout=1)
 
 
 class HealthEvents:

@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"bus", "preflight"},
     {"agent", "interceptors", "transport", "client", "context", "patterns"},
     {"servicer", "server"},
-    {"supervisor", "serving"},
+    {"child_output", "supervisor", "serving"},
     {"launcher", "commands", "commandline", "completion", "cli", "__init__"},
 ]
 # Hand-written modules stay small enough to read at one sitting.

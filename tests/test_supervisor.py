@@ -23,18 +23,23 @@ import pytest
 
 from kosmos_grpc import Coordinator
 from kosmos_grpc.bus import BrokerServer, GrpcEventBus
+from kosmos_grpc.child_output import LINE_BYTES, Output, OutputLines, OutputTail
 from kosmos_grpc.config import BusConfig, MeshConfig
+from kosmos_grpc.errors import KosmosError
 from kosmos_grpc.subjects import SYSTEM_HEALTH
 from kosmos_grpc.supervisor import (
+    CRASH_LOOP_MAX_SECONDS,
     CRASH_LOOP_RESTARTS,
+    STABLE_SECONDS,
+    Child,
     HealthEvents,
-    OutputTail,
     Restarts,
     describe_exit,
     should_restart,
+    stop_children,
 )
 
-from .conftest import Processes, environment
+from .conftest import ManualClock, Processes, environment
 from .test_cli import Lines, alive, free_port, wait_gone
 
 MESH = """
@@ -100,16 +105,122 @@ def note(text):
         notes.write(text + "\\n")
 
 
+def end_by(sig):
+    """Note ``sig``, then end by it at once, as a drained agent does."""
+    note(sig.name)
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
+
+
 class Slow(Agent):
     name = "slow"
 
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, note, sig.name)
+            loop.add_signal_handler(sig, end_by, sig)
         note(f"pid {os.getpid()}")
         print("slow: starting", flush=True)
-        await asyncio.sleep(30)
+        await asyncio.sleep(600)
+'''
+
+STUBBORN = '''
+"""An agent that writes down its PID and every SIGTERM it gets, and stays in its start until SIGKILL."""
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from kosmos_grpc import Agent
+
+NOTES = Path(__file__).with_name("stubborn-notes")
+
+
+def note(text):
+    with NOTES.open("a") as notes:
+        notes.write(text + "\\n")
+
+
+class Stubborn(Agent):
+    name = "stubborn"
+
+    async def on_start(self) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, note, "SIGTERM")
+        note(f"pid {os.getpid()}")
+        await asyncio.sleep(600)
+'''
+
+HANG = '''
+"""An agent whose start hangs, its PID written down, while a file named `hang` lies next to it."""
+
+import asyncio
+import os
+from pathlib import Path
+
+from kosmos_grpc import Agent, action
+
+
+class Hang(Agent):
+    name = "hang"
+
+    async def on_start(self) -> None:
+        if Path(__file__).with_name("hang").exists():
+            with Path(__file__).with_name("hang-pids").open("a") as pids:
+                pids.write(f"{os.getpid()}\\n")
+            await asyncio.sleep(600)
+
+    @action
+    async def ping(self, ctx, payload):
+        return {"pong": True}
+'''
+
+LOUD = '''
+"""An agent whose actions print a line of 300 kB, or 300 kB with no newline at all, to stdout."""
+
+import sys
+
+from kosmos_grpc import Agent, action
+
+
+class Loud(Agent):
+    name = "loud"
+
+    @action
+    async def shout(self, ctx, payload):
+        print("x" * 300_000, flush=True)
+        return {"shouted": True}
+
+    @action
+    async def mumble(self, ctx, payload):
+        sys.stdout.write("y" * 300_000)
+        sys.stdout.flush()
+        return {"mumbled": True}
+
+    @action
+    async def ping(self, ctx, payload):
+        print("pong", flush=True)
+        return {"pong": True}
+'''
+
+GRANDPARENT = '''
+"""An agent that starts a grandchild holding its stdout and stderr, writes down its PID, and exits."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kosmos_grpc import Agent
+
+
+class Grandparent(Agent):
+    name = "grandparent"
+
+    async def on_start(self) -> None:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        Path(__file__).with_name("grandchild").write_text(str(child.pid))
+        os._exit(3)
 '''
 
 ASK_ATHENA = {"agent": "athena", "action": "answer", "payload": {"topic": "grpc"}}
@@ -170,6 +281,17 @@ def mesh_config(tmp_path: Path, *, zeus: str = "127.0.0.1:0", athena_restart: st
     path = tmp_path / "kosmos.toml"
     path.write_text(MESH.format(zeus=zeus, athena_restart=athena_restart))
     return path
+
+
+def refused_up(processes: Processes, config: Path) -> tuple[int, str, str]:
+    """Run a `kosmos up` expected to refuse: its exit code, stdout and stderr. Should it start agents
+    after all, the PIDs of its table are adopted, so they are stopped too."""
+    process = processes.start(sys.executable, "-m", "kosmos_grpc.cli", "--config", str(config), "up")
+    out, err = process.communicate(timeout=60)
+    for line in out.splitlines():
+        if (fields := line.split())[3:4] and fields[3].isdigit():
+            processes.adopt(int(fields[3]))
+    return process.returncode, out, err
 
 
 def client_of(up: Up) -> Coordinator:
@@ -251,7 +373,10 @@ def test_an_agent_with_restart_never_stays_down_and_the_rest_runs(processes: Pro
     asyncio.run(check())
     assert not alive(up.pid("athena"))
     assert up.process.poll() is None, "the mesh still runs"
-    assert not any("is back" in line for line in up.err.seen)
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(30) == 0
+    everything = up.err.rest()  # to the end of its stderr: no restart was ever tried
+    assert not [line for line in everything if "restarting" in line or "is back" in line], everything
 
 
 def test_the_mesh_stops_when_every_agent_is_down_for_good(processes: Processes, tmp_path: Path) -> None:
@@ -277,12 +402,14 @@ def test_a_crash_loop_is_reported_and_backs_off_further_without_stopping_the_oth
     up = Up(processes, config).wait_up()
     (tmp_path / "crash").touch()  # from now on each of its processes exits at once
     os.kill(up.pid("flaky"), signal.SIGKILL)
+    # However slowly they come, failures in a row count: none of its processes ever serves.
     lines = up.err.until("in a crash loop", timeout=150)
     exits = [line for line in lines if line.startswith("kosmos: agent 'flaky'")]
     assert len(exits) == CRASH_LOOP_RESTARTS + 1, exits
     assert all("exited with code 3" in line for line in exits[1:]), "each restart exits at once"
     crash = exits[-1]
-    assert f"in a crash loop ({CRASH_LOOP_RESTARTS} restarts within 60 s)" in crash
+    loop = f"in a crash loop ({CRASH_LOOP_RESTARTS + 1} exits in a row, none after {STABLE_SECONDS:.0f} s of serving)"
+    assert loop in crash
     delays = [number(r"restarting in ([\d.]+) s", line) for line in exits]
     assert delays[:-1] == sorted(delays[:-1]), "the backoff grows"
     assert delays[-1] >= 5.0, "a crash loop backs off further"
@@ -293,6 +420,14 @@ def test_a_crash_loop_is_reported_and_backs_off_further_without_stopping_the_oth
             return await client.health("zeus")
 
     assert asyncio.run(zeus_answers()) == "SERVING", "the others go on"
+    # SIGTERM during the crash loop's backoff of 5 s or more: nothing is restarted after it.
+    seen = len(up.err.seen)
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(60) == 0
+    after = up.err.rest()[seen:]
+    assert [line for line in after if line.startswith("kosmos: agent 'flaky'")] == [], after
+    up.out.until("mesh stopped")
+    assert wait_gone(list(up.pid(name) for name in up.table)) == []
 
 
 def test_sigterm_to_up_stops_every_child_even_restarted_ones(processes: Processes, tmp_path: Path) -> None:
@@ -344,8 +479,9 @@ def test_ctrl_c_while_the_mesh_starts_reaches_only_up_and_ends_in_one_line(
 ) -> None:
     (tmp_path / "slow.py").write_text(SLOW)
     config = tmp_path / "kosmos.toml"
+    # A grace of a minute: a child that did not end by the SIGTERM would hold `up` past the wait below.
     config.write_text(
-        '[mesh]\ngrace_seconds = 1\n[agents.slow]\nobject = "slow:Slow"\naddress = "127.0.0.1:0"\n'
+        '[mesh]\ngrace_seconds = 60\n[agents.slow]\nobject = "slow:Slow"\naddress = "127.0.0.1:0"\n'
         '[agents.zeus]\nobject = "agents.zeus:Zeus"\naddress = "127.0.0.1:0"\n'
     )
     # In a session of its own, as a shell runs a command: a Ctrl-C goes to its whole process group.
@@ -355,8 +491,8 @@ def test_ctrl_c_while_the_mesh_starts_reaches_only_up_and_ends_in_one_line(
     slow = int(notes.read_text().split()[1])
     processes.adopt(slow)
     os.killpg(up.process.pid, signal.SIGINT)
-    assert up.process.wait(30) == 0
-    assert up.out.until("mesh stopped")[-1] == "mesh stopped"
+    assert up.process.wait(45) == 0, "the child ended by the supervisor's SIGTERM, not by a SIGKILL after the grace"
+    assert up.out.until("mesh stopped") == ["mesh stopped"], "one line"
     assert up.err.rest() == [], "no traceback, no other line"
     assert notes.read_text().split()[2:] == ["SIGTERM"], "the child got no SIGINT, only the supervisor's SIGTERM"
     assert wait_gone([slow]) == []
@@ -366,36 +502,170 @@ def test_a_second_up_says_a_mesh_is_already_running(processes: Processes, tmp_pa
     zeus = f"127.0.0.1:{free_port()}"
     config = mesh_config(tmp_path, zeus=zeus)
     Up(processes, config).wait_up()
-    second = subprocess.run(
-        [sys.executable, "-m", "kosmos_grpc.cli", "--config", str(config), "up"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=environment({}),
-    )
-    assert second.returncode == 1
-    assert second.stderr.strip().splitlines() == [
+    code, out, err = refused_up(processes, config)
+    assert (code, out) == (1, "")
+    assert err.strip().splitlines() == [
         f"kosmos: a mesh is already running: zeus answers at {zeus} (stop it first, or use another config)"
     ]
 
 
-def test_up_on_a_port_something_else_holds_names_the_agent_and_address(tmp_path: Path) -> None:
+def test_up_on_a_port_something_else_holds_names_the_agent_and_address(processes: Processes, tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         zeus = f"127.0.0.1:{holder.getsockname()[1]}"
-        result = subprocess.run(
-            [sys.executable, "-m", "kosmos_grpc.cli", "--config", str(mesh_config(tmp_path, zeus=zeus)), "up"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=environment({}),
-        )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
+        code, out, err = refused_up(processes, mesh_config(tmp_path, zeus=zeus))
+    assert (code, out) == (1, "")
+    assert err.strip().splitlines() == [
         f"kosmos: agent 'zeus' cannot listen on {zeus}: the port is in use by something else "
         "(stop it, or give the agent another address in the config)"
     ]
+
+
+def poll(condition: Any, what: str, timeout: float = 60) -> None:
+    """Wait until ``condition()`` holds, for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def loud_config(tmp_path: Path, address: str = "127.0.0.1:0") -> Path:
+    (tmp_path / "loud.py").write_text(LOUD)
+    config = tmp_path / "kosmos.toml"
+    config.write_text(f'[agents.loud]\nobject = "loud:Loud"\naddress = "{address}"\n')
+    return config
+
+
+async def call_loud(address: str) -> list[Any]:
+    """Shout, mumble, then ping twice: each answers, and its health stays SERVING."""
+    async with Coordinator({"loud": address}, resilience=False) as client:
+        answers = [
+            (await client.delegate("loud", action, {}, timeout_ms=20_000)).result
+            for action in ("shout", "mumble", "ping", "ping")
+        ]
+        return [*answers, await client.health("loud", timeout_ms=10_000)]
+
+
+ANSWERS = [{"shouted": True}, {"mumbled": True}, {"pong": True}, {"pong": True}, "SERVING"]
+
+
+@pytest.mark.timeout(120)
+def test_an_agent_printing_a_huge_line_or_no_newline_keeps_answering(processes: Processes, tmp_path: Path) -> None:
+    up = Up(processes, loud_config(tmp_path)).wait_up()
+    assert asyncio.run(call_loud(up.address("loud"))) == ANSWERS
+    lines = up.out.until("pong", timeout=60)
+    assert "x" * 300_000 in lines, "every byte is passed through"
+    assert lines[-1] == "y" * 300_000 + "pong"
+    os.kill(up.pid("loud"), signal.SIGKILL)
+    exited = up.err.until("    pong", timeout=60)  # its last output, reported with its exit
+    assert "    " + "x" * (1024 - 6) + " [cut]" in exited, exited[-4:]
+    back = up.err.until("agent 'loud' is back", timeout=60)[-1]
+    processes.adopt(int(number(r"pid (\d+)", back)))
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(30) == 0
+    rest = up.err.rest()
+    assert not [line for line in rest if "Traceback" in line or "exception" in line.lower()], rest
+
+
+@pytest.mark.timeout(120)
+def test_a_closed_stdout_of_up_stops_nothing(processes: Processes, tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    config = loud_config(tmp_path, address)
+    process = processes.start(sys.executable, "-m", "kosmos_grpc.cli", "--config", str(config), "up")
+    assert process.stdout is not None
+    process.stdout.close()  # as `kosmos up | head -1` once head is gone: every write to it fails
+    err = ErrLines(process)
+
+    async def serving() -> bool:
+        async with Coordinator({"loud": address}, resilience=False) as client:
+            try:
+                return await client.health("loud", timeout_ms=1_000) == "SERVING"
+            except KosmosError:
+                return False
+
+    poll(lambda: asyncio.run(serving()), "SERVING from loud")
+    assert asyncio.run(call_loud(address)) == ANSWERS
+    assert process.poll() is None, "the mesh runs on"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    rest = err.rest()
+    assert not [line for line in rest if not line.startswith("20")], rest  # log lines only: no traceback
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_to_up_while_a_restart_is_starting_stops_that_process_too(processes: Processes, tmp_path: Path) -> None:
+    (tmp_path / "hang.py").write_text(HANG)
+    config = tmp_path / "kosmos.toml"
+    config.write_text('[mesh]\ngrace_seconds = 1\n[agents.hang]\nobject = "hang:Hang"\naddress = "127.0.0.1:0"\n')
+    up = Up(processes, config).wait_up()
+    (tmp_path / "hang").touch()  # from now on its processes hang in their start
+    os.kill(up.pid("hang"), signal.SIGKILL)
+    pids = tmp_path / "hang-pids"
+    poll(lambda: pids.exists() and pids.read_text().endswith("\n"), "restarted process")
+    restarting = int(pids.read_text())
+    processes.adopt(restarting)
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(60) == 0
+    up.out.until("mesh stopped")
+    assert wait_gone([up.pid("hang"), restarting], timeout=30) == []
+
+
+async def test_stop_children_stops_a_process_a_restart_spawns_during_the_stop(
+    processes: Processes, tmp_path: Path
+) -> None:
+    (tmp_path / "stubborn.py").write_text(STUBBORN)
+    config = tmp_path / "kosmos.toml"
+    config.write_text('[agents.stubborn]\nobject = "stubborn:Stubborn"\naddress = "127.0.0.1:0"\n')
+    notes = tmp_path / "stubborn-notes"
+    child = Child("stubborn", ("serve", "stubborn"))
+    sink = Output(io.StringIO())
+
+    async def noted(what: str) -> None:
+        await asyncio.to_thread(poll, lambda: notes.exists() and what in notes.read_text(), repr(what))
+
+    await child.spawn(config, (), sink, sink)
+    first = child.process
+    assert first is not None
+    processes.adopt(first.pid)
+    await noted(f"pid {first.pid}\n")
+    stopping = asyncio.create_task(stop_children([child], grace=1))
+    await noted("SIGTERM")  # the stop took its processes and waits for them: the first ignores SIGTERM
+    await child.spawn(config, (), sink, sink)  # as a restart whose spawn just finished
+    second = child.process
+    assert second is not None
+    processes.adopt(second.pid)
+    async with asyncio.timeout(60):
+        await stopping
+    assert (first.returncode, second.returncode) == (-signal.SIGKILL, -signal.SIGKILL)
+
+
+async def test_ended_cancels_readers_of_pipes_a_grandchild_still_holds(processes: Processes, tmp_path: Path) -> None:
+    (tmp_path / "grandparent.py").write_text(GRANDPARENT)
+    config = tmp_path / "kosmos.toml"
+    config.write_text('[agents.grandparent]\nobject = "grandparent:Grandparent"\naddress = "127.0.0.1:0"\n')
+    child = Child("grandparent", ("serve", "grandparent"))
+    sink = Output(io.StringIO())
+    await child.spawn(config, (), sink, sink)
+    assert child.process is not None
+    processes.adopt(child.process.pid)
+    try:
+        async with asyncio.timeout(60):
+            assert await child.ended() == 3
+        readers = child._readers
+        assert readers
+        await asyncio.sleep(0)  # let the cancellations land
+        assert all(reader.done() for reader in readers), "no reader left behind"
+    finally:
+        grandchild = tmp_path / "grandchild"
+        if grandchild.exists():
+            pid = int(grandchild.read_text())
+            processes.adopt(pid)
+            os.kill(pid, signal.SIGKILL)
+            pipes = (child.process.stdout, child.process.stderr)
+            # The pipes close when it is gone: their transports with them.
+            await asyncio.to_thread(poll, lambda: all(p is None or p.at_eof() for p in pipes), "end of the pipes")
+            await asyncio.sleep(0)
 
 
 def test_restart_policies() -> None:
@@ -406,17 +676,32 @@ def test_restart_policies() -> None:
     assert describe_exit(3) == "exited with code 3"
 
 
-def test_backoff_grows_and_a_crash_loop_waits_longer_then_calms_down() -> None:
-    restarts = Restarts()
-    plans = [restarts.plan(100.0 + i) for i in range(CRASH_LOOP_RESTARTS + 1)]
-    assert not any(plan.crash_loop for plan in plans[:-1])
-    for i, plan in enumerate(plans[:-1]):
-        assert 0.2 * 2**i <= plan.delay <= 0.2 * 2**i + 0.2
-    assert plans[-1].crash_loop
-    assert 5.0 <= plans[-1].delay <= 6.0
-    later = restarts.plan(100.0 + 61 + CRASH_LOOP_RESTARTS)  # out of the window: starts short again
-    assert not later.crash_loop
-    assert later.delay <= 0.4
+def test_a_lasting_crash_loop_backs_off_up_to_the_cap_and_only_a_stable_run_resets_it() -> None:
+    clock = ManualClock()
+    restarts = Restarts(clock)
+    plans = []
+    for _ in range(CRASH_LOOP_RESTARTS + 8):  # each process serves a while, never STABLE_SECONDS
+        plans.append(restarts.plan())
+        clock.advance(plans[-1].delay)
+        restarts.serving()
+        clock.advance(STABLE_SECONDS / 2)
+    for i, plan in enumerate(plans[:CRASH_LOOP_RESTARTS]):  # 0.2 s, 0.4 s ... 3.2 s
+        assert 0.2 * 2**i <= plan.delay <= 0.2 * 2**i + 0.2, plans
+        assert not plan.crash_loop
+    looping = plans[CRASH_LOOP_RESTARTS:]
+    assert all(plan.crash_loop for plan in looping), "a lasting loop stays one, announced as such each time"
+    for i, plan in enumerate(looping):  # 5 s, 10 s, 20 s, 40 s, then the cap
+        low = min(5.0 * 2**i, CRASH_LOOP_MAX_SECONDS)
+        assert low <= plan.delay <= min(low + 1, CRASH_LOOP_MAX_SECONDS), plans
+    assert [plan.delay for plan in looping[-4:]] == [CRASH_LOOP_MAX_SECONDS] * 4
+    assert [plan.failures for plan in plans] == list(range(1, CRASH_LOOP_RESTARTS + 9))
+    restarts.serving()
+    clock.advance(STABLE_SECONDS)  # one process serves stably: the next end is a first failure again
+    calm = restarts.plan()
+    assert (calm.failures, calm.crash_loop) == (1, False)
+    assert calm.delay <= 0.4
+    clock.advance(10 * STABLE_SECONDS)  # a process that never served is a failure, however long it took
+    assert restarts.plan().failures == 2
 
 
 def test_output_tail_is_bounded_in_lines_and_bytes() -> None:
@@ -425,7 +710,42 @@ def test_output_tail_is_bounded_in_lines_and_bytes() -> None:
         tail.add(line)
     assert tail.lines() == ["cccc", "dddd"]  # three lines would be 12 bytes
     tail.add("x" * 50)
-    assert tail.lines() == ["x" * 10]
+    assert tail.lines() == ["xxxx [cut]"]
+
+
+def test_output_lines_pass_any_output_through_and_keep_long_lines_cut() -> None:
+    out, tail = io.StringIO(), OutputTail()
+    caught: list[str] = []
+
+    def catch(line: str) -> bool:
+        if line.startswith("READY"):
+            caught.append(line)
+            return True
+        return False
+
+    lines = OutputLines(tail, Output(out), catch)
+    data = b"READY {}\nfirst\n" + b"x" * 200_000 + b"\n" + "é".encode() * 70_000 + b"\nlast"
+    for start in range(0, len(data), 65536):  # chunks cut lines, and a character, anywhere
+        lines.feed(data[start : start + 65536])
+    lines.end()
+    assert caught == ["READY {}\n"]
+    assert out.getvalue() == data.removeprefix(b"READY {}\n").decode()
+    first, xs, es, last = tail.lines()
+    assert (first, last) == ("first", "last")
+    assert xs == "x" * (LINE_BYTES - 6) + " [cut]"
+    assert es.endswith(" [cut]")
+    assert len(es.encode()) <= LINE_BYTES
+
+
+def test_output_to_a_closed_stream_stops_quietly() -> None:
+    stream = io.StringIO()
+    output = Output(stream)
+    stream.close()
+    print("lost", file=output, flush=True)  # no ValueError
+    assert output.closed
+    lines = OutputLines(OutputTail(), output)
+    lines.feed(b"still kept\n")
+    lines.end()
 
 
 async def test_health_events_reach_the_bus() -> None:
