@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project with its tools
 
+# A Ctrl-C reaches make, the recipe's shell and the command at once. The command says it in one
+# line; the shell's trap keeps it running to take the command's status (without it, the shell dies
+# by the signal and make adds '*** [run] Interrupt'), and 130, the Ctrl-C's own status, is no error.
 run: install ## start every agent of $(CONFIG) and wait for Ctrl-C
-	$(BIN)/kosmos --config $(CONFIG) up
+	@trap 'true' INT; $(BIN)/kosmos --config $(CONFIG) up || test $$? -eq 130
 
 test: install lint typecheck buf-lint buf-breaking proto-check schema-check pytest ## the whole gate: ruff, codespell, mypy, buf lint and breaking, stub and schema drift, pytest
 
@@ -66,7 +69,7 @@ pytest: install ## the tests
 
 # Ctrl-C: the benchmark running says so in one line and exits 130, which is not make's error.
 bench: install ## the benchmarks against bare grpcio, each timed (QUICK=1: well under a minute; not in make test)
-	@$(BIN)/python -m benchmarks $(if $(filter-out 0,$(QUICK)),--quick) || test $$? -eq 130
+	@trap 'true' INT; $(BIN)/python -m benchmarks $(if $(filter-out 0,$(QUICK)),--quick) || test $$? -eq 130
 
 bench-instructions: install ## CPU instructions per call and per chunk, counted by valgrind (a few minutes)
 	$(BIN)/python -m benchmarks.instructions

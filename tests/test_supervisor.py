@@ -781,3 +781,31 @@ async def test_a_bus_that_cannot_be_reached_is_reported_once_and_stops_nothing()
     assert len(lines) == 1, lines
     assert lines[0].startswith("kosmos: cannot announce agent health on the bus (")
     assert lines[0].endswith("); the mesh goes on")
+
+
+@pytest.mark.parametrize("moment", ["while kosmos loads", "once the mesh is up"])
+def test_ctrl_c_on_make_run_ends_in_one_line(processes: Processes, tmp_path: Path, moment: str) -> None:
+    """`make run`, then Ctrl-C: at most "mesh stopped", and neither make's '*** [run] ...' nor a traceback."""
+    config = mesh_config(tmp_path)
+    loading = moment == "while kosmos loads"
+    make = processes.start(
+        "make",
+        "--no-print-directory",
+        "run",
+        f"CONFIG={config}",
+        start_new_session=True,
+        env={"PYTHONPROFILEIMPORTTIME": "1"} if loading else {},
+    )
+    out, err = Lines(make), ErrLines(make)
+    if loading:  # kosmos has read its command line and not yet taken charge of signals
+        err.until("| kosmos_grpc.commandline", timeout=60)
+    else:
+        lines = out.until("mesh up", timeout=60)
+        for line in lines[next(i for i, x in enumerate(lines) if x.startswith("AGENT")) + 1 : -1]:
+            processes.adopt(int(line.split()[3]))
+    os.killpg(make.pid, signal.SIGINT)  # a terminal's Ctrl-C: make, its shell, kosmos
+    assert make.wait(45) == -signal.SIGINT, "make ends by the Ctrl-C, as a terminal expects"
+    if not loading:
+        assert out.until("mesh stopped") == ["mesh stopped"]
+    rest = [line for line in err.rest() if not line.startswith("import time:")]
+    assert not [line for line in rest if line.startswith("make:") or "Traceback" in line], rest
