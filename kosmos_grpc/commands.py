@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the command ``args`` names; a failure is one line on stderr and a non-zero status."""
     try:
         return _dispatch(args)
-    except ConfigError as exc:  # the user's file, not a call: no gRPC status in the line
+    except (ConfigError, DependencyUnavailable) as exc:  # the user's file, or NATS: not a call, no status
         print(f"kosmos: {exc.message}", file=sys.stderr)
     except KosmosError as exc:
         print(f"kosmos: {exc.code.name}: {exc.message}", file=sys.stderr)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,7 +257,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MeshConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {chosen} cannot be read: {exc}") from None
+        clash = ""  # the short form pasted over a file that has a [bus] table
+        if re.search(r"^\s*bus\s*=", text, re.MULTILINE) and re.search(r"^\s*\[bus\]", text, re.MULTILINE):
+            clash = '; `bus = ...` and the [bus] table clash: write nats = "nats://..." inside [bus] instead'
+        raise ConfigError(f"config file {chosen} cannot be read: {exc}{clash}") from None
     try:
         return _mesh(data, chosen.resolve())
     except ConfigError as exc:

@@ -120,6 +120,9 @@ def _port(description: str) -> Key:
 
 
 _IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+# host:port (a name, an IPv4 address or a bracketed IPv6 one, and a port of 1 to 5 digits), or unix:PATH.
+_ADDRESS = r"^([A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$|^unix:.+$"
+_ADDRESS_NOUN = "'host:port' (127.0.0.1:50052; port 0 takes a free one)"
 
 AGENT = Table(
     "One agent of the mesh: the object that implements it, where it listens, and how it is called and run.",
@@ -131,7 +134,13 @@ AGENT = Table(
             pattern=_IMPORT_PATH,
             noun="'module:Class'",
         ),
-        "address": Key("string", "host:port the agent listens on (port 0: a free port).", required=True),
+        "address": Key(
+            "string",
+            "host:port the agent listens on (port 0: a free port).",
+            required=True,
+            pattern=_ADDRESS,
+            noun=_ADDRESS_NOUN,
+        ),
         "max_concurrent_rpcs": Key(
             "integer", "More RPCs at once are refused by gRPC itself (default: [mesh] max_concurrent_rpcs).", minimum=1
         ),
@@ -174,7 +183,12 @@ CONFIG = Table(
         "bus": Table(
             "The event bus: the embedded broker, or a NATS server, and what the bus carries.",
             {
-                "address": Key("string", "host:port of the embedded event broker (`kosmos broker`)."),
+                "address": Key(
+                    "string",
+                    "host:port of the embedded event broker (`kosmos broker`).",
+                    pattern=_ADDRESS,
+                    noun=_ADDRESS_NOUN,
+                ),
                 "metrics_port": _port("Where the broker serves Prometheus /metrics, on its address's host."),
                 "nats": Key(
                     "string",

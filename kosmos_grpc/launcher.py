@@ -277,7 +277,8 @@ async def run_mesh(
         print(_table(mesh), file=mesh.out)
         agents = sum(child.name != BROKER_NAME for child in mesh.children)
         broker = " and the event broker" if agents < len(mesh.children) else ""
-        print(f"mesh up: {agents} agents{broker}, from {config.path}. Ctrl-C stops them.", file=mesh.out, flush=True)
+        counted = f"{agents} agent{'s' if agents != 1 else ''}{broker}"
+        print(f"mesh up: {counted}, from {config.path}. Ctrl-C stops them.", file=mesh.out, flush=True)
         mesh.events.start(mesh.addresses()[1])
         watchers = [asyncio.create_task(_supervise(mesh, child)) for child in mesh.children]
         await mesh.stop.wait()

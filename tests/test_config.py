@@ -50,6 +50,9 @@ def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
         (f"{_AGENT}[bus]\nnats = 'http://h:4222'\n", "bus.nats must be a nats:// URL, not 'http://h:4222'"),
         ("[agents.a]\nobject = 'agents.athena'\naddress = 'h:1'\n", "agents.a.object must be 'module:Class', not"),
         (f"{_AGENT}restart = 'sometimes'\n", "agents.a.restart must be 'always', 'on-failure' or 'never'"),
+        ("[agents.a]\nobject = 'm:C'\naddress = 'localhost'\n", "agents.a.address must be 'host:port' (127.0.0.1"),
+        ("[agents.a]\nobject = 'm:C'\naddress = 'h:port'\n", "agents.a.address must be 'host:port'"),
+        (f"{_AGENT}[bus]\naddress = '50050'\n", "bus.address must be 'host:port'"),
         (f"{_AGENT}[interceptors]\ninbound = ['nocolon']\n", "interceptors.inbound holds import paths"),
         (f"{_AGENT}[telemetry]\ngrpc_instrumentation = 1\n", "telemetry.grpc_instrumentation has the wrong type"),
         (f"{_AGENT}[agents.a.breaker]\nfailure_threshold = 'five'\n", "agents.a.breaker.failure_threshold"),
@@ -137,6 +140,25 @@ def test_bus_short_form_is_refused_with_the_table_form_to_write(tmp_path: Path) 
     )
     path.write_text(f"{_AGENT}[bus]\nnats = 'nats://127.0.0.1:4222'\n")
     assert load_config(path).bus.nats_url == "nats://127.0.0.1:4222"
+
+
+def test_bus_short_form_pasted_over_a_bus_table_says_what_to_write(tmp_path: Path) -> None:
+    path = tmp_path / "kosmos.toml"
+    path.write_text(f"bus = 'nats://127.0.0.1:4222'\n{_AGENT}[bus]\naddress = '127.0.0.1:50050'\n")
+    with pytest.raises(ConfigError) as caught:  # TOML itself refuses a key that is a value and a table
+        load_config(path)
+    assert str(caught.value).startswith(f"config file {path} cannot be read: ")
+    assert str(caught.value).endswith(
+        '; `bus = ...` and the [bus] table clash: write nats = "nats://..." inside [bus] instead'
+    )
+
+
+def test_addresses_may_be_ipv6_or_unix_sockets(tmp_path: Path) -> None:
+    path = tmp_path / "kosmos.toml"
+    path.write_text(
+        "[agents.a]\nobject = 'm:C'\naddress = '[::1]:0'\n[agents.b]\nobject = 'm:C'\naddress = 'unix:/tmp/b'\n"
+    )
+    assert load_config(path).addresses() == {"a": "[::1]:0", "b": "unix:/tmp/b"}
 
 
 def test_resilience_comes_from_the_config_with_per_agent_overrides(tmp_path: Path) -> None:

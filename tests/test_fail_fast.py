@@ -32,7 +32,12 @@ def nats_config(tmp_path: Path, url: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "args", [["publish", "kosmos.events.x", "{}", "--timeout-ms", "1000"], ["subscribe", "kosmos.events.>"]]
+    "args",
+    [
+        ["publish", "kosmos.events.x", "{}", "--timeout-ms", "1000"],
+        ["subscribe", "kosmos.events.>"],
+        ["serve", "athena"],
+    ],
 )
 def test_nats_that_is_not_running_is_one_line_naming_it(tmp_path: Path, args: list[str]) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
