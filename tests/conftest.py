@@ -24,6 +24,12 @@ from kosmos_grpc.interceptors.server_chain import InboundFactory
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
+# Run as a shell's background job (`make test &`, nohup), pytest starts with SIGINT ignored, and so
+# would every process it starts: the tests of what Ctrl-C does would then send a signal no one
+# hears. A handler of our own is reset to the default in each child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def free_port() -> int:
     """A loopback port the OS just handed out for port 0 and nothing listens on now."""
