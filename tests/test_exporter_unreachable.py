@@ -76,6 +76,7 @@ async def test_an_unreachable_endpoint_is_said_once_by_the_agent_and_at_most_onc
     said = [line for line in lines if SAID in line]
     assert len(said) == 1, said  # three exports failed, one line said so
     assert "(connection refused): spans are being dropped" in said[0]
+    assert ": echo: cannot export spans to" in said[0], "the line names the process that says it"
     assert not any(own in line for line in lines for own in EXPORTERS_OWN)
 
 

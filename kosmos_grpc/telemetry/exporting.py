@@ -45,9 +45,11 @@ _RETRIED = frozenset(
 class ExportTrouble(logging.Filter):
     """On the exporter's loggers: the first warning or error becomes one line of ours, the rest are counted."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, service: str = "") -> None:
         super().__init__()
         self.endpoint = endpoint
+        #: Who says it (the agent, or kosmos-cli), so the lines of a whole mesh tell which process.
+        self.service = service
         #: The exporter's warnings and errors seen, the first included.
         self.count = 0
 
@@ -58,8 +60,9 @@ class ExportTrouble(logging.Filter):
         self.count += 1
         if self.count == 1:
             log.warning(
-                "cannot export spans to %s (%s): spans are being dropped, further exporter errors are not logged;"
+                "%scannot export spans to %s (%s): spans are being dropped, further exporter errors are not logged;"
                 " start the collector, or unset OTEL_EXPORTER_OTLP_ENDPOINT",
+                f"{self.service}: " if self.service else "",
                 self.endpoint,
                 _cause(record.getMessage()),
             )
@@ -84,7 +87,7 @@ def _timeout(seconds: float) -> float | None:
     return None if any(os.environ.get(name, "").strip() for name in _TIMEOUTS) else seconds
 
 
-def otlp_span_processor(timeout: float = EXPORT_TIMEOUT) -> SpanProcessor:
+def otlp_span_processor(timeout: float = EXPORT_TIMEOUT, service: str = "") -> SpanProcessor:
     """A batch processor exporting over OTLP/gRPC to the endpoint the OTEL_* variables name, each
     export bounded by ``timeout`` seconds (a short-lived command waits that long at most on its way out).
 
@@ -102,5 +105,5 @@ def otlp_span_processor(timeout: float = EXPORT_TIMEOUT) -> SpanProcessor:
     for name in EXPORTER_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, ExportTrouble) for f in logger.filters):
-            logger.addFilter(ExportTrouble(endpoint.strip()))
+            logger.addFilter(ExportTrouble(endpoint.strip(), service))
     return BatchSpanProcessor(exporter)

@@ -104,10 +104,10 @@ def configure_tracing(service_name: str, *, export_timeout: float | None = None)
         resource=Resource.create(attributes), sampler=None if exporting else ParentBased(ALWAYS_OFF)
     )
     if exporting:  # an endpoint that cannot be reached slows nothing, and is said once
-        from kosmos_grpc.telemetry.exporting import otlp_span_processor
+        from kosmos_grpc.telemetry.exporting import EXPORT_TIMEOUT, otlp_span_processor
 
         provider.add_span_processor(
-            otlp_span_processor() if export_timeout is None else otlp_span_processor(export_timeout)
+            otlp_span_processor(EXPORT_TIMEOUT if export_timeout is None else export_timeout, service_name)
         )
     trace.set_tracer_provider(provider)
     _SHORTCUTS.sdk = True
