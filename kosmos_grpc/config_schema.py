@@ -120,8 +120,8 @@ def _port(description: str) -> Key:
 
 
 _IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
-# host:port (a name, an IPv4 address or a bracketed IPv6 one, and a port of 1 to 5 digits), or unix:PATH.
-_ADDRESS = r"^([A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$|^unix:.+$"
+# host:port: a name, an IPv4 address or a bracketed IPv6 one, and a port of 1 to 5 digits.
+_ADDRESS = r"^([A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$"
 _ADDRESS_NOUN = "'host:port' (127.0.0.1:50052; port 0 takes a free one)"
 
 AGENT = Table(

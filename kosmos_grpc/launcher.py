@@ -64,7 +64,7 @@ class _Mesh:
         self.options = options
         self.children: list[Child] = []
         self.stop = asyncio.Event()
-        self.events = HealthEvents(config, err)
+        self.events = HealthEvents(config, self.err)
         #: Set when the mesh stops because every agent is down for good.
         self.all_gone = False
 
@@ -232,8 +232,13 @@ async def _supervise(mesh: _Mesh, child: Child) -> None:
             return
         child.restarts += 1
         restarting = asyncio.ensure_future(_restart(mesh, child))
-        if not await until(mesh.stop, restarting):
-            return
+        try:
+            if not await until(mesh.stop, restarting):
+                return
+        except Exception as exc:  # no new process (EMFILE, ENOMEM ...): said, then tried again, backing off
+            print(f"kosmos: {_who(name)} could not be restarted ({exc or type(exc).__name__})", file=err)
+            err.flush()
+            continue  # the old process's exit is seen again at once, and counted as one more failure
         if restarting.result():
             print(
                 f"kosmos: {_who(name)} is back at {child.address} (pid {child.pid}, restart {child.restarts})", file=err

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tenacity import RetryCallState, Retrying
 from tenacity.wait import wait_exponential_jitter
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
+    from _typeshed import SupportsWrite
     from tenacity.wait import wait_base
 
     from kosmos_grpc.bus.protocol import EventBus
@@ -257,6 +258,8 @@ async def exit_code(process: asyncio.subprocess.Process) -> int:
     try:
         while process.returncode is None:
             await asyncio.wait({waiting}, timeout=0.5)
+            if waiting.done():  # wait() sets returncode; should it not, its own answer (or error) stands
+                return waiting.result()
     finally:
         waiting.cancel()
     return process.returncode
@@ -312,7 +315,7 @@ class HealthEvents:
     each bounded in time; the first failure is reported on one line, later ones only at DEBUG.
     """
 
-    def __init__(self, config: MeshConfig, err: TextIO = sys.stderr) -> None:
+    def __init__(self, config: MeshConfig, err: SupportsWrite[str] = sys.stderr) -> None:
         self._config = config
         self._err = err
         self._broker: str | None = None
@@ -365,7 +368,8 @@ class HealthEvents:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), flush)
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # Whatever ended the publisher (a closed stderr, say) must not keep the mesh from stopping.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
         if self._bus is not None:
             await _close_quietly(self._bus)

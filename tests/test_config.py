@@ -153,12 +153,13 @@ def test_bus_short_form_pasted_over_a_bus_table_says_what_to_write(tmp_path: Pat
     )
 
 
-def test_addresses_may_be_ipv6_or_unix_sockets(tmp_path: Path) -> None:
+def test_addresses_may_be_ipv6(tmp_path: Path) -> None:
     path = tmp_path / "kosmos.toml"
-    path.write_text(
-        "[agents.a]\nobject = 'm:C'\naddress = '[::1]:0'\n[agents.b]\nobject = 'm:C'\naddress = 'unix:/tmp/b'\n"
-    )
-    assert load_config(path).addresses() == {"a": "[::1]:0", "b": "unix:/tmp/b"}
+    path.write_text("[agents.a]\nobject = 'm:C'\naddress = '[::1]:0'\n")
+    assert load_config(path).addresses() == {"a": "[::1]:0"}
+    path.write_text("[agents.a]\nobject = 'm:C'\naddress = 'unix:/tmp/a'\n")  # what the mesh cannot hand on
+    with pytest.raises(ConfigError, match=re.escape("agents.a.address must be 'host:port'")):
+        load_config(path)
 
 
 def test_resilience_comes_from_the_config_with_per_agent_overrides(tmp_path: Path) -> None:

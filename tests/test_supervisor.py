@@ -637,7 +637,10 @@ async def test_stop_children_stops_a_process_a_restart_spawns_during_the_stop(
     processes.adopt(second.pid)
     async with asyncio.timeout(60):
         await stopping
-    assert (first.returncode, second.returncode) == (-signal.SIGKILL, -signal.SIGKILL)
+    assert first.returncode == -signal.SIGKILL
+    # The second was stopped too: by SIGKILL after ignoring SIGTERM, or by the SIGTERM itself when it
+    # came before the agent (on a loaded machine) had set up its refusal of it.
+    assert second.returncode in (-signal.SIGKILL, -signal.SIGTERM)
 
 
 async def test_ended_cancels_readers_of_pipes_a_grandchild_still_holds(processes: Processes, tmp_path: Path) -> None:
