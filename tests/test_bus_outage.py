@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from kosmos_grpc._proto.kosmos.v1 import events_pb2
+from kosmos_grpc._proto.kosmos.v1 import events_pb2, events_pb2_grpc
 from kosmos_grpc.bus import Event, GrpcEventBus, NatsEventBus, Subscription
 from kosmos_grpc.bus.event import event_message
 from kosmos_grpc.bus.nats_connection import RECONNECT_ATTEMPTS
@@ -187,9 +188,9 @@ async def test_a_subscription_ended_while_the_broker_is_away_stops_at_once_and_n
         assert len(bus._readers) == 1, "the ended subscription's reader stopped, its backoff too"
         await broker.start()
         await until_subscribed(broker.address, 1)
-        assert not bus.outage.lost, "only the kept subscription was waited for"
         assert await publish(broker.address, {"n": 1}) == 1
-        assert (await after_probes(kept)).payload == {"n": 1}
+        assert (await after_probes(kept)).payload == {"n": 1}  # an event: the broker is back
+        assert not bus.outage.lost, "only the kept subscription was waited for"
         assert [e async for e in ended] == []
 
 
@@ -239,3 +240,54 @@ async def test_nats_is_reconnected_to_without_end(nats_server: NatsServer) -> No
             await asyncio.sleep(0.05)
         await bus.publish(USER_ACTION, {"after": "reconnect"}, acknowledge=True)
         assert [e.payload for e in await take(subscription, 1, seconds=10)] == [{"after": "reconnect"}]
+
+
+class HangingUp(events_pb2_grpc.EventBusServiceServicer):
+    """A broker (a real gRPC server) that takes each subscription and ends it at once, OK, with no event."""
+
+    def __init__(self) -> None:
+        self.subscribes = 0
+
+    async def Subscribe(
+        self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[events_pb2.SubscribeResponse]:
+        self.subscribes += 1
+        await context.send_initial_metadata(())
+        return
+        yield  # a generator that yields nothing: the stream ends OK
+
+    async def Publish(
+        self, request: events_pb2.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> events_pb2.PublishResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this broker only hangs up")
+
+    async def PublishStream(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> events_pb2.PublishStreamResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this broker only hangs up")
+
+
+async def test_a_broker_that_ends_every_subscription_at_once_is_one_outage_reopened_with_a_growing_wait(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    hanging_up = HangingUp()
+    server = grpc.aio.server()
+    events_pb2_grpc.add_EventBusServiceServicer_to_server(hanging_up, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with GrpcEventBus(f"127.0.0.1:{port}", source_agent="test") as bus:
+            subscription = await bus.subscribe(USER_ACTION)
+            deadline = time.monotonic() + 30
+            while hanging_up.subscribes < 5:  # four ends, each subscribed again
+                assert time.monotonic() < deadline, f"only {hanging_up.subscribes} subscribes in 30 s"
+                await asyncio.sleep(0.05)
+            assert subscription.error is None, "an outage, not a refusal: it goes on trying"
+            assert bus.outage.is_away(subscription), "a stream that proves nothing is not the broker back"
+    finally:
+        await server.stop(0)
+    lines = bus_lines(caplog)
+    assert lines[0].startswith(f"lost the event broker at 127.0.0.1:{port} (the stream ended)")
+    assert not [line for line in lines if "is back" in line], lines  # no 'lost'/'back' pair per reopening
+    assert len(lines) == 1, lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Self
@@ -32,6 +33,10 @@ __all__ = ["GrpcEventBus"]
 
 BACKEND = "embedded"
 SUBSCRIBE_TIMEOUT = 10.0
+#: Seconds a stream subscribed again must stay open (or deliver) to count as the broker back.
+STREAM_PROVEN = 1.0
+#: The longest wait before reopening a stream the broker keeps ending at once.
+RESUBSCRIBE_CAP = 2.0
 OUTBOX_CAPACITY = 8192
 
 log = logging.getLogger(__name__)
@@ -283,31 +288,51 @@ class GrpcEventBus:
     async def _read(
         self, call: _SubscribeCall, request: events_pb2.SubscribeRequest, subscription: Subscription[Event]
     ) -> None:
-        """Hand the call's events to ``subscription``; when the broker ends it, subscribe again."""
+        """Hand the call's events to ``subscription``; when the broker ends it, subscribe again.
+
+        A stream subscribed again is the broker back only once it proves so (an event, or
+        STREAM_PROVEN seconds open): one that ends sooner, every time, is an outage that goes on,
+        reopened after a growing wait rather than at once, with no "back" line each time.
+        """
+        loop = asyncio.get_running_loop()
+        quick_ends = 0
         try:
             while True:
-                cause = await self._forward(call, subscription)
+                back = functools.partial(self.outage.found, subscription)
+                proven = loop.call_later(STREAM_PROVEN, back)
+                try:
+                    cause = await self._forward(call, subscription, back)
+                finally:
+                    proven.cancel()
                 if cause in _GIVE_UP:
                     subscription.error = f"the broker at {self.address} ended the subscription: {cause}"
                     log.warning("%s", subscription.error)
                     return
+                quick_ends = quick_ends + 1 if self.outage.is_away(subscription) else 0
                 self.outage.lose(subscription, cause)
+                if quick_ends:
+                    await asyncio.sleep(min(RESUBSCRIBE_CAP, 0.1 * 2 ** min(quick_ends, 8)))
                 try:
                     call = await self._again(request)
                 except grpc.aio.AioRpcError as exc:  # refused for good: a broker that no longer knows it
                     subscription.error = f"the broker at {self.address} refused the subscription: {exc.code().name}"
                     log.warning("%s", subscription.error)
                     return
-                self.outage.found(subscription)
         finally:
             call.cancel()
             self.outage.forget(subscription)
             subscription.close()
 
-    async def _forward(self, call: _SubscribeCall, subscription: Subscription[Event]) -> str:
-        """Offer each event of ``call`` to ``subscription`` until the call ends; why it ended."""
+    async def _forward(
+        self, call: _SubscribeCall, subscription: Subscription[Event], delivering: Callable[[], None]
+    ) -> str:
+        """Offer each event of ``call`` to ``subscription`` until the call ends; why it ended.
+
+        ``delivering`` is told of each reply (the first one proves a stream subscribed again).
+        """
         try:
             async for reply in call:
+                delivering()
                 # Events still waiting from an earlier reply: the consumer is behind, and this
                 # reply's events are copied (see _detached). So the buffer holds at most one
                 # reply whole, bounded in bytes as in events; a consumer that keeps up costs

@@ -99,6 +99,10 @@ class Outage:
                 lost,
             )
 
+    def is_away(self, part: object) -> bool:
+        """Whether ``part`` lost the broker and has not reached it again."""
+        return part in self._away
+
     def forget(self, part: object) -> None:
         """``part`` was closed by its owner while away: no longer waited for, said nothing."""
         self._away.discard(part)
