@@ -130,45 +130,52 @@ async def _serve_agent(
         return None
     stdin = await _open_stdin()
     watcher: asyncio.Task[None] | None = None
-    signalled: list[signal.Signals] = []
-    closed = asyncio.Event()  # stdin closed: `kosmos up` stops us
-
-    def on_signal(sig: signal.Signals) -> None:
-        signalled.append(sig)
-        server.request_stop()
-
-    def on_eof() -> None:
-        closed.set()
-        server.request_stop()
+    cause = _StopCause(server.request_stop)
 
     async def ready(server: AgentServer) -> None:
         nonlocal watcher
         mesh = await _handshake(stdin, name, server.address, metrics)
         if mesh is None:  # `kosmos up` is stopping: end quietly, as asked
-            on_eof()
+            cause.on_eof()
             await asyncio.Future()  # cancelled at once by the stop just asked for
             return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):  # serve_forever's handlers, plus which signal it was
-            loop.add_signal_handler(sig, on_signal, sig)
+            loop.add_signal_handler(sig, cause.on_signal, sig)
         server.servicer.restarts = int(mesh.get("restarts", 0))
         server.registry.update_from(mesh["agents"])
         await attach(mesh.get("bus"))
-        watcher = asyncio.create_task(_stop_on_eof(stdin, on_eof))
+        watcher = asyncio.create_task(_stop_on_eof(stdin, cause.on_eof))
 
     try:
         await serve_forever(server, ready=ready)
     finally:
         if watcher is not None:
             watcher.cancel()
-    return _stopped_by(closed, signalled)
+    return cause.stopped_by()
 
 
-def _stopped_by(closed: asyncio.Event, signalled: list[signal.Signals]) -> signal.Signals | None:
-    """None when stdin closed; else the signal that stopped us (SIGTERM when it came before we could tell)."""
-    if closed.is_set():
-        return None
-    return signalled[0] if signalled else signal.SIGTERM
+class _StopCause:
+    """Why a child of ``kosmos up`` stops: its stdin closed (``kosmos up`` stops it), or a signal."""
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self._stop = stop
+        self.closed = False
+        self.signalled: list[signal.Signals] = []
+
+    def on_eof(self) -> None:
+        self.closed = True
+        self._stop()
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        self.signalled.append(sig)
+        self._stop()
+
+    def stopped_by(self) -> signal.Signals | None:
+        """None when stdin closed; else the signal (SIGTERM when it came before we could tell which)."""
+        if self.closed:
+            return None
+        return self.signalled[0] if self.signalled else signal.SIGTERM
 
 
 async def serve_broker(config: MeshConfig, *, handshake: bool = False) -> None:
@@ -193,20 +200,10 @@ async def _serve_broker(config: MeshConfig, metrics: str | None, *, handshake: b
         max_deliveries=bus.max_deliveries,
     )
     stop = asyncio.Event()
-    closed = asyncio.Event()  # stdin closed: `kosmos up` stops us
-    signalled: list[signal.Signals] = []
-
-    def on_eof() -> None:
-        closed.set()
-        stop.set()
-
-    def on_signal(sig: signal.Signals) -> None:
-        signalled.append(sig)
-        stop.set()
-
+    cause = _StopCause(stop.set)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(sig, cause.on_signal, sig)
     watcher: asyncio.Task[None] | None = None
     try:
         await broker.start()
@@ -214,15 +211,15 @@ async def _serve_broker(config: MeshConfig, metrics: str | None, *, handshake: b
             stdin = await _open_stdin()
             handshake_task = asyncio.ensure_future(_handshake(stdin, BROKER_NAME, broker.address, metrics))
             if not await until(stop, handshake_task):
-                return _stopped_by(closed, signalled)
+                return cause.stopped_by()
             if handshake_task.result() is None:
                 return None
-            watcher = asyncio.create_task(_stop_on_eof(stdin, on_eof))
+            watcher = asyncio.create_task(_stop_on_eof(stdin, cause.on_eof))
         elif metrics is not None:
             log.info("event broker metrics on %s", metrics)
         log.info("event broker serving on %s", broker.address)
         await stop.wait()
-        return _stopped_by(closed, signalled)
+        return cause.stopped_by()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

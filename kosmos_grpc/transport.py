@@ -90,12 +90,17 @@ class Transport(OutboundInterceptor):
             stub = self._stubs[address] = AgentStub(self._channel(address))
         return stub
 
+    def _address(self, call: Delegation[Any]) -> str:
+        """Where this attempt goes: the address the caller gave for the agent asked (used once),
+        else the registry's for the target (a fallback, or a retry)."""
+        given, call.address = call.address, None
+        return (given if call.target == call.agent else None) or self.registry.address(call.target)
+
     async def delegate(self, call: Delegation[agent_pb2.ExecuteRequest]) -> agent_pb2.ExecuteResponse:
         target = call.target
         call.request.message.target_agent = target
-        address = (call.address if target == call.agent else None) or self.registry.address(target)
+        address = self._address(call)
         stub = self.stub(target, address)
-        call.address = None
         token = self._current(call)
         try:
             reply: agent_pb2.ExecuteResponse = await stub.Execute(
@@ -112,9 +117,8 @@ class Transport(OutboundInterceptor):
     async def open_stream(self, call: Delegation[agent_pb2.StreamRequest]) -> OpenStream:
         target, action = call.target, call.action
         call.request.message.target_agent = target
-        address = (call.address if target == call.agent else None) or self.registry.address(target)
+        address = self._address(call)
         stub = self.stub(target, address)
-        call.address = None
         token = self._current(call)
         try:
             stream = stub.Stream(call.request, timeout=time_left(call.deadline, target, action), metadata=call.metadata)

@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 
     from opentelemetry.trace import Span
 
+    from kosmos_grpc.resilience.fallback import FellBack
+
     #: What runs when a stream ends: the status name it ended with, and its exception if any.
     StreamEnd: TypeAlias = Callable[[str, BaseException | None], Awaitable[None]]
-    #: What hears of a fallback: the agent that failed, how, and the agent tried in its place.
-    FellBack: TypeAlias = Callable[[str, KosmosError, str], None]
 
 __all__ = ["Delegation", "OpenStream", "OutboundInterceptor", "Replies", "failure_of", "made", "status_name"]
 
