@@ -22,6 +22,7 @@ BENCHMARKS = (
     ("benchmarks.resilience",),
     ("benchmarks.telemetry",),
     ("benchmarks.telemetry", "--export"),
+    ("benchmarks.commands",),
 )
 
 
