@@ -6,6 +6,7 @@ stubs and ``add_*Servicer_to_server`` cost a couple of dozen more Python calls p
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import grpc
@@ -28,6 +29,7 @@ __all__ = [
     "add_agent_service",
     "channel_options",
     "lenient",
+    "quiet_hang_ups",
     "server_options",
     "unreadable",
 ]
@@ -35,6 +37,8 @@ __all__ = [
 AGENT_SERVICE: str = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 # Headroom over the payload limit for the rest of the envelope, so the limit is ours to report.
 _ENVELOPE_HEADROOM = 64 * 1024
+# Calls gRPC's core may hold before the server takes them in (see server_options).
+_PENDING_CALLS = 20_000
 
 
 def channel_options(payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> list[tuple[str, Any]]:
@@ -59,7 +63,32 @@ def server_options(payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> list[tuple[str
         ("grpc.max_receive_message_length", 2 * payload_limit + _ENVELOPE_HEADROOM),
         # Without SO_REUSEPORT a taken port is an error, not two servers sharing it silently.
         ("grpc.so_reuseport", 0),
+        # gRPC's core cancels calls that arrive faster than the server takes them in (past 1,000
+        # waiting, at random; all past 3,000), before their priority is known: a flood of 5,000
+        # calls lost a third of them, CRITICAL ones among them, as CANCELLED. The mesh's own
+        # admission sheds instead, by priority and with a RetryInfo; this backlog only holds
+        # calls for the moment it takes to accept them.
+        ("grpc.server.max_pending_requests", _PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * _PENDING_CALLS),
     ]
+
+
+class _HangUps(logging.Filter):
+    """Drops grpc.aio's traceback for a status it could not send because the client had hung up:
+    the call was over already (a stream the mesh ended while its client read nothing, say)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and str(record.msg).startswith("ExecuteBatchError raised in core"))
+
+
+_HANG_UPS = _HangUps()
+
+
+def quiet_hang_ups() -> None:
+    """Install :class:`_HangUps` on grpc.aio's logger (once; a server calls it when made)."""
+    logger = logging.getLogger("grpc._cython.cygrpc")
+    if _HANG_UPS not in logger.filters:
+        logger.addFilter(_HANG_UPS)
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> NoReturn:

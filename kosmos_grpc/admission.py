@@ -1,4 +1,10 @@
-"""A server's admission control: at most N handlers at once, the rest waiting by priority in a bounded queue."""
+"""A server's admission control: at most N handlers at once, the rest waiting by priority in a
+bounded queue, a reserve for CRITICAL calls, and a cap on the streams one connection holds.
+
+It is the mesh's own, and the only limit on concurrent calls: gRPC's (``maximum_concurrent_rpcs``,
+its pending-call backlog) would refuse or cancel calls before their priority is known, without a
+RetryInfo.
+"""
 
 from __future__ import annotations
 
@@ -28,26 +34,46 @@ class Admission:
     At most ``queue_limit`` calls wait. When one more arrives, the lowest-priority waiting call
     (the latest of those) is shed with RESOURCE_EXHAUSTED and a RetryInfo of ``retry_after``
     seconds, or the newcomer is when nothing waiting ranks below it: CRITICAL is shed last. A
+    CRITICAL call finding every slot taken runs at once in one of ``critical_reserve`` more. A
     call whose deadline passes while it waits is answered DEADLINE_EXCEEDED and never run.
+
+    Streams count per connection too: at most ``streams_per_connection`` at once from one.
     """
 
-    def __init__(self, max_concurrency: int, queue_limit: int = 100, *, retry_after: float = 0.25) -> None:
+    def __init__(
+        self,
+        max_concurrency: int,
+        queue_limit: int = 100,
+        *,
+        retry_after: float = 0.25,
+        critical_reserve: int | None = None,
+        streams_per_connection: int | None = None,
+    ) -> None:
         if max_concurrency < 1 or queue_limit < 0:
             raise ValueError("max_concurrency must be at least 1 and queue_limit not negative")
         self.max_concurrency = max_concurrency
         self.queue_limit = queue_limit
         self.retry_after = retry_after
+        #: Slots beyond ``max_concurrency`` only CRITICAL calls may take (default: 1/16 of them, at least 1).
+        self.critical_reserve = max(1, max_concurrency // 16) if critical_reserve is None else critical_reserve
+        #: Streams one connection may hold at once (default: half the slots, at least 1).
+        self.streams_per_connection = streams_per_connection or max(1, max_concurrency // 2)
         self.running = 0
         self.waiting = 0
         self._heap: list[_Waiter] = []
         self._arrivals = itertools.count()
+        self._streams: dict[str, int] = {}
 
-    async def acquire(self, priority: int, seconds_left: float | None, what: str) -> None:
+    async def acquire(self, priority: int, seconds_left: float | None, agent: str, action: str) -> None:
         """Wait up to ``seconds_left`` for a slot; :meth:`release` it when the call ends."""
         if self.running < self.max_concurrency and not self.waiting:
             self.running += 1
             return
         rank = priority or Priority.NORMAL
+        if rank >= Priority.CRITICAL and self.running < self.max_concurrency + self.critical_reserve:
+            self.running += 1
+            return
+        what = f"{agent}.{action}"
         if self.waiting >= self.queue_limit:
             self._shed(rank, what)
         loop = asyncio.get_running_loop()
@@ -75,6 +101,24 @@ class Admission:
         return DeadlineExceeded(
             f"{what} waited in the queue past its deadline and was never run", metadata={"field": "ttl_ms"}
         )
+
+    def open_stream(self, connection: str, agent: str, action: str) -> None:
+        """Count a stream of ``connection`` (gRPC's peer), or refuse it when that one holds its share."""
+        held = self._streams.get(connection, 0)
+        if held >= self.streams_per_connection:
+            raise ResourceExhausted(
+                f"{agent}.{action} was refused: this connection holds {held} streams already, the most one may "
+                f"(max_streams_per_connection); retry in {self.retry_after:.2f} s",
+                metadata={"limit": "max_streams_per_connection"},
+                retry_after=self.retry_after,
+            )
+        self._streams[connection] = held + 1
+
+    def close_stream(self, connection: str) -> None:
+        """A stream of ``connection`` has ended."""
+        held = self._streams.pop(connection, 1) - 1
+        if held > 0:
+            self._streams[connection] = held
 
     def release(self) -> None:
         """End a call: its slot goes to the best waiting call, if any."""

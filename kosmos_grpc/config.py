@@ -55,11 +55,17 @@ class ServerSettings:
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
     #: How long a stop lets in-flight calls finish.
     grace_seconds: float = 10.0
-    #: More RPCs at once are refused by gRPC itself (None: no limit).
+    #: More calls at once are answered RESOURCE_EXHAUSTED with a RetryInfo, CRITICAL ones with a
+    #: reserve of their own (None: no limit).
     max_concurrent_rpcs: int | None = None
     #: Handlers run at once; more calls wait in a priority queue of ``queue_limit`` (None: no queue).
     max_concurrency: int | None = None
     queue_limit: int = 100
+    #: The longest a stream may run, and how long one of its writes may wait for a client that reads nothing.
+    max_stream_seconds: float = 3600.0
+    stream_idle_seconds: float = 30.0
+    #: Streams one client connection may hold at once (None: half the agent's slots).
+    max_streams_per_connection: int | None = None
     #: The memory of executed message_ids, so a retry runs once (None: off).
     idempotency: Idempotency | None = field(default_factory=Idempotency)
     #: Whether the agent's delegations are announced on ``kosmos.agents.<agent>.requests|responses``.
@@ -94,6 +100,9 @@ class MeshLimits:
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
     grace_seconds: float = 10.0
     max_concurrent_rpcs: int | None = 1024
+    max_stream_seconds: float = 3600.0
+    stream_idle_seconds: float = 30.0
+    max_streams_per_connection: int | None = None
     idempotency: Idempotency = field(default_factory=Idempotency)
 
 
@@ -180,6 +189,9 @@ class MeshConfig:
             max_concurrency=agent.max_concurrency,
             queue_limit=agent.queue_limit,
             idempotency=limits.idempotency,
+            max_stream_seconds=limits.max_stream_seconds,
+            stream_idle_seconds=limits.stream_idle_seconds,
+            max_streams_per_connection=limits.max_streams_per_connection,
             delegation_events=self.bus.delegation_events,
         )
 

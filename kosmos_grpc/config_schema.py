@@ -142,7 +142,9 @@ AGENT = Table(
             noun=_ADDRESS_NOUN,
         ),
         "max_concurrent_rpcs": Key(
-            "integer", "More RPCs at once are refused by gRPC itself (default: [mesh] max_concurrent_rpcs).", minimum=1
+            "integer",
+            "More calls at once are answered RESOURCE_EXHAUSTED (default: [mesh] max_concurrent_rpcs).",
+            minimum=1,
         ),
         "max_concurrency": Key("integer", "Handlers run at once; more calls wait by priority.", minimum=1),
         "queue_limit": Key("integer", "Calls waiting at most; then the lowest priority is shed.", minimum=0),
@@ -168,7 +170,18 @@ CONFIG = Table(
                 ),
                 "grace_seconds": Key("number", "How long a stop (SIGTERM) lets in-flight calls finish.", minimum=0),
                 "max_concurrent_rpcs": Key(
-                    "integer", "More RPCs at once are answered RESOURCE_EXHAUSTED by gRPC.", minimum=1
+                    "integer",
+                    "More calls at once are answered RESOURCE_EXHAUSTED with a RetryInfo (CRITICAL ones: a reserve).",
+                    minimum=1,
+                ),
+                "max_stream_seconds": Key("number", "The longest a stream may run, whatever its TTL.", above=0),
+                "stream_idle_seconds": Key(
+                    "number", "How long one write of a stream may wait for a client that reads nothing.", above=0
+                ),
+                "max_streams_per_connection": Key(
+                    "integer",
+                    "Streams one client connection may hold open at once (default: half the agent's slots).",
+                    minimum=1,
                 ),
                 "idempotency_seconds": Key(
                     "number", "How long a server remembers executed message_ids, so a retry runs once.", above=0

@@ -17,7 +17,8 @@ the same class on the client::
     │   └── CircuitOpen                (the caller's breaker refused the call without sending it)
     ├── DependencyUnavailable        UNAVAILABLE        (NATS, the broker: what the mesh needs is down)
     ├── ResourceExhausted            RESOURCE_EXHAUSTED
-    │   └── PayloadTooLarge
+    │   ├── PayloadTooLarge
+    │   └── SlowConsumer               (a stream's client read nothing for too long)
     ├── Cancelled                    CANCELLED
     ├── StreamBroken                 DATA_LOSS
     ├── SagaFailed                   the failing step's code (its steps done before were compensated)
@@ -59,6 +60,7 @@ __all__ = [
     "PayloadTooLarge",
     "ResourceExhausted",
     "SagaFailed",
+    "SlowConsumer",
     "StreamBroken",
     "WrongCallKind",
     "from_rpc_error",
@@ -217,6 +219,12 @@ class PayloadTooLarge(ResourceExhausted):
     reason = "PAYLOAD_TOO_LARGE"
 
 
+class SlowConsumer(ResourceExhausted):
+    """A client read nothing of its stream for too long, and the stream was ended to free what it held."""
+
+    reason = "SLOW_CONSUMER"
+
+
 class Cancelled(KosmosError):
     """The call was cancelled by its caller."""
 
@@ -303,6 +311,7 @@ _BY_REASON: dict[str, type[KosmosError]] = {
         DependencyUnavailable,
         ResourceExhausted,
         PayloadTooLarge,
+        SlowConsumer,
         Cancelled,
         StreamBroken,
         ActionFailed,

@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kosmos_grpc._grpc import AGENT_SERVICE, add_agent_service, server_options
+from kosmos_grpc._grpc import AGENT_SERVICE, add_agent_service, quiet_hang_ups, server_options
 from kosmos_grpc.admission import Admission
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import ServerSettings
@@ -85,19 +85,19 @@ class AgentServer:
             grpc_interceptors=grpc_client_interceptors,
         )
         self.health = health.aio.HealthServicer()
+        quiet_hang_ups()
+        # No maximum_concurrent_rpcs for gRPC: the admission below is the one limit (see admission.py).
         self._server = grpc.aio.server(
-            interceptors=list(grpc_interceptors) or None,
-            options=server_options(settings.payload_limit),
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            interceptors=list(grpc_interceptors) or None, options=server_options(settings.payload_limit)
         )
         idempotency = settings.idempotency
         self.servicer = AgentServicer(
             agent,
             self.coordinator,
             payload_limit=settings.payload_limit,
-            admission=None
-            if settings.max_concurrency is None
-            else Admission(settings.max_concurrency, settings.queue_limit),
+            admission=_admission(settings),
+            max_stream_seconds=settings.max_stream_seconds,
+            stream_idle_seconds=settings.stream_idle_seconds,
             executed=None
             if idempotency is None
             else ExecutedCalls(idempotency.seconds, idempotency.entries, idempotency.bytes),
@@ -191,6 +191,17 @@ class AgentServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+def _admission(settings: ServerSettings) -> Admission | None:
+    """The server's admission: its priority queue when ``max_concurrency`` is set, else a plain cap
+    of ``max_concurrent_rpcs`` calls at once (with the CRITICAL reserve); None when neither is."""
+    streams = settings.max_streams_per_connection
+    if settings.max_concurrency is not None:
+        return Admission(settings.max_concurrency, settings.queue_limit, streams_per_connection=streams)
+    if settings.max_concurrent_rpcs is not None:
+        return Admission(settings.max_concurrent_rpcs, 0, streams_per_connection=streams)
+    return None
 
 
 async def serve_forever(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -13,12 +14,22 @@ from kosmos_grpc._grpc import abort, unreadable
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.calls import Chunk
 from kosmos_grpc.context import Context
-from kosmos_grpc.deadlines import timer_for
+from kosmos_grpc.deadlines import past_deadline, timer_for
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, dict_to_struct, validate_and_fill
-from kosmos_grpc.errors import ActionFailed, ActionNotFound, AgentNotFound, KosmosError, WrongCallKind
+from kosmos_grpc.errors import (
+    ActionFailed,
+    ActionNotFound,
+    AgentNotFound,
+    KosmosError,
+    SlowConsumer,
+    WrongCallKind,
+    to_status,
+)
 from kosmos_grpc.interceptors.inbound import InboundInterceptor, ServedCall
 from kosmos_grpc.interceptors.server_chain import server_chain
 from kosmos_grpc.resilience import CircuitState
+from kosmos_grpc.stream_watch import StreamWatch
+from kosmos_grpc.telemetry.bursts import BurstLog
 from kosmos_grpc.telemetry.logs import current_call
 
 if TYPE_CHECKING:
@@ -38,6 +49,11 @@ if TYPE_CHECKING:
 __all__ = ["AgentServicer", "Handlers"]
 
 log = logging.getLogger(__name__)
+
+#: The longest a stream may run, whatever its TTL, and how long one write may wait for a client
+#: that reads nothing before the stream is ended (``[mesh] max_stream_seconds``, ``stream_idle_seconds``).
+DEFAULT_MAX_STREAM_SECONDS = 3600.0
+DEFAULT_STREAM_IDLE_SECONDS = 30.0
 
 
 class AgentServicer:
@@ -59,8 +75,14 @@ class AgentServicer:
         telemetry: bool = True,
         interceptors: Sequence[InboundFactory] = (),
         intercepted: bool = False,
+        max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS,
+        stream_idle_seconds: float | None = DEFAULT_STREAM_IDLE_SECONDS,
     ) -> None:
         self.agent = agent
+        #: Warnings said once per burst (streams ended because their clients were not reading).
+        self.bursts = BurstLog(log)
+        self.max_stream_seconds = max_stream_seconds
+        self.stream_idle_seconds = stream_idle_seconds
         self.coordinator = coordinator
         self.payload_limit = payload_limit
         #: The event bus handlers reach through ``ctx.bus``, once the server has one.
@@ -143,17 +165,44 @@ class AgentServicer:
     async def Stream(
         self, request: agent_pb2.StreamRequest | None, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[agent_pb2.StreamResponse]:
-        """Run an action and send its chunks as they are made, then the final marker."""
+        """Run an action and write its chunks as they are made, then the final marker.
+
+        An async generator that yields nothing, for grpc.aio and for the ``grpc.aio`` server
+        interceptors that expect a stream to be one (opentelemetry-instrumentation-grpc's): the
+        chunks go out through ``context.write`` (see :meth:`_stream`).
+        """
+        await self._stream(request, context)
+        return
+        yield
+
+    async def _stream(
+        self, request: agent_pb2.StreamRequest | None, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Stream's body: the action's chunks written as they are made, then the final marker.
+
+        Written with ``context.write`` under a :class:`StreamWatch`, not yielded: the stream ends
+        at its deadline, or when a client leaves a write waiting ``stream_idle_seconds``, even
+        when that client reads nothing. Its status is set, never awaited (``abort`` would wait
+        behind the chunks the client is not reading), so the handler and its slot are let go at
+        once; at most one chunk stays queued in gRPC until the client reads or hangs up.
+        """
         if request is None:
-            await abort(context, unreadable("StreamRequest"))
+            return _fail(context, unreadable("StreamRequest"))
         message = request.message
         call: ServedCall | None = None
+        watch: StreamWatch | None = None
         try:
             call = self._admit(message, context)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.max_stream_seconds
+            if call.ctx.deadline is not None:  # the same clock: asyncio's loop runs on time.monotonic
+                deadline = min(deadline, call.ctx.deadline)
+            watch = StreamWatch(deadline, self.stream_idle_seconds)
             items = await self.chain.open_stream(call)
             # Read once: every chunk repeats them, and message attribute reads are not free.
             agent, action = self._name, call.spec.name
             message_id, correlation_id = message.message_id, message.correlation_id
+            write = context.write
             sequence = 0
             # Closed on the way out, cancellation included, so the action's own cleanup (and
             # the cancelling of any stream it relays) runs now rather than at garbage collection.
@@ -165,26 +214,59 @@ class AgentServicer:
                         for first in call.on_first:
                             first()
                     sequence += 1
-                    yield response
+                    watch.writing_since = loop.time()
+                    try:
+                        await write(response)
+                    except (asyncio.CancelledError, KosmosError):
+                        raise
+                    except Exception:  # the call is over under us: the client hung up
+                        raise _ClientGone from None
+                    watch.writing_since = None
             # Every chunk is made: the stream is done, whatever becomes of its final marker.
             call.ended("OK", None, True)
             final = _chunk(agent, message_id, correlation_id, sequence)
             final.chunk.final = True
-            yield final
-            return
-        except GeneratorExit:  # the caller went away: gRPC closes this from another task
-            if call is not None:
-                call.ended("CANCELLED", None, False)
-            raise
+            watch.writing_since = loop.time()
+            with contextlib.suppress(Exception):  # the client may hang up before it: nothing is lost
+                await write(final)
+            return None
+        except _ClientGone:
+            assert call is not None
+            call.ended("CANCELLED", None, True)
+            return None
+        except asyncio.CancelledError:
+            if watch is None or not watch.expired():
+                if call is not None:
+                    call.ended("CANCELLED", None, True)
+                raise
+            error: KosmosError = self._stalled(message, watch)
         except Exception as exc:
             error = self._failure(exc, message)
-        except BaseException:  # cancelled
-            if call is not None:
-                call.ended("CANCELLED", None, True)
-            raise
+        finally:
+            if watch is not None:
+                watch.close()
         if call is not None:
             call.ended(error.code.name, error, True)
-        await abort(context, error)
+        return _fail(context, error)
+
+    def _stalled(self, message: envelope_pb2.AgentMessage, watch: StreamWatch) -> KosmosError:
+        """The error of a stream its watch ended: past its deadline, or its client not reading."""
+        action = f"{self._name}.{message.action}"
+        if watch.writing_since is None or watch.fired == "deadline":
+            if watch.writing_since is not None:
+                self.bursts.warn(
+                    f"late {action}",
+                    "ended a stream of %s: its deadline passed while the client was not reading",
+                    action,
+                )
+            return past_deadline(self._name, message.action)
+        self.bursts.warn(
+            f"idle {action}", "ended a stream of %s: the client read nothing for %g s", action, self.stream_idle_seconds
+        )
+        return SlowConsumer(
+            f"{action} was ended: the client read nothing for {self.stream_idle_seconds:g} s (stream_idle_seconds)",
+            metadata={"limit": "stream_idle_seconds"},
+        )
 
     async def Describe(
         self, request: agent_pb2.DescribeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -291,6 +373,19 @@ def _fill(struct: struct_pb2.Struct, result: Any, agent: str, action: str) -> No
         dict_to_struct(result, struct)
     except (TypeError, ValueError) as exc:
         raise ActionFailed(f"{agent}.{action} returned something JSON cannot hold: {exc}") from None
+
+
+class _ClientGone(Exception):
+    """A stream's write failed: its call ended under it (the client hung up)."""
+
+
+def _fail(context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> None:
+    """Give a stream ``error``'s rich status, sent by gRPC once the handler returns: never awaited
+    here, since a status waits behind the chunks a client has not read."""
+    status = to_status(error)
+    context.set_trailing_metadata(status.trailing_metadata)
+    context.set_code(status.code)
+    context.set_details(status.details)
 
 
 def _chunk(agent: str, message_id: str, correlation_id: str, sequence: int) -> agent_pb2.StreamResponse:

@@ -81,6 +81,7 @@ PUBLIC = [
     "ScopedClient",
     "ServedCall",
     "ServerSettings",
+    "SlowConsumer",
     "Step",
     "StreamBroken",
     "TelemetryConfig",

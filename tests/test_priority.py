@@ -29,19 +29,28 @@ def _job(client: Coordinator, tag: str, priority: str) -> asyncio.Task[Response]
     return asyncio.create_task(client.delegate("queued", "job", {"tag": tag}, priority=priority))
 
 
-async def test_a_critical_call_overtakes_queued_low_ones(mesh: Mesh) -> None:
+async def test_a_critical_call_runs_at_once_in_the_reserve_and_past_it_overtakes_queued_low_ones(mesh: Mesh) -> None:
     agent = Queued()
     await mesh.serve(agent, max_concurrency=1, queue_limit=10)
+    admission = mesh.servers[-1].servicer.admission
+    assert admission is not None
+    assert admission.critical_reserve == 1
     async with mesh.client(resilience=False) as client:
         running = _job(client, "first", "normal")
         await asyncio.wait_for(agent.running.wait(), 5)
         lows = [_job(client, f"low{i}", "low") for i in range(3)]
         await _waiting(agent, mesh, 3)
-        critical = _job(client, "critical", "critical")
+        reserved = _job(client, "reserved", "critical")  # every slot is taken: it runs in the reserve
+        for _ in range(250):
+            if admission.running == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert (admission.running, admission.waiting) == (2, 3)
+        critical = _job(client, "critical", "critical")  # the reserve is taken too: it queues, first
         await _waiting(agent, mesh, 4)
         agent.gate.set()
-        await asyncio.wait_for(asyncio.gather(running, critical, *lows), 10)
-    assert agent.order == ["first", "critical", "low0", "low1", "low2"]
+        await asyncio.wait_for(asyncio.gather(running, reserved, critical, *lows), 10)
+    assert agent.order == ["first", "reserved", "critical", "low0", "low1", "low2"]
 
 
 async def test_waiting_calls_are_served_by_priority_then_arrival(mesh: Mesh) -> None:
@@ -86,6 +95,7 @@ async def test_critical_is_shed_last(mesh: Mesh) -> None:
     async with mesh.client(resilience=False) as client:
         running = _job(client, "first", "normal")
         await asyncio.wait_for(agent.running.wait(), 5)
+        reserved = _job(client, "reserved", "critical")  # runs at once, in the reserve
         queued = [_job(client, f"critical{i}", "critical") for i in range(2)]
         await _waiting(agent, mesh, 2)
         with pytest.raises(ResourceExhausted, match="shed"):  # nothing waiting ranks below it
@@ -93,8 +103,8 @@ async def test_critical_is_shed_last(mesh: Mesh) -> None:
         with pytest.raises(ResourceExhausted, match="shed"):  # a full queue of CRITICAL refuses even CRITICAL
             await asyncio.wait_for(_job(client, "late", "critical"), 5)
         agent.gate.set()
-        await asyncio.wait_for(asyncio.gather(running, *queued), 10)
-    assert agent.order == ["first", "critical0", "critical1"]
+        await asyncio.wait_for(asyncio.gather(running, reserved, *queued), 10)
+    assert agent.order == ["first", "reserved", "critical0", "critical1"]
 
 
 async def test_a_call_whose_ttl_runs_out_while_it_waits_is_never_run(mesh: Mesh) -> None:

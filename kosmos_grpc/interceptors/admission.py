@@ -19,7 +19,7 @@ __all__ = ["AdmissionInterceptor"]
 
 
 class AdmissionInterceptor(InboundInterceptor):
-    """At most ``max_concurrency`` handlers at once; the rest wait by priority, or are shed."""
+    """``max_concurrency`` handlers at once, the rest queued by priority or shed; streams capped per connection."""
 
     def __init__(self, next: InboundInterceptor, admission: Admission, agent: str) -> None:
         super().__init__(next)
@@ -34,20 +34,28 @@ class AdmissionInterceptor(InboundInterceptor):
             self.admission.release()
 
     async def open_stream(self, call: ServedCall) -> AsyncGenerator[Any, None]:
-        await self._wait_turn(call)
-        call.at_end(self._release)
-        return await self.next.open_stream(call)
+        admission = self.admission
+        connection = call.context.peer()
+        admission.open_stream(connection, self.agent, call.spec.name)
+        try:
+            await self._wait_turn(call)
+        except BaseException:
+            admission.close_stream(connection)
+            raise
 
-    def _release(self, code: str, error: KosmosError | None, in_task: bool) -> None:
-        self.admission.release()
+        def release(code: str, error: KosmosError | None, in_task: bool) -> None:
+            admission.close_stream(connection)
+            admission.release()
+
+        call.at_end(release)
+        return await self.next.open_stream(call)
 
     async def _wait_turn(self, call: ServedCall) -> None:
         """Wait for a turn to run and take the wait off the call's timer (DeadlineExceeded when nothing is left)."""
         admission, ctx = self.admission, call.ctx
-        what = f"{self.agent}.{call.spec.name}"
-        await admission.acquire(call.message.priority, ctx.time_remaining(), what)
+        await admission.acquire(call.message.priority, ctx.time_remaining(), self.agent, call.spec.name)
         if call.timer is not None and ctx.deadline is not None:
             call.timer = ctx.deadline - time.monotonic()
             if call.timer <= 0:
                 admission.release()
-                raise admission.expired(what)
+                raise admission.expired(f"{self.agent}.{call.spec.name}")

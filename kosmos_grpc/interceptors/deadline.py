@@ -1,16 +1,15 @@
-"""The envelope's TTL enforced on the handler, where gRPC's own deadline (which cancels it) ends later."""
+"""The envelope's TTL enforced on a unary handler, where gRPC's own deadline (which cancels it) ends later."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kosmos_grpc.deadlines import past_deadline
 from kosmos_grpc.interceptors.inbound import InboundInterceptor
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Awaitable, Coroutine
+    from collections.abc import Awaitable, Coroutine
 
     from kosmos_grpc._proto.kosmos.v1 import agent_pb2
     from kosmos_grpc.interceptors.inbound import ServedCall
@@ -32,12 +31,8 @@ class DeadlineInterceptor(InboundInterceptor):
         work = self.next.execute(call)
         return work if call.timer is None else within(work, call.timer, self.agent, call.spec.name)
 
-    async def open_stream(self, call: ServedCall) -> AsyncGenerator[Any, None]:
-        items = await self.next.open_stream(call)
-        if call.timer is None:
-            return items
-        deadline = asyncio.get_running_loop().time() + call.timer
-        return _bounded(items, deadline, self.agent, call.spec.name)
+    # A stream's deadline is kept by the servicer's StreamWatch, which also covers the time a
+    # write waits for a client that does not read: open_stream passes through.
 
 
 async def within(work: Awaitable[T], seconds: float, agent: str, action: str) -> T:
@@ -50,26 +45,3 @@ async def within(work: Awaitable[T], seconds: float, agent: str, action: str) ->
         if scope.expired():
             raise past_deadline(agent, action) from None
         raise
-
-
-async def _bounded(
-    items: AsyncGenerator[Any, None], deadline: float, agent: str, action: str
-) -> AsyncGenerator[Any, None]:
-    """``items`` until the loop clock reaches ``deadline``; then the action is cancelled.
-
-    The timer wraps each step of the action only, never a ``yield``: a timeout must not fire
-    while gRPC holds this generator suspended between chunks.
-    """
-    async with contextlib.aclosing(items):
-        while True:
-            scope = asyncio.timeout_at(deadline)
-            try:
-                async with scope:
-                    item = await anext(items)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                if scope.expired():
-                    raise past_deadline(agent, action) from None
-                raise
-            yield item
