@@ -37,7 +37,8 @@ class Admission:
     CRITICAL call finding every slot taken runs at once in one of ``critical_reserve`` more. A
     call whose deadline passes while it waits is answered DEADLINE_EXCEEDED and never run.
 
-    Streams count per connection too: at most ``streams_per_connection`` at once from one.
+    Streams count per connection too, until gRPC is done with them: at most
+    ``streams_per_connection`` from one, and ``max_open_streams`` in all.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class Admission:
         retry_after: float = 0.25,
         critical_reserve: int | None = None,
         streams_per_connection: int | None = None,
+        max_open_streams: int | None = None,
     ) -> None:
         if max_concurrency < 1 or queue_limit < 0:
             raise ValueError("max_concurrency must be at least 1 and queue_limit not negative")
@@ -58,6 +60,9 @@ class Admission:
         self.critical_reserve = max(1, max_concurrency // 16) if critical_reserve is None else critical_reserve
         #: Streams one connection may hold at once (default: half the slots, at least 1).
         self.streams_per_connection = streams_per_connection or max(1, max_concurrency // 2)
+        #: Streams open at once from every connection (default: 4 times the slots, at least 64).
+        self.max_open_streams = max_open_streams or max(64, 4 * max_concurrency)
+        self.open_streams = 0
         self.running = 0
         self.waiting = 0
         self._heap: list[_Waiter] = []
@@ -106,19 +111,26 @@ class Admission:
         """Count a stream of ``connection`` (gRPC's peer), or refuse it when that one holds its share."""
         held = self._streams.get(connection, 0)
         if held >= self.streams_per_connection:
-            raise ResourceExhausted(
-                f"{agent}.{action} was refused: this connection holds {held} streams already, the most one may "
-                f"(max_streams_per_connection); retry in {self.retry_after:.2f} s",
-                metadata={"limit": "max_streams_per_connection"},
-                retry_after=self.retry_after,
-            )
+            raise self._too_many(agent, action, f"this connection holds {held}", "max_streams_per_connection")
+        if self.open_streams >= self.max_open_streams:
+            raise self._too_many(agent, action, f"{self.open_streams} are open", "max_concurrent_rpcs")
         self._streams[connection] = held + 1
+        self.open_streams += 1
+
+    def _too_many(self, agent: str, action: str, held: str, limit: str) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"{agent}.{action} was refused: {held} streams already, the most allowed ({limit}); "
+            f"retry in {self.retry_after:.2f} s",
+            metadata={"limit": limit},
+            retry_after=self.retry_after,
+        )
 
     def close_stream(self, connection: str) -> None:
         """A stream of ``connection`` has ended."""
         held = self._streams.pop(connection, 1) - 1
         if held > 0:
             self._streams[connection] = held
+        self.open_streams -= 1
 
     def release(self) -> None:
         """End a call: its slot goes to the best waiting call, if any."""

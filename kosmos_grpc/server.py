@@ -196,11 +196,13 @@ class AgentServer:
 def _admission(settings: ServerSettings) -> Admission | None:
     """The server's admission: its priority queue when ``max_concurrency`` is set, else a plain cap
     of ``max_concurrent_rpcs`` calls at once (with the CRITICAL reserve); None when neither is."""
-    streams = settings.max_streams_per_connection
+    streams, most = settings.max_streams_per_connection, settings.max_concurrent_rpcs
     if settings.max_concurrency is not None:
-        return Admission(settings.max_concurrency, settings.queue_limit, streams_per_connection=streams)
-    if settings.max_concurrent_rpcs is not None:
-        return Admission(settings.max_concurrent_rpcs, 0, streams_per_connection=streams)
+        return Admission(
+            settings.max_concurrency, settings.queue_limit, streams_per_connection=streams, max_open_streams=most
+        )
+    if most is not None:
+        return Admission(most, 0, streams_per_connection=streams, max_open_streams=most)
     return None
 
 

@@ -164,6 +164,30 @@ async def test_one_connection_cannot_hold_every_slot(mesh: Mesh) -> None:
         await other.close()
 
 
+async def test_streams_ended_unread_count_against_their_connection_until_it_reads_or_hangs_up(mesh: Mesh) -> None:
+    server = await mesh.serve(Firehose(), max_concurrency=4)  # two streams per connection
+    hog = _channel(server)
+    try:
+        ended = [_stream(hog, ttl_ms=300) for _ in range(2)]
+        for call in ended:
+            await call.read()
+        await _until(lambda: server.servicer.in_flight == 0, "ended")  # their handlers are done ...
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # ... but their chunks still wait in gRPC
+            await _stream(hog).read()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for call in ended:  # read at last: gRPC is done with them, and the connection may stream again
+            _, error = await _drain(call)
+            assert error is not None
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        admission = server.servicer.admission
+        assert admission is not None
+        await _until(lambda: admission.open_streams == 0, "let go of")
+        reply = await _stream(hog).read()
+        assert isinstance(reply, agent_pb2.StreamResponse)
+    finally:
+        await hog.close()
+
+
 async def test_a_flood_is_shed_by_priority_with_retry_info_never_cancelled(mesh: Mesh) -> None:
     """5,000 calls at once once made gRPC's core cancel a third of them (its pending-call backlog)."""
     server = await mesh.serve(Firehose(), max_concurrency=8, queue_limit=32)

@@ -44,10 +44,14 @@ class AdmissionInterceptor(InboundInterceptor):
             raise
 
         def release(code: str, error: KosmosError | None, in_task: bool) -> None:
-            admission.close_stream(connection)
             admission.release()
 
         call.at_end(release)
+        # The connection's count goes down once gRPC is done with the call, not when the handler
+        # is: a stream ended while its client read nothing still holds a chunk and its status
+        # until the client reads or hangs up, and one connection must not pile such streams up.
+        # (grpc-stubs type the callback as a class of their own, which no function is.)
+        call.context.add_done_callback(lambda _: admission.close_stream(connection))  # type: ignore[arg-type]
         return await self.next.open_stream(call)
 
     async def _wait_turn(self, call: ServedCall) -> None:
