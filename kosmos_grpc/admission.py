@@ -38,7 +38,8 @@ class Admission:
     call whose deadline passes while it waits is answered DEADLINE_EXCEEDED and never run.
 
     Streams count per connection too, until gRPC is done with them: at most
-    ``streams_per_connection`` from one, and ``max_open_streams`` in all.
+    ``streams_per_connection`` from one, ``max_open_streams`` in all, and their requests at most
+    ``max_stream_bytes``.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class Admission:
         critical_reserve: int | None = None,
         streams_per_connection: int | None = None,
         max_open_streams: int | None = None,
+        max_stream_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if max_concurrency < 1 or queue_limit < 0:
             raise ValueError("max_concurrency must be at least 1 and queue_limit not negative")
@@ -63,6 +65,11 @@ class Admission:
         #: Streams open at once from every connection (default: 4 times the slots, at least 64).
         self.max_open_streams = max_open_streams or max(64, 4 * max_concurrency)
         self.open_streams = 0
+        #: Bytes of requests the open streams may hold in all: gRPC keeps a stream's request until
+        #: it is done with the call, which for a client that reads nothing is when it hangs up.
+        #: (One stream is let through whatever its size.)
+        self.max_stream_bytes = max_stream_bytes
+        self.stream_bytes = 0
         self.running = 0
         self.waiting = 0
         self._heap: list[_Waiter] = []
@@ -107,30 +114,37 @@ class Admission:
             f"{what} waited in the queue past its deadline and was never run", metadata={"field": "ttl_ms"}
         )
 
-    def open_stream(self, connection: str, agent: str, action: str) -> None:
-        """Count a stream of ``connection`` (gRPC's peer), or refuse it when that one holds its share."""
+    def open_stream(self, connection: str, size: int, agent: str, action: str) -> None:
+        """Count a stream of ``connection`` (gRPC's peer) whose request is ``size`` bytes, or refuse
+        it when that connection holds its share, or the open streams all they may."""
         held = self._streams.get(connection, 0)
         if held >= self.streams_per_connection:
-            raise self._too_many(agent, action, f"this connection holds {held}", "max_streams_per_connection")
+            raise self._too_many(agent, action, f"this connection holds {held} streams", "max_streams_per_connection")
         if self.open_streams >= self.max_open_streams:
-            raise self._too_many(agent, action, f"{self.open_streams} are open", "max_concurrent_rpcs")
+            raise self._too_many(agent, action, f"{self.open_streams} streams are open", "max_concurrent_rpcs")
+        if self.stream_bytes + size > self.max_stream_bytes and self.open_streams:
+            raise self._too_many(
+                agent, action, f"open streams hold {self.stream_bytes} bytes of requests", "max_open_stream_bytes"
+            )
         self._streams[connection] = held + 1
         self.open_streams += 1
+        self.stream_bytes += size
 
     def _too_many(self, agent: str, action: str, held: str, limit: str) -> ResourceExhausted:
         return ResourceExhausted(
-            f"{agent}.{action} was refused: {held} streams already, the most allowed ({limit}); "
+            f"{agent}.{action} was refused: {held} already, the most allowed ({limit}); "
             f"retry in {self.retry_after:.2f} s",
             metadata={"limit": limit},
             retry_after=self.retry_after,
         )
 
-    def close_stream(self, connection: str) -> None:
-        """A stream of ``connection`` has ended."""
+    def close_stream(self, connection: str, size: int) -> None:
+        """A stream of ``connection`` whose request was ``size`` bytes has ended."""
         held = self._streams.pop(connection, 1) - 1
         if held > 0:
             self._streams[connection] = held
         self.open_streams -= 1
+        self.stream_bytes -= size
 
     def release(self) -> None:
         """End a call: its slot goes to the best waiting call, if any."""

@@ -183,6 +183,11 @@ CONFIG = Table(
                     "Streams one client connection may hold open at once (default: half the agent's slots).",
                     minimum=1,
                 ),
+                "max_open_stream_bytes": Key(
+                    "integer",
+                    "Bytes of requests a server's open streams may hold in all; more are refused with a RetryInfo.",
+                    minimum=1,
+                ),
                 "idempotency_seconds": Key(
                     "number", "How long a server remembers executed message_ids, so a retry runs once.", above=0
                 ),

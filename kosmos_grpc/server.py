@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,6 +16,7 @@ from kosmos_grpc.admission import Admission
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import ServerSettings
 from kosmos_grpc.idempotency import ExecutedCalls
+from kosmos_grpc.memory import FreeMemory
 from kosmos_grpc.registry import Registry
 from kosmos_grpc.runtime import until
 from kosmos_grpc.servicer import AgentServicer
@@ -114,6 +115,8 @@ class AgentServer:
         #: Set once a stop is asked for (a signal, :meth:`request_stop` or :meth:`stop`).
         self.stop_requested = asyncio.Event()
         self._stopping: asyncio.Future[None] | None = None
+        #: Gives memory freed after a load back to the system (see :mod:`kosmos_grpc.memory`).
+        self.free_memory = FreeMemory()
 
     @property
     def address(self) -> str:
@@ -141,9 +144,11 @@ class AgentServer:
         for service in ("", AGENT_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
+        self.free_memory.start()
         try:
             await self.agent.on_start()
         except BaseException:
+            await self.free_memory.stop()
             await self._server.stop(0)
             raise
         if serving:
@@ -177,6 +182,7 @@ class AgentServer:
     async def _stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        await self.free_memory.stop()
         self.servicer.close()
         await self.coordinator.close()
         if self.bus is not None:
@@ -196,13 +202,16 @@ class AgentServer:
 def _admission(settings: ServerSettings) -> Admission | None:
     """The server's admission: its priority queue when ``max_concurrency`` is set, else a plain cap
     of ``max_concurrent_rpcs`` calls at once (with the CRITICAL reserve); None when neither is."""
-    streams, most = settings.max_streams_per_connection, settings.max_concurrent_rpcs
+    most = settings.max_concurrent_rpcs
+    streams: dict[str, Any] = {
+        "streams_per_connection": settings.max_streams_per_connection,
+        "max_open_streams": most,
+        "max_stream_bytes": settings.max_open_stream_bytes,
+    }
     if settings.max_concurrency is not None:
-        return Admission(
-            settings.max_concurrency, settings.queue_limit, streams_per_connection=streams, max_open_streams=most
-        )
+        return Admission(settings.max_concurrency, settings.queue_limit, **streams)
     if most is not None:
-        return Admission(most, 0, streams_per_connection=streams, max_open_streams=most)
+        return Admission(most, 0, **streams)
     return None
 
 

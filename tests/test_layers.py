@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kosmos_grpc"
 LAYERS: list[set[str]] = [
     {"errors", "_lazy"},
     {"envelope", "subjects", "tables", "runtime", "deadlines", "stream_watch"},
-    {"_grpc", "registry", "telemetry", "idempotency", "admission", "calls"},
+    {"_grpc", "registry", "telemetry", "idempotency", "admission", "calls", "memory"},
     {"resilience", "config", "config_schema"},
     {"bus", "preflight"},
     {"agent", "interceptors", "transport", "client", "context", "patterns"},

@@ -188,6 +188,39 @@ async def test_streams_ended_unread_count_against_their_connection_until_it_read
         await hog.close()
 
 
+async def test_the_requests_open_streams_hold_are_bounded_in_bytes(mesh: Mesh) -> None:
+    server = await mesh.serve(Firehose(), max_concurrency=8, max_open_stream_bytes=150_000)
+    channels = [_channel(server) for _ in range(2)]
+    try:
+
+        def big() -> agent_pb2.StreamRequest:  # 100 KB: one fits, whatever its size
+            request = agent_pb2.StreamRequest()
+            new_message("pour", {"pad": BLOB}, into=request.message)
+            return request
+
+        stubs = [
+            channel.unary_stream(
+                f"/{AGENT_SERVICE}/Stream",
+                request_serializer=agent_pb2.StreamRequest.SerializeToString,
+                response_deserializer=agent_pb2.StreamResponse.FromString,
+            )
+            for channel in channels
+        ]
+        held = stubs[0](big())
+        await held.read()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stubs[1](big()).read()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_open_stream_bytes" in (refused.value.details() or "")
+        assert from_rpc_error(refused.value).retry_after is not None
+        small = await _stream(channels[1]).read()  # a small request still fits beside it
+        assert isinstance(small, agent_pb2.StreamResponse)
+        held.cancel()
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
 async def test_a_flood_is_shed_by_priority_with_retry_info_never_cancelled(mesh: Mesh) -> None:
     """5,000 calls at once once made gRPC's core cancel a third of them (its pending-call backlog)."""
     server = await mesh.serve(Firehose(), max_concurrency=8, queue_limit=32)

@@ -35,12 +35,12 @@ class AdmissionInterceptor(InboundInterceptor):
 
     async def open_stream(self, call: ServedCall) -> AsyncGenerator[Any, None]:
         admission = self.admission
-        connection = call.context.peer()
-        admission.open_stream(connection, self.agent, call.spec.name)
+        connection, size = call.context.peer(), call.message.ByteSize()
+        admission.open_stream(connection, size, self.agent, call.spec.name)
         try:
             await self._wait_turn(call)
         except BaseException:
-            admission.close_stream(connection)
+            admission.close_stream(connection, size)
             raise
 
         def release(code: str, error: KosmosError | None, in_task: bool) -> None:
@@ -51,7 +51,7 @@ class AdmissionInterceptor(InboundInterceptor):
         # is: a stream ended while its client read nothing still holds a chunk and its status
         # until the client reads or hangs up, and one connection must not pile such streams up.
         # (grpc-stubs type the callback as a class of their own, which no function is.)
-        call.context.add_done_callback(lambda _: admission.close_stream(connection))  # type: ignore[arg-type]
+        call.context.add_done_callback(lambda _: admission.close_stream(connection, size))  # type: ignore[arg-type]
         return await self.next.open_stream(call)
 
     async def _wait_turn(self, call: ServedCall) -> None:
