@@ -245,7 +245,6 @@ class AgentServicer:
         finally:
             if watch is not None:
                 watch.close()
-            request.Clear()
         if call is not None:
             call.ended(error.code.name, error, True)
         return _fail(context, error)
