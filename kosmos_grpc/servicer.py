@@ -14,7 +14,7 @@ from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.calls import Chunk
 from kosmos_grpc.context import Context
 from kosmos_grpc.deadlines import timer_for
-from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, dict_to_struct, validate_and_fill
+from kosmos_grpc.envelope import DEFAULT_MAX_HOPS, DEFAULT_PAYLOAD_LIMIT, dict_to_struct, validate_and_fill
 from kosmos_grpc.errors import ActionFailed, ActionNotFound, AgentNotFound, KosmosError, WrongCallKind
 from kosmos_grpc.interceptors.inbound import InboundInterceptor, ServedCall
 from kosmos_grpc.interceptors.server_chain import server_chain
@@ -59,6 +59,7 @@ class AgentServicer:
         telemetry: bool = True,
         interceptors: Sequence[InboundFactory] = (),
         intercepted: bool = False,
+        max_hops: int = DEFAULT_MAX_HOPS,
     ) -> None:
         self.agent = agent
         self.coordinator = coordinator
@@ -77,6 +78,7 @@ class AgentServicer:
             admission=admission,
             running=lambda: self.handlers.running,
             intercepted=intercepted,
+            max_hops=max_hops,
         )
         self._card = _card(agent)
         #: When this process began serving the agent (seconds since the epoch), and how often

@@ -42,7 +42,8 @@ class Raiser(Agent):
 def test_every_exported_error_is_tested() -> None:
     expected = {
         "ActionFailed", "ActionNotFound", "AgentNotFound", "AgentUnavailable", "Cancelled", "CircuitOpen",
-        "ConfigError", "DeadlineExceeded", "DependencyUnavailable", "DuplicateMessage", "InvalidEnvelope",
+        "ConfigError", "DeadlineExceeded", "DelegationLoop", "DependencyUnavailable", "DuplicateMessage",
+        "InvalidEnvelope",
         "KosmosError", "PayloadTooLarge", "ResourceExhausted", "SagaFailed", "StreamBroken", "WrongCallKind",
     }  # fmt: skip
     assert set(ERRORS) == expected
