@@ -95,6 +95,7 @@ class Coordinator:
             events=events,
             interceptors=interceptors,
             resilience=self.resilience,
+            known=self.registry,
         )
 
     @property
@@ -105,7 +106,9 @@ class Coordinator:
     def announce_on(self, events: EventBus | None) -> None:
         """Announce every delegation from now on on ``events`` (None: nowhere)."""
         self._events = events
-        self._chain = outer_links(self._inner, source=self.source_agent, telemetry=self._telemetry, events=events)
+        self._chain = outer_links(
+            self._inner, source=self.source_agent, telemetry=self._telemetry, events=events, known=self.registry
+        )
 
     async def __aenter__(self) -> Self:
         return self
