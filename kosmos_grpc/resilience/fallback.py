@@ -13,6 +13,7 @@ from kosmos_grpc.deadlines import time_left
 from kosmos_grpc.errors import ADDRESS, ATTEMPT_TIMEOUT, CAUSE, NOT_RUNNING, REFUSED, CircuitOpen, KosmosError
 from kosmos_grpc.resilience.breaker import CircuitBreaker
 from kosmos_grpc.resilience.policy import ResiliencePolicy
+from kosmos_grpc.telemetry.bursts import BurstLog
 from kosmos_grpc.telemetry.metrics import FALLBACKS
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ class Resilience:
     When the target is unavailable, its circuit is open or its attempt timed out, the call
     goes to the next agent of its fallback chain
     (which never loops), counted in ``kosmos_fallbacks_total``; when every agent of the chain
-    fails so, the error is the asked agent's, naming each fallback tried.
+    fails so, the error is the asked agent's, naming each fallback tried. A fallback that answers
+    is logged as a WARNING once per burst (then a count at most every 30 s, on ``clock``).
     """
 
     def __init__(
@@ -53,6 +55,10 @@ class Resilience:
         self.clock = clock
         self._breakers: dict[str, CircuitBreaker] = {}
         self._chains: dict[str, list[str]] = {}
+        self._answered: BurstLog[tuple[str, str]] = BurstLog(log, self._more_fallbacks, clock=clock)
+
+    def _more_fallbacks(self, key: tuple[str, str], count: int, seconds: float) -> str:
+        return f"{self.source}: {count} more fallbacks from {key[0]} to {key[1]} in the last {seconds:.0f} s"
 
     def breaker(self, agent: str) -> CircuitBreaker:
         """The breaker of calls to ``agent``, made on first use."""
@@ -97,7 +103,7 @@ class Resilience:
         tried: list[tuple[str, KosmosError]] = []
         for index, target in enumerate(chain):
             try:
-                return await self._through(target, attempt, deadline)
+                result = await self._through(target, attempt, deadline)
             except _PassedOn as passed:
                 # The target answered, with the failure of an agent it called: that agent's
                 # breaker and retries (in the target) have had their say already.
@@ -111,6 +117,13 @@ class Resilience:
                 log.debug("%s: %s; falling back to %s", self.source, exc, following)
                 if fell_back is not None:
                     fell_back(target, exc, following)
+            else:
+                if tried:  # a fallback answered: said once per burst (a call that fails says it all itself)
+                    failed, why = tried[0]
+                    self._answered.event(
+                        (failed, target), "%s: %s answered for %s (%s)", self.source, target, failed, _why(why)
+                    )
+                return result
         raise AssertionError("unreachable: a chain has at least its own agent")  # pragma: no cover
 
     async def _through(self, target: str, attempt: Callable[[str], Awaitable[T]], deadline: float | None) -> T:
