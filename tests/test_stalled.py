@@ -57,15 +57,15 @@ async def test_a_frozen_agent_opens_its_circuit_and_its_fallback_answers_within_
         assert (await client.delegate("zeus", "delegate", ASK)).result["agent"] == "athena"
         os.kill(athena.pid, signal.SIGSTOP)
         try:
-            # Each call has one second; Zeus's attempt to Athena gets half of it, then Dionysus answers.
+            # Each call has two seconds; Zeus's attempt to Athena gets half of them, then Dionysus answers.
             for failures in (1, 2, 3):
-                answer = await client.delegate("zeus", "delegate", ASK, timeout_ms=1_000)
+                answer = await client.delegate("zeus", "delegate", ASK, timeout_ms=2_000)
                 assert answer.result["agent"] == "dionysus"
                 assert answer.result["fallback_for"] == "athena"
                 assert breaker.failures == failures
             assert breaker.current() is CircuitState.OPEN
             # Open: Dionysus answers without Athena being tried, and nothing more is counted.
-            answer = await client.delegate("zeus", "delegate", ASK, timeout_ms=1_000)
+            answer = await client.delegate("zeus", "delegate", ASK, timeout_ms=2_000)
             assert answer.result["agent"] == "dionysus"
             assert breaker.failures == 3
         finally:
