@@ -40,7 +40,7 @@ class Resilience:
     goes to the next agent of its fallback chain
     (which never loops), counted in ``kosmos_fallbacks_total``; when every agent of the chain
     fails so, the error is the asked agent's, naming each fallback tried. A fallback that answers
-    is logged as a WARNING once per burst (then a count at most every 30 s, on ``clock``).
+    is logged as a WARNING once per burst (then with a count of the others, at most every 30 s on ``clock``).
     """
 
     def __init__(
@@ -55,10 +55,7 @@ class Resilience:
         self.clock = clock
         self._breakers: dict[str, CircuitBreaker] = {}
         self._chains: dict[str, list[str]] = {}
-        self._answered: BurstLog[tuple[str, str]] = BurstLog(log, self._more_fallbacks, clock=clock)
-
-    def _more_fallbacks(self, key: tuple[str, str], count: int, seconds: float) -> str:
-        return f"{self.source}: {count} more fallbacks from {key[0]} to {key[1]} in the last {seconds:.0f} s"
+        self._answered = BurstLog(log, clock=clock)
 
     def breaker(self, agent: str) -> CircuitBreaker:
         """The breaker of calls to ``agent``, made on first use."""
@@ -120,8 +117,8 @@ class Resilience:
             else:
                 if tried:  # a fallback answered: said once per burst (a call that fails says it all itself)
                     failed, why = tried[0]
-                    self._answered.event(
-                        (failed, target), "%s: %s answered for %s (%s)", self.source, target, failed, _why(why)
+                    self._answered.warn(
+                        f"{failed} > {target}", "%s: %s answered for %s (%s)", self.source, target, failed, _why(why)
                     )
                 return result
         raise AssertionError("unreachable: a chain has at least its own agent")  # pragma: no cover

@@ -1,78 +1,49 @@
-"""One log line per burst of like events, not one per event: the first in full, then a count at most once an interval.
+"""Warnings said once per burst: the first of a kind at once, then how many more, at most every ``every`` seconds.
 
-A mesh under a fault repeats itself: every call to a down agent falls back, every event to a slow
-subscriber is dropped. One line each would bury the log (799 warnings for 799 fallbacks); none
-would hide the fault. :class:`BurstLog` says the first event of each kind (its key) as it is,
-then, while the events go on, one summary line at most every ``every`` seconds with how many
-there were; once a kind has been quiet for ``every`` seconds, its next event is a new burst.
-The metrics keep the exact counts.
+A hostile or overloaded peer can make the same warning happen thousands of times a second;
+a log that repeats it costs more than the event and hides everything else.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable
+    import logging
+    from collections.abc import Callable
 
-__all__ = ["SUMMARY_EVERY", "BurstLog"]
+__all__ = ["BurstLog"]
 
-#: Seconds between two lines about one kind of event, by default.
-SUMMARY_EVERY = 30.0
-
-K = TypeVar("K", bound="Hashable")
-
-
-class _Burst:
-    __slots__ = ("count", "reported")
-
-    def __init__(self, now: float) -> None:
-        self.count = 0  # events since the last line
-        self.reported = now
+#: How many kinds of warning are tracked at once; the longest quiet is forgotten first.
+MAX_KINDS = 256
 
 
-class BurstLog(Generic[K]):
-    """Logs the first event of a burst as given, then ``summary(key, count, seconds)`` at most once
-    every ``every`` seconds while events of that key go on.
-
-    ``clock`` (monotonic seconds) is injectable so that tests need not wait. At most ``keys``
-    kinds are remembered; past that the oldest is forgotten (its next event is said in full).
-    """
+class BurstLog:
+    """Logs ``warn(kind, ...)`` once, then says how many more of ``kind`` came, at most every ``every`` seconds."""
 
     def __init__(
-        self,
-        logger: logging.Logger,
-        summary: Callable[[K, int, float], str],
-        *,
-        every: float = SUMMARY_EVERY,
-        level: int = logging.WARNING,
-        clock: Callable[[], float] = time.monotonic,
-        keys: int = 256,
+        self, logger: logging.Logger, *, every: float = 30.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.logger = logger
-        self.summary = summary
         self.every = every
-        self.level = level
         self._clock = clock
-        self._keys = keys
-        self._bursts: dict[K, _Burst] = {}
+        # kind -> [when it was last said, how many since]
+        self._kinds: dict[str, list[float]] = {}
 
-    def event(self, key: K, message: str, *args: object) -> None:
-        """One event of kind ``key``: ``message % args`` when it begins a burst, else counted."""
+    def warn(self, kind: str, message: str, *args: object) -> bool:
+        """Warn ``message % args`` unless ``kind`` was said in the last ``every`` seconds; True when said."""
         now = self._clock()
-        burst = self._bursts.get(key)
-        if burst is not None and now - burst.reported >= self.every:
-            if burst.count:  # the burst went on: say how much of it there was
-                self.logger.log(self.level, "%s", self.summary(key, burst.count + 1, now - burst.reported))
-                burst.count, burst.reported = 0, now
-                return
-            burst = None  # quiet for a whole interval: this one begins a new burst
-        if burst is None:
-            if key not in self._bursts and len(self._bursts) >= self._keys:
-                del self._bursts[next(iter(self._bursts))]
-            self._bursts[key] = _Burst(now)
-            self.logger.log(self.level, message, *args)
-            return
-        burst.count += 1
+        state = self._kinds.get(kind)
+        if state is not None and now - state[0] < self.every:
+            state[1] += 1
+            return False
+        more = 0 if state is None else int(state[1])
+        if state is None and len(self._kinds) >= MAX_KINDS:
+            del self._kinds[min(self._kinds, key=lambda k: self._kinds[k][0])]
+        self._kinds[kind] = [now, 0]
+        if more:
+            self.logger.warning(message + " (and %d more like it in the last %.0f s)", *args, more, now - state[0])  # type: ignore[index]
+        else:
+            self.logger.warning(message, *args)
+        return True
