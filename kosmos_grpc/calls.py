@@ -122,6 +122,8 @@ class CallScope:
     correlation_id: str
     source_agent: str
     trace_id: str = ""
+    #: The agents the call passed through, the one serving it last: each delegation's ``route``.
+    route: tuple[str, ...] = ()
 
 
 class Envelope(NamedTuple):
@@ -139,6 +141,8 @@ class Envelope(NamedTuple):
     trace_id: str
     priority: Priority
     ttl_ms: int
+    #: The agents the call passed through on its way here, first caller first.
+    route: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, message: envelope_pb2.AgentMessage) -> Envelope:
@@ -154,6 +158,7 @@ class Envelope(NamedTuple):
             message.trace_id,
             _PRIORITIES.get(message.priority, Priority.NORMAL),
             message.ttl_ms or DEFAULT_TTL_MS,
+            tuple(message.route),
         )
 
 

@@ -26,6 +26,7 @@ from kosmos_grpc.interceptors.client_chain import client_chain, outer_links
 from kosmos_grpc.interceptors.outbound import Delegation, failure_of, status_name
 from kosmos_grpc.registry import Registry
 from kosmos_grpc.resilience import Resilience, ResiliencePolicy
+from kosmos_grpc.telemetry.logs import current_call
 from kosmos_grpc.transport import Transport, explain
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from kosmos_grpc.bus.protocol import EventBus
     from kosmos_grpc.interceptors.client_chain import OutboundFactory
 
-__all__ = ["DEFAULT_TIMEOUT_MS", "Coordinator", "ScopedClient"]
+__all__ = ["DEFAULT_TIMEOUT_MS", "Coordinator", "ScopedClient", "served_route"]
 
 DEFAULT_TIMEOUT_MS = 30_000
 
@@ -94,6 +95,7 @@ class Coordinator:
             events=events,
             interceptors=interceptors,
             resilience=self.resilience,
+            known=self.registry,
         )
 
     @property
@@ -104,7 +106,9 @@ class Coordinator:
     def announce_on(self, events: EventBus | None) -> None:
         """Announce every delegation from now on on ``events`` (None: nowhere)."""
         self._events = events
-        self._chain = outer_links(self._inner, source=self.source_agent, telemetry=self._telemetry, events=events)
+        self._chain = outer_links(
+            self._inner, source=self.source_agent, telemetry=self._telemetry, events=events, known=self.registry
+        )
 
     async def __aenter__(self) -> Self:
         return self
@@ -147,6 +151,7 @@ class Coordinator:
             timeout = min(timeout, time_left(scope.deadline, agent, action))
         if ttl_ms is None:
             ttl_ms = DEFAULT_TTL_MS if math.isinf(timeout) else max(1, math.ceil(timeout * 1000))
+        route = scope.route if scope is not None else served_route()
         new_message(
             action,
             payload,
@@ -159,6 +164,8 @@ class Coordinator:
             message_id=message_id,
             into=into,
         )
+        if route:
+            into.route.extend(route)
         return min(timeout, (ttl_ms or DEFAULT_TTL_MS) / 1000), address
 
     async def delegate(
@@ -268,7 +275,7 @@ class Coordinator:
         """A client for one workflow: every call shares a correlation_id (default: a new one) and,
         with ``timeout_ms``, one deadline."""
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-        scope = CallScope(deadline, correlation_id or new_message_id(), self.source_agent)
+        scope = CallScope(deadline, correlation_id or new_message_id(), self.source_agent, route=served_route())
         return ScopedClient(self, scope)
 
     async def describe(self, agent: str, *, timeout_ms: float = 5_000) -> AgentCard:
@@ -315,6 +322,15 @@ class Coordinator:
             raise explain(exc, agent, "health", timeout_ms / 1000) from None
         name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         return name
+
+
+def served_route() -> tuple[str, ...]:
+    """The route a delegation made now carries: inside a handler, the served call's and then its
+    agent (so that a loop is seen however the handler made its client); outside one, none."""
+    served = current_call.get()
+    if served is None:
+        return ()
+    return (*served.envelope.route, served.agent_name)
 
 
 class ScopedClient:

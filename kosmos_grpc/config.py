@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from kosmos_grpc.config_schema import AGENT, CONFIG, RESTART_POLICIES, Table, check
-from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT
+from kosmos_grpc.envelope import DEFAULT_MAX_HOPS, DEFAULT_PAYLOAD_LIMIT
 from kosmos_grpc.errors import ConfigError, InvalidEnvelope
 from kosmos_grpc.resilience import BreakerPolicy, ResiliencePolicy, RetryPolicy
 from kosmos_grpc.subjects import pattern_tokens
@@ -74,6 +74,8 @@ class ServerSettings:
     delegation_events: bool = True
     #: Whether its calls and delegations get spans and metrics.
     telemetry: bool = True
+    #: Delegations in a row a call may have passed through; a deeper one is refused (FAILED_PRECONDITION).
+    max_hops: int = DEFAULT_MAX_HOPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,7 @@ class MeshLimits:
     max_streams_per_connection: int | None = None
     max_open_stream_bytes: int = 64 * 1024 * 1024
     idempotency: Idempotency = field(default_factory=Idempotency)
+    max_hops: int = DEFAULT_MAX_HOPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +200,7 @@ class MeshConfig:
             max_streams_per_connection=limits.max_streams_per_connection,
             max_open_stream_bytes=limits.max_open_stream_bytes,
             delegation_events=self.bus.delegation_events,
+            max_hops=limits.max_hops,
         )
 
 

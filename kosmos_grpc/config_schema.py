@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import grpc
 
+from kosmos_grpc.envelope import ROUTE_LIMIT
 from kosmos_grpc.errors import ConfigError
 from kosmos_grpc.telemetry.logs import LOG_FORMATS
 
@@ -90,6 +91,14 @@ def _retry(scope: str) -> Table:
             "initial_seconds": Key("number", "The first backoff, doubled each retry.", "initial", minimum=0),
             "max_seconds": Key("number", "The longest backoff.", "maximum", minimum=0),
             "jitter_seconds": Key("number", "Up to this much more, at random, on each backoff.", "jitter", minimum=0),
+            "attempt_timeout_seconds": Key(
+                "number",
+                "The longest one attempt may take (a unary answer, a stream's first chunk); then it counts as "
+                "DEADLINE_EXCEEDED for the breaker and the fallback is tried. Each attempt also ends before the "
+                "caller's deadline: at half the time left when a fallback follows, else at 95% of it.",
+                "attempt_timeout",
+                above=0,
+            ),
         },
     )
 
@@ -196,6 +205,13 @@ CONFIG = Table(
                 ),
                 "idempotency_bytes": Key("integer", "How many bytes of replies that memory holds at most.", minimum=1),
                 "log_format": Key("string", "text, or json: a JSON object a line.", enum=LOG_FORMATS),
+                "max_hops": Key(
+                    "integer",
+                    "Delegations in a row a call may have passed through (an agent delegating to itself, say); "
+                    "a deeper call is refused with FAILED_PRECONDITION.",
+                    minimum=1,
+                    maximum=ROUTE_LIMIT,
+                ),
             },
         ),
         "bus": Table(

@@ -90,6 +90,7 @@ class Context:
                 correlation_id=message.correlation_id,
                 source_agent=self.agent_name,
                 trace_id=message.trace_id,
+                route=(*message.route, self.agent_name),
             )
             self._client = ScopedClient(self._coordinator, scope)
         return self._client

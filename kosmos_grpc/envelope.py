@@ -19,8 +19,10 @@ from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
 from kosmos_grpc.errors import DeadlineExceeded, InvalidEnvelope, PayloadTooLarge
 
 __all__ = [
+    "DEFAULT_MAX_HOPS",
     "DEFAULT_PAYLOAD_LIMIT",
     "DEFAULT_TTL_MS",
+    "ROUTE_LIMIT",
     "AgentMessage",
     "Priority",
     "check_payload_size",
@@ -35,6 +37,9 @@ AgentMessage = envelope_pb2.AgentMessage
 
 DEFAULT_TTL_MS = 60_000
 DEFAULT_PAYLOAD_LIMIT = 4 * 1024 * 1024
+#: Delegations in a row a call may have passed through (``route``), by default and at most.
+DEFAULT_MAX_HOPS = 8
+ROUTE_LIMIT = 64
 # Spelled-out character classes: twice as fast to match as re.IGNORECASE.
 _UUID4 = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}")
 

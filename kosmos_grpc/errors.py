@@ -11,6 +11,7 @@ the same class on the client::
     ├── ActionNotFound               UNIMPLEMENTED
     ├── WrongCallKind                FAILED_PRECONDITION
     ├── ConfigError                  FAILED_PRECONDITION (the mesh config is missing or wrong)
+    ├── DelegationLoop               FAILED_PRECONDITION (a delegation chain deeper than max_hops)
     ├── DuplicateMessage             ALREADY_EXISTS     (a stream, or a call with a huge reply, ran already)
     ├── DeadlineExceeded             DEADLINE_EXCEEDED  (also a TimeoutError)
     ├── AgentUnavailable             UNAVAILABLE
@@ -39,6 +40,7 @@ from grpc_status import rpc_status
 
 __all__ = [
     "ADDRESS",
+    "ATTEMPT_TIMEOUT",
     "CAUSE",
     "DOMAIN",
     "MESH_HINT",
@@ -53,6 +55,7 @@ __all__ = [
     "CircuitOpen",
     "ConfigError",
     "DeadlineExceeded",
+    "DelegationLoop",
     "DependencyUnavailable",
     "DuplicateMessage",
     "InvalidEnvelope",
@@ -76,6 +79,8 @@ ADDRESS = "address"
 CAUSE = "cause"
 #: The cause of an agent that nothing listens for, and what its error then asks.
 REFUSED = "connection refused"
+#: The cause of a DEADLINE_EXCEEDED that the attempt's own timeout ended, the caller's deadline not yet.
+ATTEMPT_TIMEOUT = "attempt timeout"
 #: What an error that finds nothing listening asks, in every message that says so.
 MESH_HINT = "is the mesh running? (start it with 'make run' or 'kosmos up')"
 NOT_RUNNING = f": {MESH_HINT}"
@@ -159,6 +164,14 @@ class ConfigError(KosmosError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "CONFIG_INVALID"
+
+
+class DelegationLoop(KosmosError):
+    """A delegation chain is deeper than the mesh allows (``[mesh] max_hops``): refused, not run,
+    so that agents delegating to each other (or to themselves) cannot hold every slot waiting."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "DELEGATION_LOOP"
 
 
 class DuplicateMessage(KosmosError):
@@ -304,6 +317,7 @@ _BY_REASON: dict[str, type[KosmosError]] = {
         ActionNotFound,
         WrongCallKind,
         ConfigError,
+        DelegationLoop,
         DuplicateMessage,
         DeadlineExceeded,
         AgentUnavailable,

@@ -105,6 +105,7 @@ class AgentServer:
             telemetry=settings.telemetry,
             interceptors=interceptors,
             intercepted=bool(grpc_interceptors),
+            max_hops=settings.max_hops,
         )
         add_agent_service(self.servicer, self._server)
         if bus is not None:

@@ -15,7 +15,7 @@ from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.calls import Chunk
 from kosmos_grpc.context import Context
 from kosmos_grpc.deadlines import past_deadline, timer_for
-from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, dict_to_struct, validate_and_fill
+from kosmos_grpc.envelope import DEFAULT_MAX_HOPS, DEFAULT_PAYLOAD_LIMIT, dict_to_struct, validate_and_fill
 from kosmos_grpc.errors import (
     ActionFailed,
     ActionNotFound,
@@ -77,6 +77,7 @@ class AgentServicer:
         intercepted: bool = False,
         max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS,
         stream_idle_seconds: float | None = DEFAULT_STREAM_IDLE_SECONDS,
+        max_hops: int = DEFAULT_MAX_HOPS,
     ) -> None:
         self.agent = agent
         #: Warnings said once per burst (streams ended because their clients were not reading).
@@ -99,6 +100,7 @@ class AgentServicer:
             admission=admission,
             running=lambda: self.handlers.running,
             intercepted=intercepted,
+            max_hops=max_hops,
         )
         self._card = _card(agent)
         #: When this process began serving the agent (seconds since the epoch), and how often

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -12,11 +13,13 @@ from kosmos_grpc._grpc import AgentStub, channel_options
 from kosmos_grpc.deadlines import time_left
 from kosmos_grpc.errors import (
     ADDRESS,
+    ATTEMPT_TIMEOUT,
     CAUSE,
     NOT_RUNNING,
     ORIGIN,
     REFUSED,
     ActionFailed,
+    DeadlineExceeded,
     KosmosError,
     PayloadTooLarge,
     from_rpc_error,
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
     from kosmos_grpc.interceptors.outbound import Delegation
     from kosmos_grpc.registry import Registry
 
-__all__ = ["Transport", "explain"]
+__all__ = ["Transport", "attempt_timed_out", "explain"]
 
 
 class Transport(OutboundInterceptor):
@@ -101,13 +104,16 @@ class Transport(OutboundInterceptor):
         call.request.message.target_agent = target
         address = self._address(call)
         stub = self.stub(target, address)
+        attempt = _attempt_seconds(call)
         token = self._current(call)
         try:
             reply: agent_pb2.ExecuteResponse = await stub.Execute(
-                call.request, timeout=time_left(call.deadline, target, call.action), metadata=call.metadata
+                call.request,
+                timeout=attempt or time_left(call.deadline, target, call.action),
+                metadata=call.metadata,
             )
         except grpc.aio.AioRpcError as exc:
-            raise explain(exc, target, call.action, call.timeout, address) from None
+            raise explain(exc, target, call.action, attempt or call.timeout, address, attempt=bool(attempt)) from None
         finally:
             if token is not None:
                 otel_context.detach(token)
@@ -125,8 +131,19 @@ class Transport(OutboundInterceptor):
         finally:
             if token is not None:
                 otel_context.detach(token)
+        attempt = _attempt_seconds(call)
         try:
-            first = await stream.read()
+            if attempt is None:
+                first = await stream.read()
+            else:  # the stream keeps the call's deadline: the attempt's bounds its first chunk only
+                scope = asyncio.timeout(attempt)
+                try:
+                    async with scope:
+                        first = await stream.read()
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    raise attempt_timed_out(target, action, attempt) from None
         except grpc.aio.AioRpcError as exc:
             raise explain(exc, target, action, call.timeout, address) from None
         except BaseException:
@@ -140,14 +157,33 @@ class Transport(OutboundInterceptor):
         return OpenStream(first, stream, read_to_end=bool(self._grpc_interceptors))
 
 
-def explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float, address: str = "") -> KosmosError:
+def _attempt_seconds(call: Delegation[Any]) -> float | None:
+    """The seconds this attempt has, when its own deadline ends before the call's; else None."""
+    deadline = call.attempt_deadline
+    if deadline is None or deadline >= call.deadline:
+        return None
+    return time_left(deadline, call.target, call.action)
+
+
+def attempt_timed_out(agent: str, action: str, seconds: float) -> DeadlineExceeded:
+    """The failure of an attempt its own timeout ended, while the caller still had time: counted
+    by the target's breaker, and a reason to try its fallback."""
+    return DeadlineExceeded(
+        f"{agent}.{action} did not answer within {seconds * 1000:.0f} ms, the time one attempt may take",
+        metadata={ORIGIN: agent, CAUSE: ATTEMPT_TIMEOUT},
+    )
+
+
+def explain(
+    exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float, address: str = "", *, attempt: bool = False
+) -> KosmosError:
     """The mesh error for a failed call, with the agent named where the transport said little.
 
     Its ``origin`` is the agent whose failure it is: the one called, unless that one passed on
     the failure of an agent it called in turn (which set its own ``origin``). An agent that
     could not be reached is named with the ``address`` called and the cause, in the message and
     in its metadata (``address``, ``cause``); when nothing listens there, it asks whether the
-    mesh is running.
+    mesh is running. With ``attempt``, ``timeout`` was the attempt's own (see :func:`attempt_timed_out`).
     """
     error = from_rpc_error(exc)
     explained = bool(error.metadata) or isinstance(error, ActionFailed)  # by the agent itself
@@ -161,6 +197,8 @@ def explain(exc: grpc.aio.AioRpcError, agent: str, action: str, timeout: float, 
             f"the payload to {agent}.{action} is over the limit ({exc.details()})", metadata={"field": "payload"}
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if attempt:  # ``timeout`` was the attempt's own, shorter than the call's
+            return attempt_timed_out(agent, action, timeout)
         error.message = f"{agent}.{action} did not answer within {timeout * 1000:.0f} ms"
     elif code == grpc.StatusCode.UNAVAILABLE:
         cause = _cause(exc.details() or "")

@@ -42,9 +42,9 @@ class Raiser(Agent):
 def test_every_exported_error_is_tested() -> None:
     expected = {
         "ActionFailed", "ActionNotFound", "AgentNotFound", "AgentUnavailable", "Cancelled", "CircuitOpen",
-        "ConfigError", "DeadlineExceeded", "DependencyUnavailable", "DuplicateMessage", "InvalidEnvelope",
-        "KosmosError", "PayloadTooLarge", "ResourceExhausted", "SagaFailed", "SlowConsumer", "StreamBroken",
-        "WrongCallKind",
+        "ConfigError", "DeadlineExceeded", "DelegationLoop", "DependencyUnavailable", "DuplicateMessage",
+        "InvalidEnvelope", "KosmosError", "PayloadTooLarge", "ResourceExhausted", "SagaFailed", "SlowConsumer",
+        "StreamBroken", "WrongCallKind",
     }  # fmt: skip
     assert set(ERRORS) == expected
 

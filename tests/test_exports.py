@@ -52,6 +52,7 @@ PUBLIC = [
     "Coordinator",
     "DeadlineExceeded",
     "Delegation",
+    "DelegationLoop",
     "DependencyUnavailable",
     "DuplicateMessage",
     "Envelope",

@@ -11,7 +11,7 @@ from kosmos_grpc.interceptors.outbound import OutboundInterceptor, made
 from kosmos_grpc.interceptors.resilience import ResilienceInterceptor
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Container, Sequence
 
     from kosmos_grpc.bus.protocol import EventBus
     from kosmos_grpc.resilience import Resilience
@@ -30,10 +30,12 @@ def client_chain(
     events: EventBus | None,
     interceptors: Sequence[OutboundFactory],
     resilience: Resilience | None,
+    known: Container[str] | None = None,
 ) -> tuple[OutboundInterceptor, OutboundInterceptor]:
     """The chain a delegation goes through, outermost first:
 
     1. telemetry: the span covers everything below, retries included (a fallback gets its own);
+       its metrics are labelled with the agents of ``known`` (the registry) only;
     2. announcements: one per delegation, not per attempt;
     3. the caller's own ``interceptors``, in the order given, each seeing the delegation once;
     4. resilience: the call to the target or a fallback, through its breaker (once), retried;
@@ -48,16 +50,21 @@ def client_chain(
         inner = ResilienceInterceptor(inner, resilience)
     for make in reversed(interceptors):
         inner = made(make, inner, OutboundInterceptor)
-    return outer_links(inner, source=source, telemetry=telemetry, events=events), inner
+    return outer_links(inner, source=source, telemetry=telemetry, events=events, known=known), inner
 
 
 def outer_links(
-    inner: OutboundInterceptor, *, source: str, telemetry: bool, events: EventBus | None
+    inner: OutboundInterceptor,
+    *,
+    source: str,
+    telemetry: bool,
+    events: EventBus | None,
+    known: Container[str] | None = None,
 ) -> OutboundInterceptor:
     """Links 1 and 2 of :func:`client_chain` around its inner part."""
     chain = inner
     if events is not None:
         chain = Announce(chain, events)
     if telemetry:
-        chain = ClientTelemetry(chain, source)
+        chain = ClientTelemetry(chain, source, known)
     return chain

@@ -13,7 +13,7 @@ from kosmos_grpc.telemetry.metrics import UNKNOWN_LABEL, DelegationMetrics
 from kosmos_grpc.telemetry.tracing import end_span, start_client_span, trace_id_hex
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Container, Coroutine
 
     from opentelemetry.trace import Span
 
@@ -29,15 +29,16 @@ Call = Any  # Delegation[ExecuteRequest] | Delegation[StreamRequest]
 class ClientTelemetry(OutboundInterceptor):
     """``delegate.<agent>.<action>`` spans, child of the current one, and ``agent_delegation_*`` metrics.
 
-    The span covers retries; the envelope's trace_id becomes the span's trace id. A fallback ends
+    ``known``: the agents whose names may label the metrics (the registry). The span covers
+    retries; the envelope's trace_id becomes the span's trace id. A fallback ends
     the target's span and metrics with the target's own failure (UNAVAILABLE, or its open
     circuit), and its call is a delegation of its own: ``delegate.<fallback>.<action>`` (with
     ``kosmos.fallback_for``), counted under the fallback's name.
     """
 
-    def __init__(self, next: OutboundInterceptor, source: str) -> None:
+    def __init__(self, next: OutboundInterceptor, source: str, known: Container[str] | None = None) -> None:
         super().__init__(next)
-        self.metrics = DelegationMetrics(source)
+        self.metrics = DelegationMetrics(source, known)
 
     async def delegate(self, call: Delegation[agent_pb2.ExecuteRequest]) -> agent_pb2.ExecuteResponse:
         leg = _Leg(self, call)
@@ -80,16 +81,17 @@ class ClientTelemetry(OutboundInterceptor):
         self, span: Span, agent: str, action: str, code: str, error: BaseException | None, started: float
     ) -> None:
         """Record how a delegation ended, on its span and in the metrics."""
-        # An agent or action that does not exist is counted under one label, so that bad requests
-        # (a name in a payload, say) cannot make series without end; the span says the same (the
+        # An agent or action that does not exist is counted under one label, and names from a
+        # request only as far as the labels allow (see telemetry.labels), so that bad requests (a
+        # name in a payload, say) cannot make series without end; the span is named the same (the
         # name asked for is in its exception's message).
         if code == "NOT_FOUND":
             agent = action = UNKNOWN_LABEL
-            _rename(span, agent, action)
         elif code == "UNIMPLEMENTED":
             action = UNKNOWN_LABEL
-            _rename(span, agent, action)
-        self.metrics.record(agent, action, code, time.monotonic() - started)
+        labelled = self.metrics.record(agent, action, code, time.monotonic() - started)
+        if labelled != (agent, action) or code in ("NOT_FOUND", "UNIMPLEMENTED"):
+            _rename(span, *labelled)
         end_span(span, code, error)
 
 

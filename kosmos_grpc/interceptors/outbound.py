@@ -73,6 +73,9 @@ class Delegation(Generic[RequestT]):
     #: ``agent``'s address, looked up as the delegation was made, for its first attempt (a retry
     #: looks again, so that it follows an agent that moved).
     address: str | None
+    #: When the next attempt must end (``time.monotonic``), before ``deadline`` (resilience's;
+    #: None: at ``deadline``). A unary attempt's gRPC deadline; a stream's wait for its first chunk.
+    attempt_deadline: float | None = None
     #: gRPC metadata sent with each attempt (the trace context, say).
     metadata: tuple[tuple[str, str], ...] | None = None
     answered: str = ""

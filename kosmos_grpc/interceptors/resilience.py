@@ -20,8 +20,8 @@ class ResilienceInterceptor(OutboundInterceptor):
     """Each attempt goes on to ``next`` with ``target`` set, as :class:`Resilience` decides; a
     fallback is told to the delegation's fallback callbacks (:meth:`Delegation.at_fallback`).
 
-    A stream is covered until its first chunk: after that, chunks have been seen, and a retry
-    would repeat them.
+    Each attempt gets its ``attempt_deadline``, before the call's own. A stream is covered until
+    its first chunk: after that, chunks have been seen, and a retry would repeat them.
     """
 
     def __init__(self, next: OutboundInterceptor, resilience: Resilience) -> None:
@@ -31,6 +31,7 @@ class ResilienceInterceptor(OutboundInterceptor):
     def delegate(self, call: Delegation[agent_pb2.ExecuteRequest]) -> Coroutine[Any, Any, agent_pb2.ExecuteResponse]:
         def attempt(target: str) -> Coroutine[Any, Any, agent_pb2.ExecuteResponse]:
             call.target = target
+            call.attempt_deadline = self.resilience.attempt_deadline(call.agent, target, call.deadline)
             return self.next.delegate(call)
 
         # Not a coroutine of its own: every call pays for this link, so it adds no frame to await.
@@ -39,6 +40,7 @@ class ResilienceInterceptor(OutboundInterceptor):
     def open_stream(self, call: Delegation[agent_pb2.StreamRequest]) -> Coroutine[Any, Any, OpenStream]:
         def start(target: str) -> Coroutine[Any, Any, OpenStream]:
             call.target = target
+            call.attempt_deadline = self.resilience.attempt_deadline(call.agent, target, call.deadline)
             return self.next.open_stream(call)
 
         return self.resilience.call(call.agent, start, call.deadline, call.fell_back if call.on_fallback else None)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeAlias
 
+from kosmos_grpc.envelope import DEFAULT_MAX_HOPS
 from kosmos_grpc.interceptors.admission import AdmissionInterceptor
 from kosmos_grpc.interceptors.deadline import DeadlineInterceptor
 from kosmos_grpc.interceptors.idempotency import IdempotencyInterceptor
 from kosmos_grpc.interceptors.inbound import InboundInterceptor
+from kosmos_grpc.interceptors.loops import LoopGuard
 from kosmos_grpc.interceptors.outbound import made
 from kosmos_grpc.interceptors.server_telemetry import ServerTelemetry
 
@@ -35,15 +37,18 @@ def server_chain(
     admission: Admission | None,
     running: Callable[[], float],
     intercepted: bool = False,
+    max_hops: int = DEFAULT_MAX_HOPS,
 ) -> InboundInterceptor:
     """The chain a served call goes through once its envelope is checked, outermost first:
 
     1. telemetry: the SERVER span covers everything below (the log fields are set before the chain);
     2. the agent's own ``interceptors``, in the order given (before anything is claimed or queued);
-    3. idempotency: a duplicate message_id is answered from memory, never run twice;
-    4. admission: the priority queue, when ``max_concurrency`` is set;
-    5. the deadline: the envelope's TTL, where gRPC's own deadline ends later;
-    6. the handlers, which run the action (``running`` counts them).
+    3. the loop guard: a delegation chain over ``max_hops``, or back into this agent while it has
+       no free slot, is refused before it claims its message_id or queues;
+    4. idempotency: a duplicate message_id is answered from memory, never run twice;
+    5. admission: the priority queue, when ``max_concurrency`` is set;
+    6. the deadline: the envelope's TTL, where gRPC's own deadline ends later;
+    7. the handlers, which run the action (``running`` counts them).
 
     ``intercepted``: the server has ``grpc.aio`` interceptors underneath all this.
 
@@ -54,6 +59,7 @@ def server_chain(
         chain = AdmissionInterceptor(chain, admission, agent)
     if executed is not None:
         chain = IdempotencyInterceptor(chain, executed, agent)
+    chain = LoopGuard(chain, agent, max_hops, admission)
     for make in reversed(interceptors):
         chain = made(make, chain, InboundInterceptor)
     if telemetry:

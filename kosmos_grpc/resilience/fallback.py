@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from kosmos_grpc.deadlines import time_left
-from kosmos_grpc.errors import ADDRESS, CAUSE, NOT_RUNNING, REFUSED, CircuitOpen, KosmosError
+from kosmos_grpc.errors import ADDRESS, ATTEMPT_TIMEOUT, CAUSE, NOT_RUNNING, REFUSED, CircuitOpen, KosmosError
 from kosmos_grpc.resilience.breaker import CircuitBreaker
 from kosmos_grpc.resilience.policy import ResiliencePolicy
+from kosmos_grpc.telemetry.bursts import BurstLog
 from kosmos_grpc.telemetry.metrics import FALLBACKS
 
 if TYPE_CHECKING:
@@ -33,10 +34,13 @@ class Resilience:
     """One caller's resilience: its policy, and a circuit breaker per target agent.
 
     A call goes to its target through the target's breaker, retried as the target's policy
-    says; the breaker counts the call once, however many attempts it took. When the target is
-    unavailable or its circuit is open, the call goes to the next agent of its fallback chain
+    says; the breaker counts the call once, however many attempts it took. Each attempt ends
+    before the caller's deadline (:meth:`attempt_deadline`), so a stalled target is counted.
+    When the target is unavailable, its circuit is open or its attempt timed out, the call
+    goes to the next agent of its fallback chain
     (which never loops), counted in ``kosmos_fallbacks_total``; when every agent of the chain
-    fails so, the error is the asked agent's, naming each fallback tried.
+    fails so, the error is the asked agent's, naming each fallback tried. A fallback that answers
+    is logged as a WARNING once per burst (then with a count of the others, at most every 30 s on ``clock``).
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class Resilience:
         self.clock = clock
         self._breakers: dict[str, CircuitBreaker] = {}
         self._chains: dict[str, list[str]] = {}
+        self._answered = BurstLog(log, clock=clock)
 
     def breaker(self, agent: str) -> CircuitBreaker:
         """The breaker of calls to ``agent``, made on first use."""
@@ -59,6 +64,16 @@ class Resilience:
             breaker = CircuitBreaker(agent, self.policy.breaker_for(agent), source=self.source, clock=self.clock)
             self._breakers[agent] = breaker
         return breaker
+
+    def attempt_deadline(self, agent: str, target: str, deadline: float) -> float:
+        """When an attempt to ``target`` (``agent`` or one of its fallbacks) must end, on
+        ``time.monotonic``'s clock: before ``deadline``, leaving time for the fallback that follows
+        (see :meth:`ResiliencePolicy.attempt_seconds`)."""
+        chain = self._chains.get(agent)
+        if chain is None:
+            chain = self._chains[agent] = self.policy.chain(agent)
+        now = time.monotonic()
+        return now + self.policy.attempt_seconds(target, deadline - now, falls_back=chain[-1] != target)
 
     @property
     def breakers(self) -> dict[str, CircuitBreaker]:
@@ -85,7 +100,7 @@ class Resilience:
         tried: list[tuple[str, KosmosError]] = []
         for index, target in enumerate(chain):
             try:
-                return await self._through(target, attempt, deadline)
+                result = await self._through(target, attempt, deadline)
             except _PassedOn as passed:
                 # The target answered, with the failure of an agent it called: that agent's
                 # breaker and retries (in the target) have had their say already.
@@ -99,6 +114,13 @@ class Resilience:
                 log.debug("%s: %s; falling back to %s", self.source, exc, following)
                 if fell_back is not None:
                     fell_back(target, exc, following)
+            else:
+                if tried:  # a fallback answered: said once per burst (a call that fails says it all itself)
+                    failed, why = tried[0]
+                    self._answered.warn(
+                        f"{failed} > {target}", "%s: %s answered for %s (%s)", self.source, target, failed, _why(why)
+                    )
+                return result
         raise AssertionError("unreachable: a chain has at least its own agent")  # pragma: no cover
 
     async def _through(self, target: str, attempt: Callable[[str], Awaitable[T]], deadline: float | None) -> T:
@@ -152,8 +174,14 @@ class _PassedOn(Exception):
 
 
 def _falls_back(error: KosmosError) -> bool:
-    """Whether another agent should answer: the target is down, or its circuit is open."""
-    return isinstance(error, CircuitOpen) or error.code == grpc.StatusCode.UNAVAILABLE
+    """Whether another agent should answer: the target is down, its circuit is open, or it did
+    not answer within its attempt's timeout (stalled) while the caller still has time."""
+    code = error.code
+    return (
+        code == grpc.StatusCode.UNAVAILABLE
+        or isinstance(error, CircuitOpen)
+        or (code == grpc.StatusCode.DEADLINE_EXCEEDED and error.metadata.get(CAUSE) == ATTEMPT_TIMEOUT)
+    )
 
 
 def _told(tried: list[tuple[str, KosmosError]], fallback: str, error: KosmosError) -> KosmosError:

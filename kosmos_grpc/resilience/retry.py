@@ -41,16 +41,23 @@ class wait_server_hint(wait_base):
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How calls to one agent are retried: ``attempts`` in all, exponential backoff with jitter."""
+    """How calls to one agent are retried: ``attempts`` in all, exponential backoff with jitter.
+
+    ``attempt_timeout``: the longest one attempt may take, in seconds (None: only the share of
+    the caller's deadline that :meth:`ResiliencePolicy.attempt_seconds` gives it).
+    """
 
     attempts: int = 3
     initial: float = 0.1
     maximum: float = 10.0
     jitter: float = 0.1
+    attempt_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.initial < 0 or self.maximum < 0 or self.jitter < 0:
             raise ValueError("retry attempts must be at least 1, and its delays not negative")
+        if self.attempt_timeout is not None and not self.attempt_timeout > 0:
+            raise ValueError("attempt_timeout must be above zero, or None")
 
     def retrying(self, deadline: float | None) -> AsyncRetrying:
         """A tenacity controller for one call whose deadline is ``deadline`` (``time.monotonic``)."""

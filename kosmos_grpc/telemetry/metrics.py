@@ -1,6 +1,7 @@
 """The mesh's Prometheus metrics: delegations by source, target, action and status; what agents hold.
 
-Series are labelled by agent and action names, which a mesh's config bounds. Gauges that read
+Series are labelled by agent and action names, bounded by :mod:`kosmos_grpc.telemetry.labels`
+(a name from a request is a label only when known). Gauges that read
 a number the process keeps anyway (calls in flight, queue depth) are read when scraped, so the
 hot path pays nothing for them.
 """
@@ -11,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from kosmos_grpc.telemetry.labels import OTHER_LABEL, UNKNOWN_LABEL, DelegationLabels
+
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Callable
+    from collections.abc import Callable, Container
     from wsgiref.simple_server import WSGIServer
 
 __all__ = [
@@ -23,6 +26,7 @@ __all__ = [
     "DELEGATION_SECONDS",
     "DURATION_BUCKETS",
     "FALLBACKS",
+    "OTHER_LABEL",
     "QUEUE_DEPTH",
     "UNKNOWN_LABEL",
     "DelegationMetrics",
@@ -55,9 +59,6 @@ CALLS_IN_FLIGHT = Gauge("kosmos_calls_in_flight", "Calls an agent is handling no
 QUEUE_DEPTH = Gauge("kosmos_queue_depth", "Calls waiting in an agent's priority queue.", ("agent",))
 
 
-#: The label of an agent or action that does not exist: bad requests must not make series without end.
-UNKNOWN_LABEL = "_unknown"
-
 # gauge name -> agent -> what each live server of that agent reads: a scrape shows their sum.
 _WATCHED: dict[Gauge, dict[str, list[Callable[[], float]]]] = {}
 
@@ -77,35 +78,39 @@ def watch(gauge: Gauge, agent: str, read: Callable[[], float]) -> Callable[[], N
 
 
 class DelegationMetrics:
-    """One caller's delegation metrics, with each label set's series looked up once."""
+    """One caller's delegation metrics, labelled as :class:`DelegationLabels` bounds them, each label
+    set's series looked up once."""
 
-    __slots__ = ("_series", "source")
+    __slots__ = ("_series", "labels", "source")
 
-    # A bound on the label sets kept per caller; past it the cache starts over (the series stay).
-    _LIMIT = 4096
-
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, known: Container[str] | None = None) -> None:
         self.source = source
+        #: Which target and action names may label series (``known``: the agents of the registry).
+        self.labels = DelegationLabels(known)
+        # Keyed by label values, which are bounded: so is this.
         self._series: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
 
-    def record(self, target: str, action: str, code: str, seconds: float) -> None:
-        """Count one delegation to ``target.action`` that ended with ``code`` after ``seconds``."""
+    def record(self, target: str, action: str, code: str, seconds: float) -> tuple[str, str]:
+        """Count one delegation to ``target.action`` that ended with ``code`` after ``seconds``;
+        the labels it was counted under."""
+        labels = self.labels
+        target = labels.agent(target)
+        action = labels.action(target, action, code)
         key = (target, action, code)
         series = self._series.get(key)
         if series is None:
-            if len(self._series) >= self._LIMIT:
-                self._series.clear()
-            labels = (self.source, target, action, code)
+            names = (self.source, target, action, code)
             series = self._series[key] = (
-                DELEGATIONS.labels(*labels),
+                DELEGATIONS.labels(*names),
                 DELEGATION_SECONDS.labels(self.source, target, action),
-                None if code == "OK" else DELEGATION_ERRORS.labels(*labels),
+                None if code == "OK" else DELEGATION_ERRORS.labels(*names),
             )
         total, duration, errors = series
         total.inc()
         duration.observe(seconds)
         if errors is not None:
             errors.inc()
+        return target, action
 
 
 class MetricsEndpoint:

@@ -27,19 +27,19 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kosmos/v1/envelope.proto\x12\tkosmos.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x02\n\x0c\x41gentMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0csource_agent\x18\x03 \x01(\t\x12\x19\n\x0ctarget_agent\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12(\n\x07payload\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12%\n\x08priority\x18\t \x01(\x0e\x32\x13.kosmos.v1.Priority\x12\x0e\n\x06ttl_ms\x18\n \x01(\x03\x42\x0f\n\r_target_agent\"{\n\rAgentResponse\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x1a\n\x12request_message_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x98\x01\n\x0bStreamChunk\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x1a\n\x12request_message_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x66inal\x18\x06 \x01(\x08*u\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kosmos/v1/envelope.proto\x12\tkosmos.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x02\n\x0c\x41gentMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0csource_agent\x18\x03 \x01(\t\x12\x19\n\x0ctarget_agent\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12(\n\x07payload\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12%\n\x08priority\x18\t \x01(\x0e\x32\x13.kosmos.v1.Priority\x12\x0e\n\x06ttl_ms\x18\n \x01(\x03\x12\r\n\x05route\x18\x0b \x03(\tB\x0f\n\r_target_agent\"{\n\rAgentResponse\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x1a\n\x12request_message_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x98\x01\n\x0bStreamChunk\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x1a\n\x12request_message_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x66inal\x18\x06 \x01(\x08*u\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kosmos.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIORITY']._serialized_start=687
-  _globals['_PRIORITY']._serialized_end=804
+  _globals['_PRIORITY']._serialized_start=702
+  _globals['_PRIORITY']._serialized_end=819
   _globals['_AGENTMESSAGE']._serialized_start=103
-  _globals['_AGENTMESSAGE']._serialized_end=405
-  _globals['_AGENTRESPONSE']._serialized_start=407
-  _globals['_AGENTRESPONSE']._serialized_end=530
-  _globals['_STREAMCHUNK']._serialized_start=533
-  _globals['_STREAMCHUNK']._serialized_end=685
+  _globals['_AGENTMESSAGE']._serialized_end=420
+  _globals['_AGENTRESPONSE']._serialized_start=422
+  _globals['_AGENTRESPONSE']._serialized_end=545
+  _globals['_STREAMCHUNK']._serialized_start=548
+  _globals['_STREAMCHUNK']._serialized_end=700
 # @@protoc_insertion_point(module_scope)

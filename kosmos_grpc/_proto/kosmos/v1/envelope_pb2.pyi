@@ -4,10 +4,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -58,6 +60,7 @@ class AgentMessage(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     TTL_MS_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """A uuid4 in canonical text form; a server assigns one when it is empty."""
     source_agent: _builtins.str
@@ -82,6 +85,12 @@ class AgentMessage(_message.Message):
     def payload(self) -> _struct_pb2.Struct:
         """The action's input, a JSON object."""
 
+    @_builtins.property
+    def route(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agents a delegated call passed through on its way here, first caller first (empty for a
+        call from outside the mesh): the hops of a delegation chain, so that a loop is seen and refused.
+        """
+
     def __init__(
         self,
         *,
@@ -95,10 +104,11 @@ class AgentMessage(_message.Message):
         trace_id: _builtins.str = ...,
         priority: Global___Priority.ValueType = ...,
         ttl_ms: _builtins.int = ...,
+        route: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_target_agent", b"_target_agent", "payload", b"payload", "target_agent", b"target_agent", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target_agent", b"_target_agent", "action", b"action", "correlation_id", b"correlation_id", "message_id", b"message_id", "payload", b"payload", "priority", b"priority", "source_agent", b"source_agent", "target_agent", b"target_agent", "timestamp", b"timestamp", "trace_id", b"trace_id", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target_agent", b"_target_agent", "action", b"action", "correlation_id", b"correlation_id", "message_id", b"message_id", "payload", b"payload", "priority", b"priority", "route", b"route", "source_agent", b"source_agent", "target_agent", b"target_agent", "timestamp", b"timestamp", "trace_id", b"trace_id", "ttl_ms", b"ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__target_agent: _TypeAlias = _typing.Literal["target_agent"]  # noqa: Y015
     _WhichOneofArgType__target_agent: _TypeAlias = _typing.Literal["_target_agent", b"_target_agent"]  # noqa: Y015
