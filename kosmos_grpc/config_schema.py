@@ -211,6 +211,16 @@ CONFIG = Table(
                 "delegation_events": Key(
                     "boolean", "Whether each delegation is announced on kosmos.agents.<agent>.requests|responses."
                 ),
+                "subscriber_buffer_bytes": Key(
+                    "integer",
+                    "What the broker buffers for one subscriber, in bytes, before its newest events are dropped.",
+                    minimum=1024,
+                ),
+                "subscriber_stall_seconds": Key(
+                    "number",
+                    "How long one write to a subscriber that does not read may wait before the broker cuts it off.",
+                    above=0,
+                ),
             },
         ),
         "telemetry": Table(
