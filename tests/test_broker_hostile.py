@@ -26,6 +26,11 @@ BUFFER = 16 * 1024
 SMALL_WINDOW = [("grpc.http2.bdp_probe", 0)]
 
 
+def _same(data: bytes) -> bytes:
+    """Identity (de)serializer: the bytes go on the wire as they are."""
+    return data
+
+
 @pytest.fixture
 async def broker() -> AsyncIterator[BrokerServer]:
     server = BrokerServer(address="127.0.0.1:0", subscriber_buffer_bytes=BUFFER, subscriber_stall_seconds=STALL)
@@ -36,7 +41,6 @@ async def broker() -> AsyncIterator[BrokerServer]:
         await server.stop(0)
 
 
-
 async def test_a_subscriber_that_stops_reading_is_cut_off_counted_and_logged_once(
     broker: BrokerServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -45,14 +49,14 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_counted_and_logged_onc
     request = events_pb2.SubscribeRequest(pattern="kosmos.events.>").SerializeToString()
     channels = [grpc.aio.insecure_channel(broker.address, options=SMALL_WINDOW) for _ in range(3)]
     try:
-        stalled = [
-            channel.unary_stream(f"/{BUS_SERVICE}/Subscribe", response_deserializer=events_pb2.SubscribeResponse.FromString)(
-                request
+        stalled: list[grpc.aio.UnaryStreamCall[bytes, bytes]] = []
+        for channel in channels:
+            open_call: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+                f"/{BUS_SERVICE}/Subscribe", request_serializer=_same, response_deserializer=_same
             )
-            for channel in channels
-        ]
-        for call in stalled:  # in place at the broker; then never read
-            await asyncio.wait_for(call.initial_metadata(), 10)
+            stalled.append(open_call(request))
+        for waiting in stalled:  # in place at the broker; then never read
+            await asyncio.wait_for(waiting.initial_metadata(), 10)
         async with GrpcEventBus(broker.address, source_agent="test") as bus:
             reader = await bus.subscribe("kosmos.events.>", capacity=100_000)
             blob = "x" * 4000
@@ -70,9 +74,9 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_counted_and_logged_onc
             await bus.publish("kosmos.events.user.action", {"after": True}, acknowledge=True)
             (event,) = await take(reader, 1)
             assert event.payload == {"after": True}
-        for call in stalled:  # reading again, each gets what the transport held, then the status
+        for stalled_call in stalled:  # reading again, each gets what the transport held, then the status
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                async for _ in call:
+                async for _ in stalled_call:
                     pass
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "bus.subscriber_stall_seconds" in (caught.value.details() or "")
@@ -114,15 +118,28 @@ async def test_undecodable_bytes_are_invalid_argument_without_a_traceback(
     garbage = b"\x0a\xff\xff\xff\x0f"  # field 1, a length past the end
     path = f"/{BUS_SERVICE}/{method}"
     async with grpc.aio.insecure_channel(broker.address) as channel:
+
+        async def send() -> None:
+            if method == "Publish":
+                unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                    path, request_serializer=_same, response_deserializer=_same
+                )
+                await unary(garbage, timeout=5)
+            elif method == "PublishStream":
+                stream: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(
+                    path, request_serializer=_same, response_deserializer=_same
+                )
+                await stream(iter([garbage]), timeout=5)
+            else:
+                subscribe: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+                    path, request_serializer=_same, response_deserializer=_same
+                )
+                async for _ in subscribe(garbage, timeout=5):
+                    pass
+
         for _ in range(3):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                if method == "Publish":
-                    await channel.unary_unary(path)(garbage, timeout=5)
-                elif method == "PublishStream":
-                    await channel.stream_unary(path)(iter([garbage]), timeout=5)
-                else:
-                    async for _ in channel.unary_stream(path)(garbage, timeout=5):
-                        pass
+                await send()
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "protobuf decoding failed" in (caught.value.details() or "")
     assert not [r for r in caplog.records if r.exc_info], "no traceback"
@@ -137,7 +154,7 @@ async def test_long_headers_subjects_and_queues_are_refused_naming_the_field_bri
             request_serializer=events_pb2.PublishRequest.SerializeToString,
             response_deserializer=events_pb2.PublishResponse.FromString,
         )
-        subscribe = channel.unary_stream(
+        subscribe: grpc.aio.UnaryStreamMultiCallable[events_pb2.SubscribeRequest, bytes] = channel.unary_stream(
             f"/{BUS_SERVICE}/Subscribe", request_serializer=events_pb2.SubscribeRequest.SerializeToString
         )
 
