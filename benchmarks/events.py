@@ -161,7 +161,7 @@ def mixed_cost_ns(subscriptions: int, *, fresh: bool = False) -> float:
             servicer.publish(events[index % len(events)])
         samples.append((time.perf_counter() - began) / calls * 1e9)
         if fresh:
-            servicer.bus._trie._forget()  # noqa: SLF001 - each round starts with nothing remembered
+            servicer.bus._trie._forget()  # each round starts with nothing remembered
     return statistics.median(samples)
 
 

@@ -17,6 +17,7 @@ import functools
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from kosmos_grpc.errors import InvalidEnvelope
+from kosmos_grpc.subject_index import PatternBits
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -218,15 +219,19 @@ class SubjectTrie(Generic[T]):
     A publish visits only the branches its own tokens (and ``*``) lead to, so subscriptions on
     unrelated subjects cost it nothing; and what a subject matched is kept (up to
     :attr:`CACHE_SUBJECTS` subjects and :attr:`CACHE_ITEMS` items in all, forgotten at every
-    add or remove), so a subject published again costs one lookup whatever the patterns.
+    add or remove), so a subject published again costs one lookup whatever the patterns. A new
+    subject whose walk would visit more than :attr:`WALK_BUDGET` nodes (patterns sharing much of
+    it) is matched by :class:`PatternBits` instead, at a cost bounded whatever their shapes.
     """
 
     CACHE_SUBJECTS = 1024
     CACHE_ITEMS = 65_536
+    WALK_BUDGET = 32
 
     def __init__(self) -> None:
         self._root: _Node[T] = _Node()
         self._count = 0
+        self._bits: PatternBits[list[T]] = PatternBits(MAX_TOKENS)
         self._cache: dict[str, list[T]] = {}
         self._cached_items = 0
 
@@ -245,10 +250,10 @@ class SubjectTrie(Generic[T]):
         for token in tokens[:-1]:
             node = node.children.setdefault(token, _Node())
         last = tokens[-1]
-        if last == _REST:
-            node.rest.append(item)
-        else:
-            node.children.setdefault(last, _Node()).here.append(item)
+        bucket = node.rest if last == _REST else node.children.setdefault(last, _Node()).here
+        if not bucket:
+            self._bits.add(pattern, bucket)
+        bucket.append(item)
         self._count += 1
         self._forget()
 
@@ -274,6 +279,8 @@ class SubjectTrie(Generic[T]):
             bucket.remove(item)
         except ValueError:
             return False
+        if not bucket:
+            self._bits.remove(pattern)
         self._count -= 1
         self._forget()
         keys = [*tokens[:-1], last] if last != _REST else tokens[:-1]
@@ -292,7 +299,9 @@ class SubjectTrie(Generic[T]):
         if found is not None:
             return found
         found = []
-        self._walk(self._root, subject.split("."), 0, found)
+        tokens = subject.split(".")
+        if not self._walk(tokens, found):
+            found = [item for bucket in self._bits.match(tokens) for item in bucket]
         if len(self._cache) >= self.CACHE_SUBJECTS or self._cached_items + len(found) > self.CACHE_ITEMS:
             self._forget()  # bounded: a publisher of ever new subjects starts it afresh
         if len(found) <= self.CACHE_ITEMS:
@@ -300,18 +309,28 @@ class SubjectTrie(Generic[T]):
             self._cached_items += len(found)
         return found
 
-    def _walk(self, node: _Node[T], tokens: list[str], index: int, found: list[T]) -> None:
-        if index == len(tokens):
-            found.extend(node.here)
-            return
-        found.extend(node.rest)  # ">" here takes every remaining token, at least one
-        children = node.children
-        literal = children.get(tokens[index])
-        if literal is not None:
-            self._walk(literal, tokens, index + 1, found)
-        single = children.get(_SINGLE)
-        if single is not None:
-            self._walk(single, tokens, index + 1, found)
+    def _walk(self, tokens: list[str], found: list[T]) -> bool:
+        """Add to ``found`` what the trie holds for ``tokens``; False past WALK_BUDGET nodes."""
+        count = len(tokens)
+        budget = self.WALK_BUDGET
+        stack = [(self._root, 0)]
+        while stack:
+            budget -= 1
+            if budget < 0:
+                return False
+            node, index = stack.pop()
+            if index == count:
+                found.extend(node.here)
+                continue
+            found.extend(node.rest)  # ">" here takes every remaining token, at least one
+            children = node.children
+            literal = children.get(tokens[index])
+            if literal is not None:
+                stack.append((literal, index + 1))
+            single = children.get(_SINGLE)
+            if single is not None:
+                stack.append((single, index + 1))
+        return True
 
     def __iter__(self) -> Iterator[T]:
         stack = [self._root]

@@ -203,17 +203,24 @@ def test_the_trie_with_its_cache_agrees_with_the_reference_while_patterns_come_a
         return ".".join(tokens)
 
     trie: SubjectTrie[int] = SubjectTrie()
+    bits: SubjectTrie[int] = SubjectTrie()
+    bits.WALK_BUDGET = 0  # every match by the bitsets, none by the walk
     live: dict[int, str] = {}
     subjects = [subject() for _ in range(60)]  # a few, published again and again: the cache is used
     for step in range(1500):
         if live and rng.random() < 0.3:
             key = rng.choice(list(live))
-            assert trie.remove(live.pop(key), key)
+            removed = live.pop(key)
+            assert trie.remove(removed, key)
+            assert bits.remove(removed, key)
         else:
             live[step] = pattern()
             trie.add(live[step], step)
-        for s in rng.sample(subjects, 3):
-            assert sorted(trie.match(s)) == sorted(k for k, p in live.items() if matches(p, s)), s
+            bits.add(live[step], step)
+        for s in [*rng.sample(subjects, 2), subject()]:
+            expected = sorted(k for k, p in live.items() if matches(p, s))
+            assert sorted(trie.match(s)) == expected, s
+            assert sorted(bits.match(s)) == expected, s
 
 
 def test_queue_groups_and_rest_wildcards_still_deliver_through_the_cache() -> None:
