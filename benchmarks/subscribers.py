@@ -32,7 +32,7 @@ CONNECTIONS = sized(50, 10)
 #: The broker's subscriber_stall_seconds here: its default (10 s), 2 s in the quick variant.
 STALL = float(sized(10, 2))
 #: Seconds of publishing with no stalled subscriber, then with them (past the cut-off).
-CALM, STALLED = sized(3, 1), STALL + sized(5, 2)
+CALM, STALLED = sized(3, 1), STALL + sized(8, 3)
 BLOB = "x" * 4000
 
 
