@@ -19,6 +19,7 @@ from .harness import INTERRUPTED, QUICK_ENV, ROOT, quick
 BENCHMARKS = (
     ("benchmarks.core",),
     ("benchmarks.events",),
+    ("benchmarks.subscribers",),
     ("benchmarks.resilience",),
     ("benchmarks.telemetry",),
     ("benchmarks.telemetry", "--export"),

@@ -3,13 +3,15 @@
 In one run: events/s from one publisher to one subscriber and to ten, through the embedded
 broker in its own process, through the NATS backend, and through raw nats-py on the same
 nats-server (raw nats-py sends the same envelope bytes, built once); and the broker's cost
-to publish one event with no other subscriptions and with 10,000 that do not match it.
-Run with ``make bench``.
+to publish one event with no other subscriptions and with 10,000 that do not match it, both
+of one simple shape and of mixed shapes (literals, ``*`` anywhere, ``>``; shallow, and 13 tokens
+deep sharing all but one token with the subject). Run with ``make bench``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import statistics
 import sys
@@ -109,6 +111,60 @@ def publish_cost_ns(subscriptions: int) -> float:
     return statistics.median(samples)
 
 
+DEEP = ".".join(["kosmos", "events", *(f"t{i}" for i in range(2, 13))])  # 13 tokens
+
+
+def mixed_patterns(count: int, subject: str = DEEP, seed: int = 1) -> list[str]:
+    """``count`` patterns of mixed shapes, none matching ``subject``: literal, ``*`` in various
+    positions, ``>``, shallow and as deep as the subject, many sharing all but one of its tokens."""
+    rng = random.Random(seed)
+    tokens = subject.split(".")
+    shapes = []
+    for i in range(count):
+        kind = i % 6
+        if kind == 0:  # shallow literal
+            shapes.append(f"kosmos.agents.agent{i}.requests")
+        elif kind == 1:  # shallow, wildcards first
+            shapes.append(".".join(["*"] * rng.randint(0, 3) + [f"x{i}"]))
+        elif kind == 2:  # shallow ">"
+            shapes.append(f"tenant{i}.>" if i % 2 else f"kosmos.x{i}.>")
+        else:  # deep: the subject's tokens or "*", one of them replaced, ">" at the end now and then
+            deep = [token if rng.random() < 0.5 else "*" for token in tokens]
+            deep[rng.randrange(len(deep)) if kind == 3 else len(deep) - 1] = f"z{i}"
+            if kind == 5:
+                cut = rng.randrange(len(deep) // 2, len(deep))
+                deep[cut] = f"z{i}"
+                deep = [*deep[: cut + 1], ">"]
+            shapes.append(".".join(deep))
+    return shapes
+
+
+def mixed_cost_ns(subscriptions: int, *, fresh: bool = False) -> float:
+    """The broker's work to publish one event on a 13-token subject, with ``subscriptions`` of
+    mixed shapes that do not match it; ``fresh``: every publish on a subject not seen before."""
+    servicer = EventBusServicer()
+    calls, rounds = sized(20_000, 2_000), sized(9, 3)
+    patterns = mixed_patterns(subscriptions)
+    servicer.bus.subscribe(DEEP.rsplit(".", 1)[0] + ".*", capacity=calls * rounds)  # the one that matches
+    for pattern in patterns:
+        servicer.bus.subscribe(pattern)
+    events = []
+    for i in range(calls if fresh else 1):  # fresh: the last token differs each time
+        event = events_pb2.Event(subject=f"{DEEP.rsplit('.', 1)[0]}.n{i}" if fresh else DEEP)
+        new_message("", {"who": "zeus"}, into=event.message)
+        events.append(event)
+    assert all(servicer.publish(event) == 1 for event in events[:50]), "exactly one subscription matches"
+    samples = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        for index in range(calls):
+            servicer.publish(events[index % len(events)])
+        samples.append((time.perf_counter() - began) / calls * 1e9)
+        if fresh:
+            servicer.bus._trie._forget()  # each round starts with nothing remembered
+    return statistics.median(samples)
+
+
 async def nats_server() -> tuple[asyncio.subprocess.Process, str, str]:
     """A nats-server with JetStream on a free loopback port: the process, its URL and its store."""
     store = tempfile.mkdtemp(prefix="kosmos-bench-nats-")
@@ -159,6 +215,20 @@ async def main() -> None:
     print("the broker's cost to publish one event (validate, match, frame), one matching subscription")
     print(f"  no other subscriptions                {alone:8.0f} ns")
     print(f"  10,000 non-matching subscriptions     {crowded:8.0f} ns   {crowded / alone:.2f}x   target <= 1.2x")
+    print_mixed()
+
+
+def print_mixed() -> None:
+    """Publish cost on a 13-token subject with none and 10,000 non-matching subscriptions of mixed shapes."""
+    none, mixed = mixed_cost_ns(0), mixed_cost_ns(10_000)
+    fresh_none, fresh_mixed = mixed_cost_ns(0, fresh=True), mixed_cost_ns(10_000, fresh=True)
+    print("the same on a 13-token subject, 10,000 non-matching subscriptions of mixed shapes")
+    print("(literal, * in various positions, >; shallow, and deep sharing all but one token)")
+    print(f"  none {none:8.0f} ns, mixed {mixed:8.0f} ns   {mixed / none:.2f}x   target <= 1.5x")
+    print(
+        f"  each subject new (no match kept): none {fresh_none:8.0f} ns, mixed {fresh_mixed:8.0f} ns"
+        f"   {fresh_mixed / fresh_none:.2f}x"
+    )
 
 
 def cli() -> None:

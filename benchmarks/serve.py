@@ -105,9 +105,9 @@ async def bare(target: str | None) -> None:
         await channel.close()
 
 
-async def broker() -> None:
-    """The embedded event broker on a free port."""
-    server = BrokerServer()
+async def broker(stall: float | None = None) -> None:
+    """The embedded event broker on a free port (``stall``: its subscriber_stall_seconds)."""
+    server = BrokerServer() if stall is None else BrokerServer(subscriber_stall_seconds=stall)
     await server.start()
     print(server.address, flush=True)
     await wait_for_stop()
@@ -126,7 +126,11 @@ async def agent(spec: str, registry: dict[str, str]) -> None:
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=["bare", "bare-uvloop", "broker", "agent"])
-    parser.add_argument("args", nargs="*", help="bare: the echo to relay to; agent: its spec, then a JSON registry")
+    parser.add_argument(
+        "args",
+        nargs="*",
+        help="bare: the echo to relay to; agent: its spec, then a JSON registry; broker: stall seconds",
+    )
     parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.kind == "agent" and not args.args:
@@ -134,7 +138,7 @@ def cli() -> None:
     pin(args.cpu)  # before gRPC starts any thread: its threads inherit it
     target = args.args[0] if args.args else None
     if args.kind == "broker":  # the embedded event broker, as `kosmos broker` runs it
-        runtime.run(broker())
+        runtime.run(broker(float(target) if target else None))
     elif args.kind == "bare":  # bare grpc.aio, on asyncio's own loop as a plain grpcio service runs
         asyncio.run(bare(target))
     elif args.kind == "bare-uvloop":

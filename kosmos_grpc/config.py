@@ -14,7 +14,8 @@ from typing import Any
 
 import grpc
 
-from kosmos_grpc.config_schema import AGENT, CONFIG, RESTART_POLICIES, Table, check
+from kosmos_grpc.config_check import check
+from kosmos_grpc.config_schema import AGENT, CONFIG, RESTART_POLICIES, Table
 from kosmos_grpc.envelope import DEFAULT_MAX_HOPS, DEFAULT_PAYLOAD_LIMIT
 from kosmos_grpc.errors import ConfigError, InvalidEnvelope
 from kosmos_grpc.resilience import BreakerPolicy, ResiliencePolicy, RetryPolicy
@@ -128,6 +129,10 @@ class BusConfig:
     max_deliveries: int = 5
     #: Whether each delegation is announced on ``kosmos.agents.<agent>.requests|responses``.
     delegation_events: bool = True
+    #: What the broker buffers for one subscriber (bytes), and how long one write to a subscriber
+    #: that does not read may wait before the broker cuts it off (RESOURCE_EXHAUSTED).
+    subscriber_buffer_bytes: int = 256 * 1024
+    subscriber_stall_seconds: float = 10.0
 
     @property
     def configured(self) -> bool:

@@ -198,6 +198,8 @@ async def _serve_broker(config: MeshConfig, metrics: str | None, *, handshake: b
         nats_url=bus.nats_url,
         durable=bus.durable,
         max_deliveries=bus.max_deliveries,
+        subscriber_buffer_bytes=bus.subscriber_buffer_bytes,
+        subscriber_stall_seconds=bus.subscriber_stall_seconds,
     )
     stop = asyncio.Event()
     cause = _StopCause(stop.set)

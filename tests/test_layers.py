@@ -17,9 +17,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kosmos_grpc"
 # The cycle check covers imports within a layer.
 LAYERS: list[set[str]] = [
     {"errors", "_lazy"},
-    {"envelope", "subjects", "tables", "runtime", "deadlines", "stream_watch"},
+    {"envelope", "subjects", "subject_index", "tables", "runtime", "deadlines", "stream_watch"},
     {"_grpc", "registry", "telemetry", "idempotency", "admission", "calls", "memory"},
-    {"resilience", "config", "config_schema"},
+    {"resilience", "config", "config_schema", "config_check"},
     {"bus", "preflight"},
     {"agent", "interceptors", "transport", "client", "context", "patterns"},
     {"servicer", "server"},

@@ -102,7 +102,7 @@ def test_headers_are_bounded() -> None:
     with pytest.raises(InvalidEnvelope, match=f"over the limit of {MAX_HEADERS}"):
         validate_headers({f"h{i}": "v" for i in range(MAX_HEADERS + 1)})
     with pytest.raises(InvalidEnvelope, match="bytes, over the limit"):
-        validate_headers({"big": "x" * 5000})
+        validate_headers({f"h{i}": "x" * 2000 for i in range(3)})
     with pytest.raises(InvalidEnvelope, match="visible ASCII without"):
         validate_headers({"a b": "v"})
     with pytest.raises(InvalidEnvelope, match="visible ASCII without"):

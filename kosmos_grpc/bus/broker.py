@@ -5,10 +5,18 @@ Each event is serialized once at publish, already framed as one element of
 message, the frames simply joined (a repeated field's encoding is its elements' encodings
 one after another). So the cost of a publish grows with the subscriptions that match it, and
 a busy subscriber gets its events in batches rather than a message each.
+
+A subscriber that stops reading costs a bounded amount: its buffer holds at most
+``subscriber_buffer_bytes`` (then events are dropped, counted), and once one write to it has
+waited ``subscriber_stall_seconds`` (HTTP/2 flow control holds a write while the client does not
+read) it is cut off: its buffer let go, counted in ``kosmos_bus_subscribers_cut_off_total``,
+logged once per burst, its stream ended RESOURCE_EXHAUSTED naming the bound. Requests that do
+not decode are INVALID_ARGUMENT, logged once per burst, with no traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -17,31 +25,44 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kosmos_grpc._grpc import server_options
+from kosmos_grpc._grpc import abort, lenient, server_options, unreadable
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus.local import LocalBus
-from kosmos_grpc.bus.metrics import BrokerCounts
+from kosmos_grpc.bus.metrics import CUT_OFF, BrokerCounts
 from kosmos_grpc.bus.nats_backend import DEFAULT_DURABLE, DEFAULT_MAX_DELIVERIES, NatsEventBus
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate_and_fill
-from kosmos_grpc.errors import KosmosError, to_status
-from kosmos_grpc.subjects import check_subject, validate_headers
+from kosmos_grpc.errors import KosmosError, SlowConsumer, to_status
+from kosmos_grpc.subjects import check_queue, check_subject, echo, validate_headers
+from kosmos_grpc.telemetry.bursts import BurstLog
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from kosmos_grpc.bus.subscription import Subscription
 
-__all__ = ["BUS_SERVICE", "BrokerServer", "EventBusServicer"]
+__all__ = [
+    "BUS_SERVICE",
+    "DEFAULT_SUBSCRIBER_BUFFER_BYTES",
+    "DEFAULT_SUBSCRIBER_STALL_SECONDS",
+    "BrokerServer",
+    "EventBusServicer",
+]
 
 BUS_SERVICE: str = events_pb2.DESCRIPTOR.services_by_name["EventBusService"].full_name
 
 # What a subscription buffers: when the event expires (time.time_ns) and its framed bytes.
 Item = tuple[int, bytes]
-# The most events, and about the most bytes, one SubscribeResponse carries.
+# The most events, and about the most bytes, one SubscribeResponse carries: a write that a
+# stalled subscriber holds in gRPC's transport holds no more (one bigger event goes alone).
 MAX_BATCH = 256
-MAX_BATCH_BYTES = 1024 * 1024
+MAX_BATCH_BYTES = 64 * 1024
+#: What a subscription may buffer, in bytes, before its newest events are dropped.
+DEFAULT_SUBSCRIBER_BUFFER_BYTES = 256 * 1024
+#: How long one write to a subscriber may wait for it to read before it is cut off.
+DEFAULT_SUBSCRIBER_STALL_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
+_bursts = BurstLog(log)
 
 
 def _expired(item: Item) -> bool:
@@ -63,20 +84,22 @@ class EventBusServicer:
         bus: LocalBus[Item] | None = None,
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
         nats: NatsEventBus | None = None,
+        *,
+        subscriber_buffer_bytes: int = DEFAULT_SUBSCRIBER_BUFFER_BYTES,
+        subscriber_stall_seconds: float = DEFAULT_SUBSCRIBER_STALL_SECONDS,
     ) -> None:
-        self.bus: LocalBus[Item] = bus if bus is not None else LocalBus(_expired)
+        self.bus: LocalBus[Item] = bus if bus is not None else LocalBus(_expired, _weigh)
         self.payload_limit = payload_limit
+        self.subscriber_buffer_bytes = subscriber_buffer_bytes
+        self.subscriber_stall_seconds = subscriber_stall_seconds
+        #: Subscribers cut off because they stopped reading.
+        self.cut_off = 0
         #: When set, events go through this NATS connection instead of the LocalBus.
         self.nats = nats
         #: Events a publish stream carried that broke a rule, skipped.
         self.refused = 0
         #: ``nats_messages_published_total`` and ``nats_messages_received_total``, backend ``broker``.
         self.counts = BrokerCounts()
-
-    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> NoReturn:
-        status = to_status(error)
-        await context.abort(status.code, status.details, status.trailing_metadata)
-        raise AssertionError("abort returned")  # pragma: no cover - abort always raises
 
     def publish(self, event: events_pb2.Event) -> int:
         """Validate ``event`` (KosmosError naming the field) and hand it to every matching subscription
@@ -107,69 +130,132 @@ class EventBusServicer:
         return 0
 
     async def Publish(
-        self, request: events_pb2.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: events_pb2.PublishRequest | None, context: grpc.aio.ServicerContext[Any, Any]
     ) -> events_pb2.PublishResponse:
         """Validate the event and hand it to every matching subscription (deliveries 0 when bridged to NATS)."""
+        if request is None:
+            await _refuse_undecodable(context, "PublishRequest")
         try:
             delivered = await self._publish(request.event)
         except KosmosError as exc:
-            await self._abort(context, exc)
+            await abort(context, exc)
         return events_pb2.PublishResponse(message_id=request.event.message.message_id, deliveries=delivered)
 
     async def PublishStream(
-        self, requests: AsyncIterator[events_pb2.PublishStreamRequest], context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        requests: AsyncIterator[events_pb2.PublishStreamRequest | None],
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> events_pb2.PublishStreamResponse:
-        """Publish batches of events in order. A bad event is skipped, counted and logged: the
-        stream and the events after it go on (the Python client checks events before it sends)."""
+        """Publish batches of events in order. A bad event is skipped, counted and logged (once
+        per burst): the stream and the events after it go on (the Python client checks events
+        before it sends). A request that does not decode ends the stream INVALID_ARGUMENT."""
         accepted = 0
         async for request in requests:
+            if request is None:
+                await _refuse_undecodable(context, "PublishStreamRequest")
             for event in request.events:
                 try:
                     await self._publish(event)
                 except KosmosError as exc:
                     self.refused += 1
-                    log.warning("refused an event on %r from a publish stream: %s", event.subject, exc)
+                    _bursts.warn(
+                        "refused", "refused an event on %s from a publish stream: %s", echo(event.subject), exc
+                    )
                     continue
                 accepted += 1
         return events_pb2.PublishStreamResponse(accepted=accepted)
 
     async def Subscribe(
-        self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[bytes]:
-        """Stream the events matching the pattern, from the moment the subscription is in place."""
+        self, request: events_pb2.SubscribeRequest | None, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Stream the events matching the pattern, from the moment the subscription is in place,
+        until the client goes or stops reading for ``subscriber_stall_seconds``."""
+        if request is None:
+            await _refuse_undecodable(context, "SubscribeRequest")
         if self.nats is not None:
-            async for frames in self._bridge(request, context):
-                yield frames
+            await self._bridge(request, context)
             return
         try:
-            subscription = self.bus.subscribe(request.pattern, request.queue or None)
+            subscription = self.bus.subscribe(
+                request.pattern, request.queue or None, max_bytes=self.subscriber_buffer_bytes
+            )
         except KosmosError as exc:
-            await self._abort(context, exc)
+            await abort(context, exc)
         try:
             # Headers go out once the subscription is registered: a client that waits for
             # them knows every event published afterwards reaches it.
             await context.send_initial_metadata(())
             async for _, frame in subscription:
-                yield _batch(frame, subscription)
+                if not await self._write(context, _batch(frame, subscription)):
+                    self._cut(subscription, context)
+                    return
         finally:
             self.bus.remove(subscription)
 
-    async def _bridge(
-        self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[bytes]:
+    async def _write(self, context: grpc.aio.ServicerContext[Any, Any], message: bytes) -> bool:
+        """Send ``message``; False when the client did not take it within the stall bound.
+
+        A write waits while HTTP/2 flow control holds it (the client does not read): the bound
+        covers that wait, which a ``yield`` in a generator could not.
+        """
+        try:
+            async with asyncio.timeout(self.subscriber_stall_seconds):
+                await context.write(message)
+        except TimeoutError:
+            return False
+        return True
+
+    def _cut(self, subscription: Subscription[Any], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Cut off a subscriber that stopped reading: let go of its buffer, count it, say so once
+        per burst, and end its stream RESOURCE_EXHAUSTED (sent once the client reads again)."""
+        subscription.discard()  # closed, so offered nothing more, until the handler's end removes it
+        self.cut_off += 1
+        CUT_OFF.inc()
+        stall = self.subscriber_stall_seconds
+        _bursts.warn(
+            "cut off",
+            "cut off a subscriber to %s that read nothing for %.3g s (bus.subscriber_stall_seconds; "
+            "counted in kosmos_bus_subscribers_cut_off_total)",
+            echo(subscription.pattern),
+            stall,
+        )
+        error = SlowConsumer(
+            f"the subscriber read nothing for {stall:g} s (bus.subscriber_stall_seconds), "
+            f"{subscription.dropped} events dropped past bus.subscriber_buffer_bytes "
+            f"({self.subscriber_buffer_bytes}): cut off",
+            metadata={"limit": "bus.subscriber_stall_seconds"},
+        )
+        # A status set and the handler ended, rather than an abort: an abort would wait behind
+        # the held write for as long as the client does not read.
+        status = to_status(error)
+        context.set_code(status.code)
+        context.set_details(status.details)
+        context.set_trailing_metadata(status.trailing_metadata)
+
+    async def _bridge(self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Subscribe's stream when bridged: the NATS subscription's events, framed as ours."""
         assert self.nats is not None
         try:
+            check_queue(request.queue)
             subscription = await self.nats.subscribe(request.pattern, queue=request.queue or None)
         except KosmosError as exc:
-            await self._abort(context, exc)
+            await abort(context, exc)
         try:
             await context.send_initial_metadata(())
             async for event in subscription:
                 self.counts.delivered(event.subject)
-                yield _frame(events_pb2.Event(subject=event.subject, headers=event.headers, message=event.message))
+                frame = _frame(events_pb2.Event(subject=event.subject, headers=event.headers, message=event.message))
+                if not await self._write(context, frame):
+                    self._cut(subscription, context)
+                    return
         finally:
             await subscription.unsubscribe()
+
+
+async def _refuse_undecodable(context: grpc.aio.ServicerContext[Any, Any], kind: str) -> NoReturn:
+    """End a call whose request did not decode: INVALID_ARGUMENT, logged once per burst."""
+    _bursts.warn("undecodable", "refused a request that is not a valid kosmos.v1.%s, from %s", kind, context.peer())
+    await abort(context, unreadable(kind))
 
 
 def _weigh(item: Item) -> int:
@@ -183,20 +269,20 @@ def _batch(first: bytes, subscription: Subscription[Item]) -> bytes:
 
 
 def add_bus_servicer(servicer: EventBusServicer, server: grpc.aio.Server) -> None:
-    """Register EventBusService; Subscribe sends the bytes serialized once at publish."""
+    """Register EventBusService, requests decoded leniently; Subscribe sends the bytes serialized at publish."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Publish": grpc.unary_unary_rpc_method_handler(
             servicer.Publish,
-            request_deserializer=events_pb2.PublishRequest.FromString,
+            request_deserializer=lenient(events_pb2.PublishRequest.FromString),
             response_serializer=events_pb2.PublishResponse.SerializeToString,
         ),
         "PublishStream": grpc.stream_unary_rpc_method_handler(
             servicer.PublishStream,
-            request_deserializer=events_pb2.PublishStreamRequest.FromString,
+            request_deserializer=lenient(events_pb2.PublishStreamRequest.FromString),
             response_serializer=events_pb2.PublishStreamResponse.SerializeToString,
         ),
         "Subscribe": grpc.unary_stream_rpc_method_handler(
-            servicer.Subscribe, request_deserializer=events_pb2.SubscribeRequest.FromString
+            servicer.Subscribe, request_deserializer=lenient(events_pb2.SubscribeRequest.FromString)
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(BUS_SERVICE, handlers),))
@@ -214,8 +300,14 @@ class BrokerServer:
         nats_url: str | None = None,
         durable: tuple[str, ...] = DEFAULT_DURABLE,
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        subscriber_buffer_bytes: int = DEFAULT_SUBSCRIBER_BUFFER_BYTES,
+        subscriber_stall_seconds: float = DEFAULT_SUBSCRIBER_STALL_SECONDS,
     ) -> None:
-        self.servicer = EventBusServicer(payload_limit=payload_limit)
+        self.servicer = EventBusServicer(
+            payload_limit=payload_limit,
+            subscriber_buffer_bytes=subscriber_buffer_bytes,
+            subscriber_stall_seconds=subscriber_stall_seconds,
+        )
         self.nats_url = nats_url
         self.payload_limit = payload_limit
         self.durable = durable

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from kosmos_grpc.bus.subscription import DEFAULT_CAPACITY, Subscription
-from kosmos_grpc.subjects import SubjectTrie, pattern_tokens
+from kosmos_grpc.subjects import SubjectTrie, check_queue, pattern_tokens
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,18 +45,36 @@ class LocalBus(Generic[T]):
     """Subscriptions by pattern, and publish to all that match (at most once, never waiting).
 
     ``expired`` tells an item whose TTL ran out while it waited in a buffer: it is skipped.
+    ``weigh`` tells an item's size in bytes, for subscriptions bounded in bytes (``max_bytes``).
     """
 
-    def __init__(self, expired: Callable[[T], bool] | None = None) -> None:
+    def __init__(self, expired: Callable[[T], bool] | None = None, weigh: Callable[[T], int] | None = None) -> None:
         self._trie: SubjectTrie[Subscription[T] | _Group[T]] = SubjectTrie()
         self._groups: dict[tuple[str, str], _Group[T]] = {}
         self._expired = expired
+        self._weigh = weigh
 
-    def subscribe(self, pattern: str, queue: str | None = None, *, capacity: int = DEFAULT_CAPACITY) -> Subscription[T]:
-        """A new subscription to ``pattern`` (InvalidEnvelope naming ``pattern`` when it is not one)."""
+    def subscribe(
+        self,
+        pattern: str,
+        queue: str | None = None,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        max_bytes: int | None = None,
+    ) -> Subscription[T]:
+        """A new subscription to ``pattern`` (InvalidEnvelope naming ``pattern`` or ``queue`` when
+        it is not one); with ``max_bytes`` (and the bus's ``weigh``) its buffer is bounded in bytes too."""
         pattern_tokens(pattern)  # before anything is made or stored
+        if queue:
+            check_queue(queue)
         subscription: Subscription[T] = Subscription(
-            pattern, queue or None, capacity=capacity, on_unsubscribe=self._forget, expired=self._expired
+            pattern,
+            queue or None,
+            capacity=capacity,
+            on_unsubscribe=self._forget,
+            expired=self._expired,
+            max_bytes=max_bytes,
+            weigh=self._weigh,
         )
         if queue:
             group = self._groups.get((pattern, queue))

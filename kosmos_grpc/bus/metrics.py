@@ -1,8 +1,10 @@
 """Event counters, named as the rest of the mesh's dashboards expect.
 
-The subject label keeps only its first three tokens (``kosmos.agents.athena``), so the number
-of series stays bounded however many subjects are used. The broker, which counts the subjects
-of any client, keeps fewer still (:func:`broker_subject_label`).
+The subject label comes from a fixed set, whatever subjects and patterns clients use: the
+mesh's own subjects by their first three tokens (``kosmos.events.user``), an agent's subjects
+as ``kosmos.agents.<agent>`` for the first :data:`AGENT_LABELS` agents seen (then
+``kosmos.agents``), any other subject of a kosmos family as the family (``kosmos.events``), and
+everything else as ``other``. So a process has a bounded number of series, the broker too.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
+    "AGENT_LABELS",
     "BROKER_BACKEND",
-    "BROKER_PREFIXES",
+    "CUT_OFF",
     "DROPPED",
+    "FAMILIES",
+    "KNOWN_LABELS",
     "OTHER_SUBJECTS",
     "PUBLISHED",
     "RECEIVED",
     "BrokerCounts",
-    "broker_subject_label",
     "published",
     "received",
     "subject_label",
@@ -30,10 +34,24 @@ __all__ = [
 
 #: The ``backend`` label of what the embedded broker itself counts (its clients count as ``embedded``).
 BROKER_BACKEND = "broker"
-#: The subject label of a subject outside ``kosmos.``, or past the broker's bound on prefixes.
+#: The subject label of a subject or pattern outside the mesh's families.
 OTHER_SUBJECTS = "other"
-#: How many ``kosmos.`` prefixes the broker counts apart; the rest are ``other``.
-BROKER_PREFIXES = 64
+#: The labels of the mesh's own subjects (their first three tokens).
+KNOWN_LABELS = frozenset(
+    {
+        "kosmos.events.user",
+        "kosmos.events.system",
+        "kosmos.events.audit",
+        "kosmos.events.notifications",
+        "kosmos.commands.scale",
+    }
+)
+#: The families: a subject of one that is not in KNOWN_LABELS is counted under its family.
+FAMILIES = frozenset({"kosmos.events", "kosmos.commands", "kosmos.agents"})
+#: How many agents' subjects (``kosmos.agents.<agent>``) a process counts apart.
+AGENT_LABELS = 32
+_AGENTS = "kosmos.agents"
+_agents_seen: set[str] = set()
 
 PUBLISHED = Counter(
     "nats_messages_published_total", "Events published, by backend and subject prefix.", ("backend", "subject")
@@ -46,11 +64,28 @@ RECEIVED = Counter(
 DROPPED = Counter(
     "kosmos_events_dropped_total", "Events dropped because a subscriber's buffer was full.", ("backend", "subject")
 )
+CUT_OFF = Counter(
+    "kosmos_bus_subscribers_cut_off_total",
+    "Subscribers the broker ended because they stopped reading (RESOURCE_EXHAUSTED).",
+)
 
 
 def subject_label(subject: str) -> str:
-    """The first three tokens of a subject or pattern: the bounded label value."""
-    return ".".join(subject.split(".", 3)[:3])
+    """The bounded label value of a subject or pattern (see the module's docstring)."""
+    tokens = subject.split(".", 3)
+    three = ".".join(tokens[:3])
+    if three in KNOWN_LABELS:
+        return three
+    family = ".".join(tokens[:2])
+    if family not in FAMILIES:
+        return OTHER_SUBJECTS
+    if family == _AGENTS and len(tokens) > 2 and tokens[2] not in ("*", ">"):
+        if three in _agents_seen:
+            return three
+        if len(_agents_seen) < AGENT_LABELS:
+            _agents_seen.add(three)
+            return three
+    return family
 
 
 def _cached(counter: Counter) -> Callable[[str, str], Any]:
@@ -72,33 +107,17 @@ published = _cached(PUBLISHED)
 received = _cached(RECEIVED)
 
 
-def broker_subject_label(subject: str, known: set[str]) -> str:
-    """The broker's bounded label of ``subject``: the first three tokens of a ``kosmos.`` subject,
-    while ``known`` (the prefixes seen so far, which this fills) holds fewer than
-    :data:`BROKER_PREFIXES` of them; else ``other``, whatever a client publishes on."""
-    if not subject.startswith("kosmos."):
-        return OTHER_SUBJECTS
-    prefix = subject_label(subject)
-    if prefix in known:
-        return prefix
-    if len(known) >= BROKER_PREFIXES:
-        return OTHER_SUBJECTS
-    known.add(prefix)
-    return prefix
-
-
 class BrokerCounts:
     """The embedded broker's counts: events published through it, and deliveries it made.
 
     Each subject's children are looked up once (at most a bounded number of subjects are kept).
     """
 
-    __slots__ = ("_children", "_known")
+    __slots__ = ("_children",)
 
     _LIMIT = 4096
 
     def __init__(self) -> None:
-        self._known: set[str] = set()
         self._children: dict[str, tuple[Any, Any]] = {}
 
     def _child(self, subject: str) -> tuple[Any, Any]:
@@ -106,7 +125,7 @@ class BrokerCounts:
         if found is None:
             if len(self._children) >= self._LIMIT:
                 self._children.clear()
-            label = broker_subject_label(subject, self._known)
+            label = subject_label(subject)
             found = self._children[subject] = (
                 PUBLISHED.labels(BROKER_BACKEND, label),
                 RECEIVED.labels(BROKER_BACKEND, label),

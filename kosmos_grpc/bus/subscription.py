@@ -1,7 +1,8 @@
 """A subscription: a bounded buffer of events, read by async iteration or by a handler task.
 
-A publisher never waits for a subscriber: when the buffer is full the newest event is dropped,
-counted, and the first drop is logged. A handler's exception is logged and counted and never
+A publisher never waits for a subscriber: when the buffer is full (in events, or in bytes when
+the subscription weighs its events) the newest event is dropped and counted; drops are logged
+once per burst, whatever the number of subscriptions dropping. A handler's exception is logged and counted and never
 ends the subscription; each subscription's handler runs in its own task, so a slow handler
 holds up only its own subscription.
 """
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Generic, Self, TypeVar
 
 from kosmos_grpc.bus.event import Event
 from kosmos_grpc.bus.metrics import DROPPED, subject_label
+from kosmos_grpc.subjects import echo
+from kosmos_grpc.telemetry.bursts import BurstLog
 from kosmos_grpc.telemetry.tracing import finish_span, start_consumer_span
 
 if TYPE_CHECKING:
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_CAPACITY", "Subscription"]
 
 log = logging.getLogger(__name__)
+_bursts = BurstLog(log)
 
 DEFAULT_CAPACITY = 1024
 T = TypeVar("T")
@@ -42,6 +46,8 @@ class Subscription(Generic[T]):
         on_unsubscribe: Callable[[Subscription[T]], Awaitable[None]] | None = None,
         expired: Callable[[T], bool] | None = None,
         backend: str = "embedded",
+        max_bytes: int | None = None,
+        weigh: Callable[[T], int] | None = None,
     ) -> None:
         self.pattern = pattern
         self.queue = queue
@@ -58,11 +64,16 @@ class Subscription(Generic[T]):
         self._handler_task: asyncio.Task[None] | None = None
         self.backend = backend
         self._dropped_metric = DROPPED.labels(backend, subject_label(pattern))
+        #: With ``weigh``: the most bytes buffered (one event is always taken into an empty buffer).
+        self.max_bytes = max_bytes
+        self._weigh = weigh if max_bytes is not None else None
+        #: What the buffered events weigh, when weighed.
+        self.buffered_bytes = 0
 
     @property
     def full(self) -> bool:
-        """Whether the buffer has no room left."""
-        return self._buffer.full()
+        """Whether the buffer has no room left (in events, or bytes when weighed)."""
+        return self._buffer.full() or (self.max_bytes is not None and self.buffered_bytes >= self.max_bytes)
 
     @property
     def empty(self) -> bool:
@@ -73,15 +84,38 @@ class Subscription(Generic[T]):
         """Buffer ``event`` without waiting; False (and counted) when it had to be dropped."""
         if self._closed:
             return False
+        weight = 0
+        if self._weigh is not None:
+            weight = self._weigh(event)
+            if self.buffered_bytes and self.buffered_bytes + weight > self.max_bytes:  # type: ignore[operator]
+                return self._drop()
         try:
             self._buffer.put_nowait(event)
         except asyncio.QueueFull:
-            self.dropped += 1
-            self._dropped_metric.inc()
-            if self.dropped == 1:
-                log.warning("subscription %r is not keeping up: dropping events (counted)", self.pattern)
-            return False
+            return self._drop()
+        self.buffered_bytes += weight
         return True
+
+    def _drop(self) -> bool:
+        self.dropped += 1
+        self._dropped_metric.inc()
+        if self.dropped == 1:
+            _bursts.warn("drops", "subscription %s is not keeping up: dropping events (counted)", echo(self.pattern))
+        return False
+
+    def _taken(self, event: T) -> None:
+        if self._weigh is not None:
+            self.buffered_bytes -= self._weigh(event)
+
+    def discard(self) -> None:
+        """End the subscription and let go of everything buffered at once (a reader that is cut off)."""
+        self.close()
+        buffer = self._buffer
+        while not buffer.empty():
+            buffer.get_nowait()
+        self.buffered_bytes = 0
+        with contextlib.suppress(asyncio.QueueFull):
+            buffer.put_nowait(_CLOSED)
 
     def close(self) -> None:
         """End the subscription; iteration stops once the buffer is read."""
@@ -117,6 +151,7 @@ class Subscription(Generic[T]):
             event = await self._buffer.get()
             if event is _CLOSED:
                 raise StopAsyncIteration
+            self._taken(event)  # type: ignore[arg-type]
             if self._expired is not None and self._expired(event):  # type: ignore[arg-type]
                 continue  # its TTL ran out while it waited here: never delivered
             return event  # type: ignore[return-value]
@@ -135,6 +170,7 @@ class Subscription(Generic[T]):
                 with contextlib.suppress(asyncio.QueueFull):
                     buffer.put_nowait(_CLOSED)  # keep the wake-up for the next read
                 break
+            self._taken(event)  # type: ignore[arg-type]
             if self._expired is None or not self._expired(event):  # type: ignore[arg-type]
                 taken.append(event)  # type: ignore[arg-type]
                 if weigh is not None:
