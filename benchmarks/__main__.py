@@ -23,6 +23,7 @@ BENCHMARKS = (
     ("benchmarks.telemetry",),
     ("benchmarks.telemetry", "--export"),
     ("benchmarks.commands",),
+    ("benchmarks.hostile",),
 )
 
 
