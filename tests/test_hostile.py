@@ -50,12 +50,15 @@ MEMORY_BOUND = 64 * 1024 * 1024
 LONGEST_ACCEPTED = 4096
 #: The most lines a server may log while refusing a test's worth of bad requests: once per burst.
 LOG_LINES_BOUND = 10
+#: The longest line a server may log: what it echoes of a request is cut short, as in a status.
+LOG_LINE_LIMIT = 2048
 
 ATTACK = settings(
     max_examples=80,
     deadline=None,
     database=None,
     derandomize=True,
+    # One failure per test, shrunk, and no "explain" phase: a failing run stays within the test's timeout.
     report_multiple_bugs=False,
     phases=(Phase.explicit, Phase.generate, Phase.shrink),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
@@ -103,13 +106,11 @@ def _streamed(
 
 def _normal_call(served: Served, timeout: float) -> None:
     if served.kind == "agent":
-        request = agent_pb2.ExecuteRequest(message=new_message("echo", {"ping": 1}, target_agent="target"))
-        method = f"/{AGENT}/Execute"
+        method, request = f"/{AGENT}/Execute", _request(new_message("echo", {"ping": 1}, target_agent="target"))
     else:
         event = events_pb2.Event(subject="kosmos.events.audit.log", message=new_message("ping"))
-        request = events_pb2.PublishRequest(event=event)  # type: ignore[assignment]
-        method = f"/{BUS}/Publish"
-    answer, _ = _unary(served, method, request.SerializeToString(), timeout)
+        method, request = f"/{BUS}/Publish", _request(event)
+    answer, _ = _unary(served, method, request, timeout)
     assert answer.code == grpc.StatusCode.OK, f"a normal call to the {served.kind} within {timeout} s: {answer!r}"
 
 
@@ -135,9 +136,13 @@ def _attack(served: Served, examples: Callable[[], None], *, log_lines: int | No
     _still_well(served)
     written = served.new_log()
     assert "Traceback" not in written, f"the {served.kind} logged a traceback:\n{written[-4000:]}"
+    lines = written.splitlines()
+    longest = max(lines, key=len, default="")
+    assert len(longest) <= LOG_LINE_LIMIT, f"the {served.kind} logged a line of {len(longest)} chars: {longest[:300]}"
     if log_lines is not None:
-        lines = written.splitlines()
-        assert len(lines) <= log_lines, f"the {served.kind} logged {len(lines)} lines:\n" + "\n".join(lines[:20])
+        assert len(lines) <= log_lines, f"the {served.kind} logged {len(lines)} lines:\n" + "\n".join(
+            line[:300] for line in lines[:20]
+        )
     after = served.wait_for_rss_below(before + MEMORY_BOUND)
     assert after <= before + MEMORY_BOUND, (
         f"the {served.kind} holds {(after - before) / 2**20:.0f} MiB more than before the attack "
