@@ -72,6 +72,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     folder = tmp_path_factory.mktemp("hostile")
     started = start_servers(["agent", "broker"], folder, environment({"PYTHONUNBUFFERED": "1"}), ROOT)
     try:
+        for served in started:
+            _still_well(served)
+            served.baseline = served.rss()
         yield {served.kind: served for served in started}
     finally:
         for served in started:
@@ -409,7 +412,15 @@ def test_subscribe_answers_any_pattern_and_queue_with_a_deliberate_status(server
     _attack(broker, examples)
 
 
-def test_servers_ran_the_whole_module_without_a_restart(servers: Servers) -> None:
+def test_servers_ran_the_whole_module_without_a_restart_and_hold_little_more_memory(servers: Servers) -> None:
+    """Run last: after every attack above, both servers are the processes first started, and hold at
+    most twice the per-test bound more than once warmed up (their memory is not a slow leak)."""
     for served in servers.values():
         assert served.process.poll() is None, f"the {served.kind} exited"
-        assert served.serving()
+        _still_well(served)
+        bound = served.baseline + 2 * MEMORY_BOUND
+        after = served.wait_for_rss_below(bound)
+        assert after <= bound, (
+            f"the {served.kind} holds {(after - served.baseline) / 2**20:.0f} MiB more than when it started "
+            f"({served.baseline / 2**20:.0f} -> {after / 2**20:.0f} MiB)"
+        )

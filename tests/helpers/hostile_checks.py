@@ -111,6 +111,8 @@ class Served:
     address: str
     log: Path
     channel: grpc.Channel = field(init=False)
+    #: Its RSS once warmed up, before the first attack (set by the suite).
+    baseline: int = 0
     _read: int = 0
 
     def __post_init__(self) -> None:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from kosmos_grpc import Agent, AgentServer, Context, ServerSettings, action, runtime
+from kosmos_grpc import Agent, AgentServer, Context, Idempotency, ServerSettings, action, runtime
 from kosmos_grpc.bus import BrokerServer
 from kosmos_grpc.telemetry.logs import configure_logging
 
@@ -66,7 +66,15 @@ async def _until_stopped() -> None:
 async def serve(kind: str) -> None:
     """Serve ``kind`` ("agent" or "broker") until stopped."""
     if kind == "agent":
-        settings = ServerSettings(grace_seconds=1, max_concurrency=64, queue_limit=256, max_concurrent_rpcs=1024)
+        # Its memory of executed calls holds 8 MiB of replies, not the default 64: the suite's bound on
+        # memory is about what a server keeps by mistake, well under what it keeps by design.
+        settings = ServerSettings(
+            grace_seconds=1,
+            max_concurrency=64,
+            queue_limit=256,
+            max_concurrent_rpcs=1024,
+            idempotency=Idempotency(bytes=8 * 1024 * 1024),
+        )
         agent = AgentServer(Target(), settings, resilience=False)
         await agent.start()
         print(agent.address, flush=True)
