@@ -24,6 +24,7 @@ BENCHMARKS = (
     ("benchmarks.telemetry",),
     ("benchmarks.telemetry", "--export"),
     ("benchmarks.commands",),
+    ("benchmarks.hostile",),
 )
 
 

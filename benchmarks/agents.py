@@ -1,7 +1,8 @@
-"""The agent the benchmarks call: an echo, and a stream of n copies of a chunk."""
+"""The agents the benchmarks call: an echo, a stream of n copies of a chunk, and a call that waits."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,3 +25,13 @@ class BenchEcho(Agent):
         chunk = payload["chunk"]
         for _ in range(int(payload["n"])):
             yield chunk
+
+
+class BenchWork(BenchEcho):
+    """BenchEcho, plus a call that holds its handler slot for a while, as one waiting on I/O does."""
+
+    @action
+    async def work(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+        """Wait payload.ms milliseconds (20 by default), then answer."""
+        await asyncio.sleep(float(payload.get("ms", 20)) / 1000)
+        return {"done": True}

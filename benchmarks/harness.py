@@ -30,6 +30,8 @@ Call = Callable[[], Awaitable[object]]
 QUICK_ENV = "KOSMOS_BENCH_QUICK"
 #: The exit status of a benchmark stopped by Ctrl-C.
 INTERRUPTED = 130
+#: The PID of each server process :func:`processes` started, by the address it printed.
+PIDS: dict[str, int] = {}
 
 
 def quick() -> bool:
@@ -267,6 +269,7 @@ def processes(cpu: int | None = None) -> Iterator[Start]:
         address = process.stdout.readline().strip()
         if not address:
             raise RuntimeError(f"benchmark server {module} {args} did not start")
+        PIDS[address] = process.pid
         return address
 
     try:
@@ -280,6 +283,12 @@ def processes(cpu: int | None = None) -> Iterator[Start]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+
+
+def rss(pid: int) -> int:
+    """A process's resident memory, in bytes (Linux: ``/proc/<pid>/statm``)."""
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 async def wait_for_stop() -> None:
