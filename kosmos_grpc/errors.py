@@ -61,6 +61,8 @@ __all__ = [
     "SagaFailed",
     "StreamBroken",
     "WrongCallKind",
+    "clip",
+    "echo",
     "from_rpc_error",
     "is_final",
     "to_status",
@@ -290,25 +292,11 @@ class SagaFailed(KosmosError):
 _BY_REASON: dict[str, type[KosmosError]] = {
     cls.reason: cls
     for cls in (
-        KosmosError,
-        InvalidEnvelope,
-        AgentNotFound,
-        ActionNotFound,
-        WrongCallKind,
-        ConfigError,
-        DuplicateMessage,
-        DeadlineExceeded,
-        AgentUnavailable,
-        CircuitOpen,
-        DependencyUnavailable,
-        ResourceExhausted,
-        PayloadTooLarge,
-        Cancelled,
-        StreamBroken,
-        ActionFailed,
-        SagaFailed,
+        KosmosError, InvalidEnvelope, AgentNotFound, ActionNotFound, WrongCallKind, ConfigError, DuplicateMessage,
+        DeadlineExceeded, AgentUnavailable, CircuitOpen, DependencyUnavailable, ResourceExhausted, PayloadTooLarge,
+        Cancelled, StreamBroken, ActionFailed, SagaFailed,
     )
-}
+}  # fmt: skip
 _BY_CODE: dict[grpc.StatusCode, type[KosmosError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidEnvelope,
     grpc.StatusCode.NOT_FOUND: AgentNotFound,
@@ -335,11 +323,45 @@ def is_final(error: KosmosError) -> bool:
 _UNFINISHED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 
 
+# A status travels in HTTP/2 trailers: grpc-message (percent-encoded, a non-ASCII byte takes three)
+# and grpc-status-details-bin (the google.rpc.Status again, in base64). Past 8 KiB of them grpcio
+# fails the call with RESOURCE_EXHAUSTED "Stream removed" instead: with these bounds a status's
+# trailers stay under 4 KiB whatever it echoes (its message 1.5 KiB at most, its details 2.3 KiB).
+# The characters of a value an error quotes; a message's, a metadata entry's and all metadata's UTF-8 bytes.
+ECHO_CHARS, MESSAGE_BYTES, VALUE_BYTES, METADATA_BYTES = 120, 512, 256, 1024
+
+
+def echo(value: str, limit: int = ECHO_CHARS) -> str:
+    """``value`` quoted as an error shows it: up to ``limit`` characters, then an ellipsis and its length."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value):,} characters)"
+
+
+def clip(text: str, limit: int = MESSAGE_BYTES) -> str:
+    """``text`` within ``limit`` UTF-8 bytes: cut on a character boundary, then an ellipsis and its full length."""
+    if len(text) * 4 <= limit or len(data := text.encode("utf-8", "surrogatepass")) <= limit:
+        return text
+    suffix = f"... ({len(text):,} characters)"
+    return data[: max(limit - len(suffix), 0)].decode("utf-8", "ignore") + suffix
+
+
+def _clip_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """Each key and value clipped to VALUE_BYTES, and the entries past METADATA_BYTES in all left out."""
+    clipped, left = {}, METADATA_BYTES
+    for key, value in metadata.items():
+        key, value = clip(key, VALUE_BYTES), clip(value, VALUE_BYTES)
+        left -= len(key.encode("utf-8", "surrogatepass")) + len(value.encode("utf-8", "surrogatepass")) + 8
+        if left < 0:  # (8: the tags and lengths of a map entry)
+            break
+        clipped[key] = value
+    return clipped
+
+
 def to_status(error: KosmosError) -> grpc.Status:
-    """The rich gRPC status an error travels as."""
+    """The rich gRPC status an error travels as: its message and metadata clipped (:mod:`~kosmos_grpc.clip`),
+    so that its trailers fit gRPC's limit whatever the error echoes."""
     details = []
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=_clip_metadata(error.metadata)))
     details.append(info)
     if error.retry_after is not None:
         retry = any_pb2.Any()
@@ -348,7 +370,7 @@ def to_status(error: KosmosError) -> grpc.Status:
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(retry)
     status: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+        status_pb2.Status(code=error.code.value[0], message=clip(error.message), details=details)
     )
     return status
 

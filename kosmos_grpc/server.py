@@ -95,6 +95,8 @@ class AgentServer:
             agent,
             self.coordinator,
             payload_limit=settings.payload_limit,
+            max_payload_values=settings.max_payload_values,
+            max_ttl_ms=settings.max_ttl_ms,
             admission=None
             if settings.max_concurrency is None
             else Admission(settings.max_concurrency, settings.queue_limit),

@@ -9,13 +9,14 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from kosmos_grpc._grpc import abort, unreadable
+from kosmos_grpc._grpc import abort
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
+from kosmos_grpc.bounds import DEFAULT_MAX_PAYLOAD_VALUES, DEFAULT_MAX_TTL_MS
 from kosmos_grpc.calls import Chunk
 from kosmos_grpc.context import Context
 from kosmos_grpc.deadlines import timer_for
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, dict_to_struct, validate_and_fill
-from kosmos_grpc.errors import ActionFailed, ActionNotFound, AgentNotFound, KosmosError, WrongCallKind
+from kosmos_grpc.errors import ActionFailed, ActionNotFound, AgentNotFound, KosmosError, WrongCallKind, echo
 from kosmos_grpc.interceptors.inbound import InboundInterceptor, ServedCall
 from kosmos_grpc.interceptors.server_chain import server_chain
 from kosmos_grpc.resilience import CircuitState
@@ -54,6 +55,8 @@ class AgentServicer:
         coordinator: Coordinator,
         *,
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+        max_payload_values: int = DEFAULT_MAX_PAYLOAD_VALUES,
+        max_ttl_ms: int = DEFAULT_MAX_TTL_MS,
         admission: Admission | None = None,
         executed: ExecutedCalls[agent_pb2.ExecuteResponse] | None = None,
         telemetry: bool = True,
@@ -63,6 +66,8 @@ class AgentServicer:
         self.agent = agent
         self.coordinator = coordinator
         self.payload_limit = payload_limit
+        self.max_payload_values = max_payload_values
+        self.max_ttl_ms = max_ttl_ms
         #: The event bus handlers reach through ``ctx.bus``, once the server has one.
         self.bus: EventBus | None = None
         self.handlers = Handlers(agent)
@@ -98,18 +103,20 @@ class AgentServicer:
 
     def _admit(self, message: envelope_pb2.AgentMessage, context: grpc.aio.ServicerContext[Any, Any]) -> ServedCall:
         """Validate the envelope and find its action: the call, ready for the chain."""
-        ttl_left = validate_and_fill(message, payload_limit=self.payload_limit)
+        ttl_left = validate_and_fill(
+            message, payload_limit=self.payload_limit, max_values=self.max_payload_values, max_ttl_ms=self.max_ttl_ms
+        )
         name = self._name
         target = message.target_agent
         if target and target != name:
             raise AgentNotFound(
-                f"target_agent {target!r} is not served here (this is {name!r})", metadata={"field": "target_agent"}
+                f"target_agent {echo(target)} is not served here (this is {name!r})", metadata={"field": "target_agent"}
             )
         spec = self._actions.get(message.action)
         if spec is None:
             known = ", ".join(sorted(self._actions)) or "none"
             raise ActionNotFound(
-                f"agent {name!r} has no action {message.action!r} (actions: {known})", metadata={"field": "action"}
+                f"agent {name!r} has no action {echo(message.action)} (actions: {known})", metadata={"field": "action"}
             )
         timer, left = timer_for(context.time_remaining(), ttl_left)
         ctx = Context(message, name, time.monotonic() + left, self.coordinator, self.bus)
@@ -123,11 +130,11 @@ class AgentServicer:
         return _action_failed(self._name, message.action, exc)
 
     async def Execute(
-        self, request: agent_pb2.ExecuteRequest | None, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: agent_pb2.ExecuteRequest | KosmosError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.ExecuteResponse:
         """Run a unary action."""
-        if request is None:
-            await abort(context, unreadable("ExecuteRequest"))
+        if isinstance(request, KosmosError):  # bytes the deserializer would not take
+            await abort(context, request)
         message = request.message
         try:
             call = self._admit(message, context)
@@ -141,11 +148,11 @@ class AgentServicer:
         await abort(context, error)
 
     async def Stream(
-        self, request: agent_pb2.StreamRequest | None, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: agent_pb2.StreamRequest | KosmosError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[agent_pb2.StreamResponse]:
         """Run an action and send its chunks as they are made, then the final marker."""
-        if request is None:
-            await abort(context, unreadable("StreamRequest"))
+        if isinstance(request, KosmosError):
+            await abort(context, request)
         message = request.message
         call: ServedCall | None = None
         try:
@@ -187,9 +194,11 @@ class AgentServicer:
         await abort(context, error)
 
     async def Describe(
-        self, request: agent_pb2.DescribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: agent_pb2.DescribeRequest | KosmosError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.DescribeResponse:
         """The agent's card, and its circuits to the agents it has called."""
+        if isinstance(request, KosmosError):
+            await abort(context, request)
         response = agent_pb2.DescribeResponse(card=self._card)
         response.process.pid = os.getpid()
         response.process.started.FromNanoseconds(int(self.started * 1e9))

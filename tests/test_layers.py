@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kosmos_grpc"
 # The cycle check covers imports within a layer.
 LAYERS: list[set[str]] = [
     {"errors", "_lazy"},
-    {"envelope", "subjects", "tables", "runtime", "deadlines"},
+    {"envelope", "bounds", "subjects", "tables", "runtime", "deadlines"},
     {"_grpc", "registry", "telemetry", "idempotency", "admission", "calls"},
     {"resilience", "config", "config_schema"},
     {"bus", "preflight"},
