@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kosmos_grpc"
 LAYERS: list[set[str]] = [
     {"errors", "_lazy"},
     {"envelope", "bounds", "subjects", "tables", "runtime", "deadlines"},
-    {"_grpc", "registry", "telemetry", "idempotency", "admission", "calls"},
+    {"_grpc", "standard_services", "registry", "telemetry", "idempotency", "admission", "calls"},
     {"resilience", "config", "config_schema"},
     {"bus", "preflight"},
     {"agent", "interceptors", "transport", "client", "context", "patterns"},
