@@ -331,12 +331,12 @@ def _too_long(message: envelope_pb2.AgentMessage) -> KosmosError:
     action, target = message.action, message.target_agent
     if len(action) > MAX_NAME_CHARS:
         return ActionNotFound(
-            f"no action is named {echo(action)}: names are at most {MAX_NAME_CHARS} characters",
+            f"action {echo(action)} names no action: names are at most {MAX_NAME_CHARS} characters",
             metadata={"field": "action"},
         )
     if len(target) > MAX_NAME_CHARS:
         return AgentNotFound(
-            f"no agent is named {echo(target)}: names are at most {MAX_NAME_CHARS} characters",
+            f"target_agent {echo(target)} names no agent: names are at most {MAX_NAME_CHARS} characters",
             metadata={"field": "target_agent"},
         )
     for field, limit in (

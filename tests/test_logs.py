@@ -18,9 +18,10 @@ from kosmos_grpc import Coordinator
 from kosmos_grpc.commands import UsageError, _log_format
 from kosmos_grpc.config import load_config
 from kosmos_grpc.telemetry import JsonFormatter, TextFormatter, configure_logging
+from kosmos_grpc.telemetry.bursts import BurstLog
 from tests.helpers.agents import Narrator
 
-from .conftest import Mesh, Processes, kosmos_serve, tool
+from .conftest import ManualClock, Mesh, Processes, kosmos_serve, tool
 
 NARRATOR = '[agents.narrator]\nobject = "tests.helpers.agents:Narrator"\naddress = "127.0.0.1:0"\n'
 
@@ -229,3 +230,20 @@ def test_up_passes_the_log_format_to_its_children(processes: Processes, tmp_path
     assert up.wait(20) == 0
     logged = [json.loads(line) for line in up.stderr.read().splitlines()]
     assert any(line["message"].startswith("narrator serving on ") for line in logged)
+
+
+def test_a_burst_is_one_line_and_the_next_one_says_how_many_it_held(caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock()
+    burst = BurstLog(logging.getLogger("kosmos_grpc.test_burst"), window=60.0, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="kosmos_grpc.test_burst"):
+        for _ in range(100):
+            burst("refused %s", "garbage")
+        clock.advance(59)
+        burst("refused %s", "garbage")
+        clock.advance(1)
+        burst("refused %s", "more")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused garbage",
+        "refused more (and 100 more in the 60 s before)",
+    ]
+    assert not any(r.exc_info for r in caplog.records)
