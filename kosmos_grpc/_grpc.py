@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
-from kosmos_grpc.bounds import MAX_PAYLOAD_DEPTH, too_many, too_many_values
+from kosmos_grpc.bounds import PAYLOAD_DEPTH, too_many, too_many_values
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT
 from kosmos_grpc.errors import InvalidEnvelope, KosmosError, PayloadTooLarge, to_status
 from kosmos_grpc.telemetry.bursts import BurstLog
@@ -133,7 +133,9 @@ def refusing(
         except DecodeError as exc:
             refusals("refused a request that is not a valid %s: %s", name, exc)
             if max_values is not None and "MaxDepth" in str(exc):  # upb's "Exceeded upb_DecodeOptions_MaxDepth"
-                return InvalidEnvelope("payload", f"payload nests too deep (at most {MAX_PAYLOAD_DEPTH} levels)")
+                return InvalidEnvelope(
+                    "payload", f"payload nests deeper than protobuf decodes ({PAYLOAD_DEPTH} at most)"
+                )
             return InvalidEnvelope("message", f"the request is not a valid {name} (protobuf decoding failed)")
 
     return deserialize

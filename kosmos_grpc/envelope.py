@@ -17,12 +17,11 @@ from google.protobuf import struct_pb2
 
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
 from kosmos_grpc.bounds import (
-    DEEP_BYTES,
     DEFAULT_MAX_PAYLOAD_VALUES,
     DEFAULT_MAX_TTL_MS,
     MAX_ID_CHARS,
     MAX_NAME_CHARS,
-    check_payload_shape,
+    check_payload_values,
 )
 from kosmos_grpc.errors import (
     ActionNotFound,
@@ -237,7 +236,7 @@ def validate_and_fill(
     message: envelope_pb2.AgentMessage,
     *,
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
-    max_values: int = DEFAULT_MAX_PAYLOAD_VALUES,
+    max_values: int | None = DEFAULT_MAX_PAYLOAD_VALUES,
     max_ttl_ms: int = DEFAULT_MAX_TTL_MS,
     now_ns: int | None = None,
     require_action: bool = True,
@@ -246,8 +245,9 @@ def validate_and_fill(
 
     Raises InvalidEnvelope naming the field (a string over its length, a ttl_ms over
     ``max_ttl_ms``...), DeadlineExceeded for an expired TTL, PayloadTooLarge for a payload over
-    ``payload_limit`` bytes or ``max_values`` values, and ActionNotFound or AgentNotFound for an
-    action or target_agent longer than any name: each before the payload is looked at.
+    ``payload_limit`` bytes or ``max_values`` values (None: counted already, off the wire), and
+    ActionNotFound or AgentNotFound for an action or target_agent longer than any name: each
+    before the payload is turned into a dict.
     """
     # Every field is read once into a local: attribute access on a message is not free.
     action = message.action
@@ -306,8 +306,8 @@ def validate_and_fill(
     size = payload.ByteSize()
     if size > payload_limit:
         raise _too_large(size, payload_limit)
-    if size >= DEEP_BYTES or size > 2 * max_values:  # a smaller one is neither too deep nor too many
-        check_payload_shape(payload, max_values)
+    if max_values is not None and size > 2 * max_values:  # a smaller one cannot hold too many
+        check_payload_values(payload, max_values)
     return remaining
 
 

@@ -103,8 +103,9 @@ class AgentServicer:
 
     def _admit(self, message: envelope_pb2.AgentMessage, context: grpc.aio.ServicerContext[Any, Any]) -> ServedCall:
         """Validate the envelope and find its action: the call, ready for the chain."""
+        # max_values=None: the deserializer counted the payload's values off the wire (_grpc.refusing).
         ttl_left = validate_and_fill(
-            message, payload_limit=self.payload_limit, max_values=self.max_payload_values, max_ttl_ms=self.max_ttl_ms
+            message, payload_limit=self.payload_limit, max_values=None, max_ttl_ms=self.max_ttl_ms
         )
         name = self._name
         target = message.target_agent

@@ -13,7 +13,7 @@ from google.protobuf import struct_pb2
 
 from kosmos_grpc import DeadlineExceeded, InvalidEnvelope, PayloadTooLarge, Priority, new_message, validate_and_fill
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
-from kosmos_grpc.bounds import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_PAYLOAD_DEPTH, check_payload_shape, too_many_values
+from kosmos_grpc.bounds import MAX_ID_CHARS, MAX_NAME_CHARS, check_payload_values, too_many_values
 from kosmos_grpc.envelope import dict_to_struct, new_message_id, struct_to_dict
 from kosmos_grpc.errors import ActionNotFound, AgentNotFound, KosmosError, clip, echo
 
@@ -183,16 +183,16 @@ def test_a_payload_sent_in_pieces_is_counted_whole_and_garbage_is_left_to_the_de
         assert not too_many_values(garbage, 0)
 
 
-def test_the_shape_walk_refuses_too_many_values_and_too_deep_naming_payload() -> None:
-    check_payload_shape(dict_to_struct({"rows": [{"a": i} for i in range(10)]}), max_values=21)
-    with pytest.raises(PayloadTooLarge, match="more than 20 values") as many:
-        check_payload_shape(dict_to_struct({"rows": [{"a": i} for i in range(10)]}), max_values=20)
-    deep: dict[str, Any] = {}
-    for _ in range(MAX_PAYLOAD_DEPTH):
-        deep = {"a": [deep]} if len(str(deep)) % 2 else {"a": deep}
-    with pytest.raises(InvalidEnvelope, match="nests deeper than 32") as nested:
-        check_payload_shape(dict_to_struct(deep))
-    assert many.value.metadata["field"] == nested.value.field == "payload"
+def test_the_walk_over_a_struct_refuses_more_values_than_the_bound_naming_payload() -> None:
+    rows = dict_to_struct({"rows": [{"a": i, "b": [i, i]} for i in range(10)]})  # 1 + 10 + 20 + 20 values
+    check_payload_values(rows, max_values=51)
+    with pytest.raises(PayloadTooLarge, match="more than 50 values") as caught:
+        check_payload_values(rows, max_values=50)
+    assert caught.value.metadata["field"] == "payload"
+    message = new_message("echo", {"rows": list(range(20_001))})
+    with pytest.raises(PayloadTooLarge, match="more than 10,000 values"):
+        validate_and_fill(message)
+    validate_and_fill(message, max_values=None)  # counted already, off the wire
 
 
 @pytest.mark.parametrize(
