@@ -1,4 +1,4 @@
-"""What the mesh asks of grpcio: channel and server options, plain stubs, lenient decoding, aborts.
+"""What the mesh asks of grpcio: channel and server options, plain stubs, refusing decoding, aborts.
 
 Plain (not "registered") methods on both sides: in grpcio 1.85's asyncio stack the generated
 stubs and ``add_*Servicer_to_server`` cost a couple of dozen more Python calls per RPC.
@@ -13,32 +13,39 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
+from kosmos_grpc.bounds import PAYLOAD_DEPTH, too_many, too_many_values
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT
-from kosmos_grpc.errors import InvalidEnvelope, to_status
+from kosmos_grpc.errors import InvalidEnvelope, KosmosError, PayloadTooLarge, to_status
+from kosmos_grpc.telemetry.bursts import BurstLog
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from kosmos_grpc.errors import KosmosError
+    from google.protobuf.message import Message
 
 __all__ = [
     "AGENT_SERVICE",
+    "SMALL_REQUEST",
     "AgentService",
     "AgentStub",
     "abort",
     "add_agent_service",
     "channel_options",
-    "lenient",
     "quiet_hang_ups",
+    "refusing",
+    "request_limit",
     "server_options",
-    "unreadable",
 ]
+
+log = logging.getLogger(__name__)
 
 AGENT_SERVICE: str = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 # Headroom over the payload limit for the rest of the envelope, so the limit is ours to report.
 _ENVELOPE_HEADROOM = 64 * 1024
 # Calls gRPC's core may hold before the server takes them in (see server_options).
 _PENDING_CALLS = 20_000
+#: The most bytes a request that carries no envelope (Describe, a health check) may have.
+SMALL_REQUEST = 64 * 1024
 
 
 def channel_options(payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> list[tuple[str, Any]]:
@@ -98,22 +105,50 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: KosmosError)
     raise AssertionError("abort returned")  # pragma: no cover - abort always raises
 
 
-def lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """A deserializer that gives None for bytes that do not decode, so the handler can answer
-    INVALID_ARGUMENT (gRPC itself would answer INTERNAL)."""
+def request_limit(payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> int:
+    """The most bytes a request carrying an envelope may have: the payload's limit and the rest of the envelope."""
+    return payload_limit + _ENVELOPE_HEADROOM
+
+
+def refusing(
+    kind: type[Message], limit: int, refusals: BurstLog, *, max_values: int | None = None
+) -> Callable[[bytes], Any]:
+    """A deserializer of ``kind`` that gives, for bytes it will not take, the error to answer them with.
+
+    Each is found before any parsing where it can be: past ``limit`` bytes, PayloadTooLarge
+    naming ``payload``; for a kind that carries an envelope (``max_values`` given), a payload of
+    more values than that, PayloadTooLarge too. Bytes that do not decode get InvalidEnvelope
+    (gRPC itself would answer UNKNOWN and log a traceback), naming ``payload`` when the decoder
+    gave up on its depth, else ``message``; ``refusals`` logs them, a line a burst. The handler
+    answers the error it is given (``isinstance(request, KosmosError)``).
+    """
+    parse, name = kind.FromString, kind.DESCRIPTOR.full_name
+    # Fewer bytes than this cannot hold too many values (each takes 2 at least): not read.
+    counted_from = limit if max_values is None else min(limit, 2 * max_values)
 
     def deserialize(data: bytes) -> Any:
+        size = len(data)
+        if size > counted_from:
+            if size > limit:
+                field = "payload" if max_values is not None else "message"
+                return PayloadTooLarge(
+                    f"the request is {size:,} bytes, over the {limit:,} a {name} may have"
+                    + (": its payload is too large" if max_values is not None else ""),
+                    metadata={"field": field, "limit": str(limit)},
+                )
+            if max_values is not None and too_many_values(data, max_values):
+                return too_many(max_values)
         try:
             return parse(data)
-        except DecodeError:
-            return None
+        except DecodeError as exc:
+            refusals.warn(f"undecodable {name}", "refused a request that is not a valid %s: %s", name, exc)
+            if max_values is not None and "MaxDepth" in str(exc):  # upb's "Exceeded upb_DecodeOptions_MaxDepth"
+                return InvalidEnvelope(
+                    "payload", f"payload nests deeper than protobuf decodes ({PAYLOAD_DEPTH} at most)"
+                )
+            return InvalidEnvelope("message", f"the request is not a valid {name} (protobuf decoding failed)")
 
     return deserialize
-
-
-def unreadable(kind: str) -> InvalidEnvelope:
-    """The error for a request that :func:`lenient` could not decode."""
-    return InvalidEnvelope("message", f"the request is not a valid kosmos.v1.{kind} (protobuf decoding failed)")
 
 
 class AgentStub:
@@ -146,37 +181,44 @@ class AgentStub:
 
 
 class AgentService(Protocol):
-    """What serves AgentService's three calls (the servicer)."""
+    """What serves AgentService's three calls (the servicer); a request that could not be taken
+    comes as the error to answer it with."""
+
+    #: The largest payload it takes, in bytes and in values.
+    payload_limit: int
+    max_payload_values: int
 
     async def Execute(
-        self, request: agent_pb2.ExecuteRequest | None, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: agent_pb2.ExecuteRequest | KosmosError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.ExecuteResponse: ...
 
     def Stream(
-        self, request: agent_pb2.StreamRequest | None, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: agent_pb2.StreamRequest | KosmosError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[agent_pb2.StreamResponse]: ...
 
     async def Describe(
-        self, request: agent_pb2.DescribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: agent_pb2.DescribeRequest | KosmosError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.DescribeResponse: ...
 
 
-def add_agent_service(servicer: AgentService, server: grpc.aio.Server) -> None:
-    """Register AgentService as a generic handler, its requests decoded leniently."""
+def add_agent_service(servicer: AgentService, server: grpc.aio.Server, refusals: BurstLog | None = None) -> None:
+    """Register AgentService as a generic handler, its requests decoded by :func:`refusing`."""
+    refusals = refusals or BurstLog(log)
+    limit, values = request_limit(servicer.payload_limit), servicer.max_payload_values
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Execute": grpc.unary_unary_rpc_method_handler(
             servicer.Execute,
-            request_deserializer=lenient(agent_pb2.ExecuteRequest.FromString),
+            request_deserializer=refusing(agent_pb2.ExecuteRequest, limit, refusals, max_values=values),
             response_serializer=agent_pb2.ExecuteResponse.SerializeToString,
         ),
         "Stream": grpc.unary_stream_rpc_method_handler(
             servicer.Stream,
-            request_deserializer=lenient(agent_pb2.StreamRequest.FromString),
+            request_deserializer=refusing(agent_pb2.StreamRequest, limit, refusals, max_values=values),
             response_serializer=agent_pb2.StreamResponse.SerializeToString,
         ),
         "Describe": grpc.unary_unary_rpc_method_handler(
             servicer.Describe,
-            request_deserializer=agent_pb2.DescribeRequest.FromString,
+            request_deserializer=refusing(agent_pb2.DescribeRequest, SMALL_REQUEST, refusals),
             response_serializer=agent_pb2.DescribeResponse.SerializeToString,
         ),
     }

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from kosmos_grpc.bounds import DEFAULT_MAX_PAYLOAD_VALUES, DEFAULT_MAX_TTL_MS
 from kosmos_grpc.config_check import check
 from kosmos_grpc.config_schema import AGENT, CONFIG, RESTART_POLICIES, Table
 from kosmos_grpc.envelope import DEFAULT_MAX_HOPS, DEFAULT_PAYLOAD_LIMIT
@@ -52,8 +53,11 @@ class ServerSettings:
     """How one agent is served: where, with which limits, and which of the mesh's concerns are on."""
 
     address: str = "127.0.0.1:0"
-    #: The largest payload, in bytes, an envelope may carry.
+    #: The largest payload, in bytes, an envelope may carry, and the most values it may hold.
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+    max_payload_values: int = DEFAULT_MAX_PAYLOAD_VALUES
+    #: The longest ttl_ms an envelope may ask for.
+    max_ttl_ms: int = DEFAULT_MAX_TTL_MS
     #: How long a stop lets in-flight calls finish.
     grace_seconds: float = 10.0
     #: More calls at once are answered RESOURCE_EXHAUSTED with a RetryInfo, CRITICAL ones with a
@@ -103,6 +107,8 @@ class MeshLimits:
     """``[mesh]``: the limits every server of the mesh applies."""
 
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+    max_payload_values: int = DEFAULT_MAX_PAYLOAD_VALUES
+    max_ttl_ms: int = DEFAULT_MAX_TTL_MS
     grace_seconds: float = 10.0
     max_concurrent_rpcs: int | None = 1024
     max_stream_seconds: float = 3600.0
@@ -195,6 +201,8 @@ class MeshConfig:
         return ServerSettings(
             address=agent.address,
             payload_limit=limits.payload_limit,
+            max_payload_values=limits.max_payload_values,
+            max_ttl_ms=limits.max_ttl_ms,
             grace_seconds=limits.grace_seconds,
             max_concurrent_rpcs=agent.max_concurrent_rpcs or limits.max_concurrent_rpcs,
             max_concurrency=agent.max_concurrency,

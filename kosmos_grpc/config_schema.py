@@ -191,6 +191,12 @@ CONFIG = Table(
                     "integer", "How many executed message_ids a server remembers at most.", minimum=1
                 ),
                 "idempotency_bytes": Key("integer", "How many bytes of replies that memory holds at most.", minimum=1),
+                "max_payload_values": Key(
+                    "integer",
+                    "The most values (object members and array items, nested ones included) a payload may hold.",
+                    minimum=1,
+                ),
+                "max_ttl_ms": Key("integer", "The longest ttl_ms an envelope may ask for (default 24 h).", minimum=1),
                 "log_format": Key("string", "text, or json: a JSON object a line.", enum=LOG_FORMATS),
                 "max_hops": Key(
                     "integer",

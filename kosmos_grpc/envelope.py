@@ -16,7 +16,22 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
-from kosmos_grpc.errors import DeadlineExceeded, InvalidEnvelope, PayloadTooLarge
+from kosmos_grpc.bounds import (
+    DEFAULT_MAX_PAYLOAD_VALUES,
+    DEFAULT_MAX_TTL_MS,
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    check_payload_values,
+)
+from kosmos_grpc.errors import (
+    ActionNotFound,
+    AgentNotFound,
+    DeadlineExceeded,
+    InvalidEnvelope,
+    KosmosError,
+    PayloadTooLarge,
+)
+from kosmos_grpc.quoting import echo
 
 __all__ = [
     "DEFAULT_MAX_HOPS",
@@ -226,29 +241,49 @@ def validate_and_fill(
     message: envelope_pb2.AgentMessage,
     *,
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+    max_values: int | None = DEFAULT_MAX_PAYLOAD_VALUES,
+    max_ttl_ms: int = DEFAULT_MAX_TTL_MS,
     now_ns: int | None = None,
     require_action: bool = True,
 ) -> float:
     """Check an incoming envelope, fill its defaults in place and return its TTL left in seconds.
 
-    Raises InvalidEnvelope naming the field, DeadlineExceeded for an expired TTL and
-    PayloadTooLarge for a payload over ``payload_limit`` bytes.
+    Raises InvalidEnvelope naming the field (a string over its length, a ttl_ms over
+    ``max_ttl_ms``...), DeadlineExceeded for an expired TTL, PayloadTooLarge for a payload over
+    ``payload_limit`` bytes or ``max_values`` values (None: counted already, off the wire), and
+    ActionNotFound or AgentNotFound for an action or target_agent longer than any name: each
+    before the payload is turned into a dict.
     """
     # Every field is read once into a local: attribute access on a message is not free.
-    if require_action and not message.action:
+    action = message.action
+    if require_action and not action:
         raise InvalidEnvelope("action", "action is required")
+    correlation_id = message.correlation_id
+    # One test for the usual case, every string within its bound; _too_long says which is not.
+    if (
+        len(action) > MAX_NAME_CHARS
+        or len(correlation_id) > MAX_ID_CHARS
+        or len(message.trace_id) > MAX_ID_CHARS
+        or len(message.source_agent) > MAX_NAME_CHARS
+        or len(message.target_agent) > MAX_NAME_CHARS
+    ):
+        raise _too_long(message)
     message_id = message.message_id
     if not message_id:
         message.message_id = message_id = new_message_id()
     elif _UUID4.fullmatch(message_id) is None:
-        raise InvalidEnvelope("message_id", f"message_id {message_id[:64]!r} is not a uuid4 in canonical text form")
-    if not message.correlation_id:
+        raise InvalidEnvelope("message_id", f"message_id {echo(message_id, 64)} is not a uuid4 in canonical text form")
+    if not correlation_id:
         message.correlation_id = message_id
     ttl_ms = message.ttl_ms
     if ttl_ms <= 0:
         if ttl_ms < 0:
             raise InvalidEnvelope("ttl_ms", f"ttl_ms must be 0 (the default) or more, got {ttl_ms}")
         ttl_ms = DEFAULT_TTL_MS
+    elif ttl_ms > max_ttl_ms:
+        raise InvalidEnvelope(
+            "ttl_ms", f"ttl_ms {ttl_ms:,} is over the maximum of {max_ttl_ms:,} ({max_ttl_ms / 3_600_000:g} h)"
+        )
     if message.priority not in _PRIORITIES:
         raise InvalidEnvelope("priority", f"priority {message.priority} is not a known priority")
     now_ns = time.time_ns() if now_ns is None else now_ns
@@ -272,7 +307,12 @@ def validate_and_fill(
             f"ttl_ms expired: the message is {ttl_ms - remaining * 1000:.0f} ms old and its ttl_ms is {ttl_ms}",
             metadata={"field": "ttl_ms"},
         )
-    check_payload_size(message, payload_limit)
+    payload = message.payload
+    size = payload.ByteSize()
+    if size > payload_limit:
+        raise _too_large(size, payload_limit)
+    if max_values is not None and size > 2 * max_values:  # a smaller one cannot hold too many
+        check_payload_values(payload, max_values)
     return remaining
 
 
@@ -280,7 +320,36 @@ def check_payload_size(message: envelope_pb2.AgentMessage, payload_limit: int = 
     """PayloadTooLarge (naming ``payload``) when the payload is over ``payload_limit`` bytes."""
     size = message.payload.ByteSize()
     if size > payload_limit:
-        raise PayloadTooLarge(
-            f"payload is {size} bytes, over the limit of {payload_limit} bytes",
-            metadata={"field": "payload", "limit": str(payload_limit)},
+        raise _too_large(size, payload_limit)
+
+
+def _too_large(size: int, payload_limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"payload is {size} bytes, over the limit of {payload_limit} bytes",
+        metadata={"field": "payload", "limit": str(payload_limit)},
+    )
+
+
+def _too_long(message: envelope_pb2.AgentMessage) -> KosmosError:
+    """The error for the first string of ``message`` over its bound: no action or agent has such a
+    name (UNIMPLEMENTED, NOT_FOUND, as for any name not served), and an id past it is refused."""
+    action, target = message.action, message.target_agent
+    if len(action) > MAX_NAME_CHARS:
+        return ActionNotFound(
+            f"action {echo(action)} names no action: names are at most {MAX_NAME_CHARS} characters",
+            metadata={"field": "action"},
         )
+    if len(target) > MAX_NAME_CHARS:
+        return AgentNotFound(
+            f"target_agent {echo(target)} names no agent: names are at most {MAX_NAME_CHARS} characters",
+            metadata={"field": "target_agent"},
+        )
+    for field, limit in (
+        ("source_agent", MAX_NAME_CHARS),
+        ("correlation_id", MAX_ID_CHARS),
+        ("trace_id", MAX_ID_CHARS),
+    ):
+        length = len(getattr(message, field))
+        if length > limit:
+            return InvalidEnvelope(field, f"{field} is {length:,} characters, over the limit of {limit}")
+    raise AssertionError("no field is too long")  # pragma: no cover - called only when one is

@@ -38,6 +38,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from kosmos_grpc.quoting import clip, clip_metadata
+
 __all__ = [
     "ADDRESS",
     "ATTEMPT_TIMEOUT",
@@ -311,27 +313,11 @@ class SagaFailed(KosmosError):
 _BY_REASON: dict[str, type[KosmosError]] = {
     cls.reason: cls
     for cls in (
-        KosmosError,
-        InvalidEnvelope,
-        AgentNotFound,
-        ActionNotFound,
-        WrongCallKind,
-        ConfigError,
-        DelegationLoop,
-        DuplicateMessage,
-        DeadlineExceeded,
-        AgentUnavailable,
-        CircuitOpen,
-        DependencyUnavailable,
-        ResourceExhausted,
-        PayloadTooLarge,
-        SlowConsumer,
-        Cancelled,
-        StreamBroken,
-        ActionFailed,
-        SagaFailed,
+        KosmosError, InvalidEnvelope, AgentNotFound, ActionNotFound, WrongCallKind, ConfigError, DelegationLoop,
+        DuplicateMessage, DeadlineExceeded, AgentUnavailable, CircuitOpen, DependencyUnavailable, ResourceExhausted,
+        PayloadTooLarge, SlowConsumer, Cancelled, StreamBroken, ActionFailed, SagaFailed,
     )
-}
+}  # fmt: skip
 _BY_CODE: dict[grpc.StatusCode, type[KosmosError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidEnvelope,
     grpc.StatusCode.NOT_FOUND: AgentNotFound,
@@ -359,10 +345,11 @@ _UNFINISHED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_E
 
 
 def to_status(error: KosmosError) -> grpc.Status:
-    """The rich gRPC status an error travels as."""
+    """The rich gRPC status an error travels as: its message and metadata clipped (:mod:`~kosmos_grpc.quoting`),
+    so that its trailers fit gRPC's limit whatever the error echoes."""
     details = []
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=clip_metadata(error.metadata)))
     details.append(info)
     if error.retry_after is not None:
         retry = any_pb2.Any()
@@ -371,7 +358,7 @@ def to_status(error: KosmosError) -> grpc.Status:
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(retry)
     status: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+        status_pb2.Status(code=error.code.value[0], message=clip(error.message), details=details)
     )
     return status
 

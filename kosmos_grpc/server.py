@@ -8,7 +8,7 @@ import signal
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from kosmos_grpc._grpc import AGENT_SERVICE, add_agent_service, quiet_hang_ups, server_options
@@ -20,6 +20,8 @@ from kosmos_grpc.memory import FreeMemory
 from kosmos_grpc.registry import Registry
 from kosmos_grpc.runtime import until
 from kosmos_grpc.servicer import AgentServicer
+from kosmos_grpc.standard_services import add_health_service, add_reflection_service
+from kosmos_grpc.telemetry.bursts import BurstLog
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -99,6 +101,8 @@ class AgentServer:
             admission=_admission(settings),
             max_stream_seconds=settings.max_stream_seconds,
             stream_idle_seconds=settings.stream_idle_seconds,
+            max_payload_values=settings.max_payload_values,
+            max_ttl_ms=settings.max_ttl_ms,
             executed=None
             if idempotency is None
             else ExecutedCalls(idempotency.seconds, idempotency.entries, idempotency.bytes),
@@ -107,11 +111,12 @@ class AgentServer:
             intercepted=bool(grpc_interceptors),
             max_hops=settings.max_hops,
         )
-        add_agent_service(self.servicer, self._server)
+        refusals = BurstLog(log)  # one line a burst for what this server could not decode, on every service
+        add_agent_service(self.servicer, self._server, refusals)
         if bus is not None:
             self.attach_bus(bus)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection([AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server)
+        add_health_service(self.health, self._server, refusals)
+        add_reflection_service([AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server, refusals)
         self.port = 0
         #: Set once a stop is asked for (a signal, :meth:`request_stop` or :meth:`stop`).
         self.stop_requested = asyncio.Event()

@@ -7,17 +7,15 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from kosmos_grpc._grpc import abort, unreadable
+from kosmos_grpc._grpc import abort
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
-from kosmos_grpc.calls import Chunk
+from kosmos_grpc.bounds import DEFAULT_MAX_PAYLOAD_VALUES, DEFAULT_MAX_TTL_MS
 from kosmos_grpc.context import Context
 from kosmos_grpc.deadlines import past_deadline, timer_for
-from kosmos_grpc.envelope import DEFAULT_MAX_HOPS, DEFAULT_PAYLOAD_LIMIT, dict_to_struct, validate_and_fill
+from kosmos_grpc.envelope import DEFAULT_MAX_HOPS, DEFAULT_PAYLOAD_LIMIT, validate_and_fill
 from kosmos_grpc.errors import (
-    ActionFailed,
     ActionNotFound,
     AgentNotFound,
     KosmosError,
@@ -25,18 +23,19 @@ from kosmos_grpc.errors import (
     WrongCallKind,
     to_status,
 )
-from kosmos_grpc.interceptors.inbound import InboundInterceptor, ServedCall
+from kosmos_grpc.interceptors.handlers import Handlers, action_failed, fill_result
+from kosmos_grpc.interceptors.inbound import ServedCall
 from kosmos_grpc.interceptors.server_chain import server_chain
+from kosmos_grpc.quoting import echo
 from kosmos_grpc.resilience import CircuitState
 from kosmos_grpc.stream_watch import StreamWatch
 from kosmos_grpc.telemetry.bursts import BurstLog
 from kosmos_grpc.telemetry.logs import current_call
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     import grpc
-    from google.protobuf import struct_pb2
 
     from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
     from kosmos_grpc.admission import Admission
@@ -46,7 +45,7 @@ if TYPE_CHECKING:
     from kosmos_grpc.idempotency import ExecutedCalls
     from kosmos_grpc.interceptors.server_chain import InboundFactory
 
-__all__ = ["AgentServicer", "Handlers"]
+__all__ = ["AgentServicer"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +69,8 @@ class AgentServicer:
         coordinator: Coordinator,
         *,
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+        max_payload_values: int = DEFAULT_MAX_PAYLOAD_VALUES,
+        max_ttl_ms: int = DEFAULT_MAX_TTL_MS,
         admission: Admission | None = None,
         executed: ExecutedCalls[agent_pb2.ExecuteResponse] | None = None,
         telemetry: bool = True,
@@ -86,6 +87,8 @@ class AgentServicer:
         self.stream_idle_seconds = stream_idle_seconds
         self.coordinator = coordinator
         self.payload_limit = payload_limit
+        self.max_payload_values = max_payload_values
+        self.max_ttl_ms = max_ttl_ms
         #: The event bus handlers reach through ``ctx.bus``, once the server has one.
         self.bus: EventBus | None = None
         self.handlers = Handlers(agent)
@@ -122,18 +125,21 @@ class AgentServicer:
 
     def _admit(self, message: envelope_pb2.AgentMessage, context: grpc.aio.ServicerContext[Any, Any]) -> ServedCall:
         """Validate the envelope and find its action: the call, ready for the chain."""
-        ttl_left = validate_and_fill(message, payload_limit=self.payload_limit)
+        # max_values=None: the deserializer counted the payload's values off the wire (_grpc.refusing).
+        ttl_left = validate_and_fill(
+            message, payload_limit=self.payload_limit, max_values=None, max_ttl_ms=self.max_ttl_ms
+        )
         name = self._name
         target = message.target_agent
         if target and target != name:
             raise AgentNotFound(
-                f"target_agent {target!r} is not served here (this is {name!r})", metadata={"field": "target_agent"}
+                f"target_agent {echo(target)} is not served here (this is {name!r})", metadata={"field": "target_agent"}
             )
         spec = self._actions.get(message.action)
         if spec is None:
             known = ", ".join(sorted(self._actions)) or "none"
             raise ActionNotFound(
-                f"agent {name!r} has no action {message.action!r} (actions: {known})", metadata={"field": "action"}
+                f"agent {name!r} has no action {echo(message.action)} (actions: {known})", metadata={"field": "action"}
             )
         timer, left = timer_for(context.time_remaining(), ttl_left)
         ctx = Context(message, name, time.monotonic() + left, self.coordinator, self.bus)
@@ -144,14 +150,14 @@ class AgentServicer:
         """What the caller is told: a mesh error as it is (without its traceback), a fault of ours as ActionFailed."""
         if isinstance(exc, KosmosError):
             return _bare(exc)
-        return _action_failed(self._name, message.action, exc)
+        return action_failed(self._name, message.action, exc)
 
     async def Execute(
-        self, request: agent_pb2.ExecuteRequest | None, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: agent_pb2.ExecuteRequest | KosmosError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.ExecuteResponse:
         """Run a unary action."""
-        if request is None:
-            await abort(context, unreadable("ExecuteRequest"))
+        if isinstance(request, KosmosError):  # bytes the deserializer would not take
+            await abort(context, request)
         message = request.message
         try:
             call = self._admit(message, context)
@@ -165,7 +171,7 @@ class AgentServicer:
         await abort(context, error)
 
     async def Stream(
-        self, request: agent_pb2.StreamRequest | None, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: agent_pb2.StreamRequest | KosmosError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[agent_pb2.StreamResponse]:
         """Run an action and write its chunks as they are made, then the final marker.
 
@@ -178,7 +184,7 @@ class AgentServicer:
         yield
 
     async def _stream(
-        self, request: agent_pb2.StreamRequest | None, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: agent_pb2.StreamRequest | KosmosError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """Stream's body: the action's chunks written as they are made, then the final marker.
 
@@ -188,8 +194,8 @@ class AgentServicer:
         behind the chunks the client is not reading), so the handler and its slot are let go at
         once; at most one chunk stays queued in gRPC until the client reads or hangs up.
         """
-        if request is None:
-            return _fail(context, unreadable("StreamRequest"))
+        if isinstance(request, KosmosError):  # bytes the deserializer would not take
+            return _fail(context, request)
         message = request.message
         call: ServedCall | None = None
         watch: StreamWatch | None = None
@@ -211,7 +217,7 @@ class AgentServicer:
             async with contextlib.aclosing(items):
                 async for item in items:
                     response = _chunk(agent, message_id, correlation_id, sequence)
-                    _fill(response.chunk.data, item, agent, action)
+                    fill_result(response.chunk.data, item, agent, action)
                     if sequence == 0 and call.on_first is not None:
                         for first in call.on_first:
                             first()
@@ -271,9 +277,11 @@ class AgentServicer:
         )
 
     async def Describe(
-        self, request: agent_pb2.DescribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: agent_pb2.DescribeRequest | KosmosError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.DescribeResponse:
         """The agent's card, and its circuits to the agents it has called."""
+        if isinstance(request, KosmosError):
+            await abort(context, request)
         response = agent_pb2.DescribeResponse(card=self._card)
         response.process.pid = os.getpid()
         response.process.started.FromNanoseconds(int(self.started * 1e9))
@@ -287,62 +295,6 @@ class AgentServicer:
                 retry_in_seconds=breaker.retry_in(),
             )
         return response
-
-
-class Handlers(InboundInterceptor):
-    """The last link of the server's chain: runs the action's handler and puts its result in the reply.
-
-    A handler that raises anything but a :class:`KosmosError` fails with ActionFailed (INTERNAL),
-    logged with its traceback, which never reaches the caller. A stream's items are put into
-    replies by the servicer, as they come.
-    """
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent.name
-        #: Handlers running now (the ``kosmos_calls_in_flight`` gauge reads it when scraped).
-        self.running = 0
-        # Bound now, by attribute name, so a subclass that overrides an action's method is the one run.
-        self._handlers: dict[str, Callable[..., Any]] = {
-            name: getattr(agent, spec.attr) for name, spec in agent.actions.items()
-        }
-
-    def close(self) -> None:
-        """Nothing to let go of."""
-
-    async def execute(self, call: ServedCall) -> agent_pb2.ExecuteResponse:
-        ctx, action = call.ctx, call.spec.name
-        self.running += 1
-        try:
-            result = await self._handlers[action](ctx, ctx.payload)
-        except KosmosError:
-            raise
-        except Exception as exc:
-            raise _action_failed(self.agent, action, exc) from None
-        finally:
-            self.running -= 1
-        message = call.message
-        response = agent_pb2.ExecuteResponse()
-        reply = response.response
-        reply.agent = self.agent
-        reply.request_message_id = message.message_id
-        reply.correlation_id = message.correlation_id
-        _fill(reply.result, result, self.agent, action)
-        return response
-
-    async def open_stream(self, call: ServedCall) -> AsyncGenerator[Any, None]:
-        ctx, spec = call.ctx, call.spec
-        handler = self._handlers[spec.name]
-        call.started = True
-        self.running += 1
-        call.at_end(self._ended)
-        # Nothing of the handler runs until its first item is asked for (the servicer's loop).
-        items: AsyncGenerator[Any, None] = (
-            handler(ctx, ctx.payload) if spec.streaming else _one(handler(ctx, ctx.payload))
-        )
-        return items
-
-    def _ended(self, code: str, error: KosmosError | None, in_task: bool) -> None:
-        self.running -= 1
 
 
 _CIRCUIT_STATES = {
@@ -359,22 +311,6 @@ def _card(agent: Agent) -> agent_pb2.AgentCard:
         if spec.input_schema is not None:
             item.input_schema.update(spec.input_schema)
     return card
-
-
-def _fill(struct: struct_pb2.Struct, result: Any, agent: str, action: str) -> None:
-    """Put an action's result into ``struct``, or say plainly why it cannot go there."""
-    if type(result) is Chunk:  # relayed as received: copied in C, never converted
-        wire = result.wire
-        if wire is not None:
-            struct.CopyFrom(wire)
-            return
-        result = result.data
-    if type(result) is not dict and not isinstance(result, Mapping):
-        raise ActionFailed(f"{agent}.{action} returned {type(result).__name__}, not a JSON object")
-    try:
-        dict_to_struct(result, struct)
-    except (TypeError, ValueError) as exc:
-        raise ActionFailed(f"{agent}.{action} returned something JSON cannot hold: {exc}") from None
 
 
 class _ClientGone(Exception):
@@ -400,20 +336,9 @@ def _chunk(agent: str, message_id: str, correlation_id: str, sequence: int) -> a
     return response
 
 
-def _action_failed(agent: str, action: str, exc: Exception) -> ActionFailed:
-    """An unexpected exception, logged here with its traceback, as the caller sees it: without one."""
-    log.error("agent %s action %s failed", agent, action, exc_info=exc)
-    return ActionFailed(f"{agent}.{action} failed: {type(exc).__name__}")
-
-
 def _bare(error: KosmosError) -> KosmosError:
     """``error`` without its traceback and chained exceptions: it may be kept (for duplicates), they need not."""
     error.__traceback__ = None
     error.__context__ = None
     error.__cause__ = None
     return error
-
-
-async def _one(result: Awaitable[Any]) -> AsyncGenerator[Any, None]:
-    """A unary action's result as a stream of one chunk."""
-    yield await result

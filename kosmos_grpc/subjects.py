@@ -8,7 +8,7 @@ matched (as NATS's sublist does), so that patterns sharing a long prefix with a 
 4,096 of ``*`` and its tokens, differing in the last) cost a repeated subject nothing either.
 
 Every length and count is checked before any other work, and an error message quotes at most
-:data:`ECHO_LIMIT` characters of what it refuses.
+:data:`~kosmos_grpc.quoting.ECHO_CHARS` characters of what it refuses.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import functools
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from kosmos_grpc.errors import InvalidEnvelope
+from kosmos_grpc.quoting import echo
 from kosmos_grpc.subject_index import PatternBits
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUDIT_LOG",
-    "ECHO_LIMIT",
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",
     "MAX_HEADER_NAME",
@@ -42,7 +42,6 @@ __all__ = [
     "agent_responses",
     "check_queue",
     "check_subject",
-    "echo",
     "matches",
     "pattern_tokens",
     "subject_tokens",
@@ -64,7 +63,6 @@ MAX_HEADER_NAME = 128
 MAX_HEADER_VALUE = 2048
 MAX_QUEUE_LENGTH = 128
 #: The most characters of a refused value that an error message quotes.
-ECHO_LIMIT = 64
 
 _SINGLE = "*"
 _REST = ">"
@@ -81,13 +79,6 @@ def agent_requests(agent: str) -> str:
 def agent_responses(agent: str) -> str:
     """``kosmos.agents.<agent>.responses``: where the outcomes of delegations to ``agent`` go."""
     return f"kosmos.agents.{_token(agent, 'agent')}.responses"
-
-
-def echo(value: str) -> str:
-    """``value`` quoted for an error message: its first :data:`ECHO_LIMIT` characters and how long it was."""
-    if len(value) <= ECHO_LIMIT:
-        return repr(value)
-    return f"{value[:ECHO_LIMIT]!r}... ({len(value)} characters)"
 
 
 def _token(value: str, field: str) -> str:

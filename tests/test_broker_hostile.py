@@ -16,7 +16,8 @@ from kosmos_grpc import from_rpc_error, new_message
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bus import BUS_SERVICE, BrokerServer, GrpcEventBus, LocalBus
 from kosmos_grpc.bus.metrics import AGENT_LABELS, FAMILIES, KNOWN_LABELS, OTHER_SUBJECTS
-from kosmos_grpc.subjects import ECHO_LIMIT, SubjectTrie, matches
+from kosmos_grpc.quoting import ECHO_CHARS
+from kosmos_grpc.subjects import SubjectTrie, matches
 
 from .test_bus import take
 
@@ -175,7 +176,7 @@ async def test_long_headers_subjects_and_queues_are_refused_naming_the_field_bri
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert len(caught.value.details() or "") < 4 * ECHO_LIMIT
+            assert len(caught.value.details() or "") < 3 * ECHO_CHARS
             assert from_rpc_error(caught.value).metadata["field"] == field
         for request, field in (
             (events_pb2.SubscribeRequest(pattern="kosmos.>", queue=long), "queue"),
@@ -185,7 +186,7 @@ async def test_long_headers_subjects_and_queues_are_refused_naming_the_field_bri
                 async for _ in subscribe(request, timeout=5):
                     pass
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert len(caught.value.details() or "") < 4 * ECHO_LIMIT
+            assert len(caught.value.details() or "") < 3 * ECHO_CHARS
             assert from_rpc_error(caught.value).metadata["field"] == field
 
 

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from agents.athena import Athena
-from kosmos_grpc import ConfigError, load_agent, load_config
+from kosmos_grpc import ConfigError, ServerSettings, load_agent, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,6 +98,17 @@ def test_config_path_comes_from_the_environment(tmp_path: Path, monkeypatch: pyt
     path.write_text("[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n")
     monkeypatch.setenv("KOSMOS_CONFIG", str(path))
     assert load_config().addresses() == {"a": "127.0.0.1:0"}
+
+
+def test_the_envelope_bounds_of_the_mesh_reach_every_server(tmp_path: Path) -> None:
+    path = tmp_path / "kosmos.toml"
+    path.write_text(
+        "[mesh]\nmax_ttl_ms = 5000\nmax_payload_values = 50\n[agents.a]\nobject = 'm:C'\naddress = '127.0.0.1:0'\n"
+    )
+    server = load_config(path).server("a")
+    assert (server.max_ttl_ms, server.max_payload_values) == (5000, 50)
+    defaults = ServerSettings()
+    assert (defaults.max_ttl_ms, defaults.max_payload_values) == (86_400_000, 10_000)
 
 
 def test_the_bus_section_names_the_broker_nats_and_the_durable_subjects(tmp_path: Path) -> None:

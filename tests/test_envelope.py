@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -11,8 +12,11 @@ import pytest
 from google.protobuf import struct_pb2
 
 from kosmos_grpc import DeadlineExceeded, InvalidEnvelope, PayloadTooLarge, Priority, new_message, validate_and_fill
-from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
+from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2
+from kosmos_grpc.bounds import MAX_ID_CHARS, MAX_NAME_CHARS, check_payload_values, too_many_values
 from kosmos_grpc.envelope import dict_to_struct, new_message_id, struct_to_dict
+from kosmos_grpc.errors import ActionNotFound, AgentNotFound, KosmosError
+from kosmos_grpc.quoting import clip, echo
 
 
 def test_new_message_fills_every_default() -> None:
@@ -136,3 +140,88 @@ def test_priority_parses_names_and_numbers(text: str | int, expected: Priority) 
 def test_unknown_priority_is_rejected() -> None:
     with pytest.raises(InvalidEnvelope, match="urgent"):
         Priority.parse("urgent")
+
+
+def _values(value: Any) -> int:
+    """How many values ``value`` holds: each object member and array item, nested ones included."""
+    if isinstance(value, dict):
+        return len(value) + sum(_values(v) for v in value.values())
+    if isinstance(value, list):
+        return len(value) + sum(_values(v) for v in value)
+    return 0
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> Any:
+    roll = rng.random()
+    if depth < 5 and roll < 0.25:
+        return {"k" * rng.randint(0, 20) + str(i): _random_json(rng, depth + 1) for i in range(rng.randint(0, 6))}
+    if depth < 5 and roll < 0.45:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 6))]
+    return rng.choice([0, 2.5, -(10**12), "", "x" * rng.randint(1, 300), None, True])
+
+
+def test_the_values_counted_off_the_wire_are_those_of_the_payload() -> None:
+    # The deserializer counts them before parsing: its count must be the payload's, to the value.
+    rng = random.Random(12)
+    for _ in range(300):
+        payload = {f"p{i}": _random_json(rng) for i in range(rng.randint(0, 8))}
+        held = _values(payload)
+        message = new_message("echo", payload, correlation_id="c" * rng.randint(1, 200), trace_id="ab" * 16)
+        data = agent_pb2.ExecuteRequest(message=message).SerializeToString()
+        assert [too_many_values(data, limit) for limit in (held - 1, held, held + 1)] == [held > held - 1, False, False]
+
+
+def test_a_payload_sent_in_pieces_is_counted_whole_and_garbage_is_left_to_the_decoder() -> None:
+    # protobuf merges a field that comes twice: two payloads of 6 keys are one of 12.
+    pieces = [
+        agent_pb2.ExecuteRequest(message=new_message("echo", {f"{name}{i}": i for i in range(6)})).SerializeToString()
+        for name in "xy"
+    ]
+    assert len(agent_pb2.ExecuteRequest.FromString(b"".join(pieces)).message.payload.fields) == 12
+    assert too_many_values(b"".join(pieces), 11)
+    assert not too_many_values(b"".join(pieces), 12)
+    for garbage in (b"\xff\xff\xff", b"\x0a\xff", bytes(range(256)), b"\x08" + b"\xff" * 10_000, b"\x0b\x0c"):
+        assert not too_many_values(garbage, 0)
+
+
+def test_the_walk_over_a_struct_refuses_more_values_than_the_bound_naming_payload() -> None:
+    rows = dict_to_struct({"rows": [{"a": i, "b": [i, i]} for i in range(10)]})  # 1 + 10 + 20 + 20 values
+    check_payload_values(rows, max_values=51)
+    with pytest.raises(PayloadTooLarge, match="more than 50 values") as caught:
+        check_payload_values(rows, max_values=50)
+    assert caught.value.metadata["field"] == "payload"
+    message = new_message("echo", {"rows": list(range(20_001))})
+    with pytest.raises(PayloadTooLarge, match="more than 10,000 values"):
+        validate_and_fill(message)
+    validate_and_fill(message, max_values=None)  # counted already, off the wire
+
+
+@pytest.mark.parametrize(
+    ("field", "length", "error"),
+    [
+        ("action", MAX_NAME_CHARS + 1, ActionNotFound),
+        ("target_agent", MAX_NAME_CHARS + 1, AgentNotFound),
+        ("source_agent", MAX_NAME_CHARS + 1, InvalidEnvelope),
+        ("correlation_id", MAX_ID_CHARS + 1, InvalidEnvelope),
+        ("trace_id", MAX_ID_CHARS + 1, InvalidEnvelope),
+    ],
+)
+def test_every_string_of_the_envelope_is_bounded(field: str, length: int, error: type[KosmosError]) -> None:
+    message = new_message("echo")
+    setattr(message, field, "x" * (length - 1))
+    validate_and_fill(message)
+    setattr(message, field, "x" * length)
+    with pytest.raises(error) as caught:
+        validate_and_fill(message)
+    assert type(caught.value) is error
+    assert caught.value.metadata["field"] == field
+
+
+def test_errors_clip_what_they_echo_within_bytes_on_a_character_boundary() -> None:
+    assert echo("short") == "'short'"
+    assert echo("n" * 10_000) == repr("n" * 120) + "... (10,000 characters)"
+    for text in ("x" * 5_000, "\N{CJK UNIFIED IDEOGRAPH-4E00}" * 5_000, "\N{GRINNING FACE}" * 5_000):
+        clipped = clip(text)
+        assert len(clipped.encode()) <= 512
+        assert clipped.endswith("... (5,000 characters)")
+        assert text.startswith(clipped.removesuffix("... (5,000 characters)"))

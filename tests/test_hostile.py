@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from kosmos_grpc import new_message
+from kosmos_grpc._grpc import SMALL_REQUEST
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2, events_pb2
 
 from .conftest import ROOT, environment
@@ -328,7 +329,14 @@ def test_health_answers_any_service_name(servers: Servers, server: str) -> None:
     @given(service=st.one_of(st.sampled_from(["", AGENT, BUS]), texts), watch=st.booleans())
     def examples(service: str, watch: bool) -> None:
         request = check_request(service=service).SerializeToString()
-        if watch:
+        if len(request) > SMALL_REQUEST:  # a service name of more than 64 KiB is a request too large
+            if watch:
+                answer, _ = _streamed(served, f"/{HEALTH_SERVICE}/Watch", request, 1)
+            else:
+                answer, _ = _unary(served, f"/{HEALTH_SERVICE}/Check", request)
+            assert answer.code == grpc.StatusCode.RESOURCE_EXHAUSTED, answer
+            check_deliberate(answer, mesh=True)
+        elif watch:
             answer, replies = _streamed(served, f"/{HEALTH_SERVICE}/Watch", request, 1)
             assert answer.code == grpc.StatusCode.OK, answer
             assert replies, "Watch answers with the status at once"

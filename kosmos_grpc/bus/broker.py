@@ -19,20 +19,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from kosmos_grpc._grpc import abort, lenient, server_options, unreadable
+from kosmos_grpc._grpc import SMALL_REQUEST, abort, refusing, request_limit, server_options
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
+from kosmos_grpc.bounds import DEFAULT_MAX_PAYLOAD_VALUES
 from kosmos_grpc.bus.local import LocalBus
 from kosmos_grpc.bus.metrics import CUT_OFF, BrokerCounts
 from kosmos_grpc.bus.nats_backend import DEFAULT_DURABLE, DEFAULT_MAX_DELIVERIES, NatsEventBus
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate_and_fill
 from kosmos_grpc.errors import KosmosError, SlowConsumer, to_status
-from kosmos_grpc.subjects import check_queue, check_subject, echo, validate_headers
+from kosmos_grpc.quoting import echo
+from kosmos_grpc.standard_services import add_health_service, add_reflection_service
+from kosmos_grpc.subjects import check_queue, check_subject, validate_headers
 from kosmos_grpc.telemetry.bursts import BurstLog
 
 if TYPE_CHECKING:
@@ -130,11 +133,11 @@ class EventBusServicer:
         return 0
 
     async def Publish(
-        self, request: events_pb2.PublishRequest | None, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: events_pb2.PublishRequest | KosmosError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> events_pb2.PublishResponse:
         """Validate the event and hand it to every matching subscription (deliveries 0 when bridged to NATS)."""
-        if request is None:
-            await _refuse_undecodable(context, "PublishRequest")
+        if isinstance(request, KosmosError):  # bytes the deserializer would not take
+            await abort(context, request)
         try:
             delivered = await self._publish(request.event)
         except KosmosError as exc:
@@ -143,7 +146,7 @@ class EventBusServicer:
 
     async def PublishStream(
         self,
-        requests: AsyncIterator[events_pb2.PublishStreamRequest | None],
+        requests: AsyncIterator[events_pb2.PublishStreamRequest | KosmosError],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> events_pb2.PublishStreamResponse:
         """Publish batches of events in order. A bad event is skipped, counted and logged (once
@@ -151,8 +154,8 @@ class EventBusServicer:
         before it sends). A request that does not decode ends the stream INVALID_ARGUMENT."""
         accepted = 0
         async for request in requests:
-            if request is None:
-                await _refuse_undecodable(context, "PublishStreamRequest")
+            if isinstance(request, KosmosError):
+                await abort(context, request)
             for event in request.events:
                 try:
                     await self._publish(event)
@@ -166,12 +169,12 @@ class EventBusServicer:
         return events_pb2.PublishStreamResponse(accepted=accepted)
 
     async def Subscribe(
-        self, request: events_pb2.SubscribeRequest | None, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: events_pb2.SubscribeRequest | KosmosError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """Stream the events matching the pattern, from the moment the subscription is in place,
         until the client goes or stops reading for ``subscriber_stall_seconds``."""
-        if request is None:
-            await _refuse_undecodable(context, "SubscribeRequest")
+        if isinstance(request, KosmosError):
+            await abort(context, request)
         if self.nats is not None:
             await self._bridge(request, context)
             return
@@ -252,12 +255,6 @@ class EventBusServicer:
             await subscription.unsubscribe()
 
 
-async def _refuse_undecodable(context: grpc.aio.ServicerContext[Any, Any], kind: str) -> NoReturn:
-    """End a call whose request did not decode: INVALID_ARGUMENT, logged once per burst."""
-    _bursts.warn("undecodable", "refused a request that is not a valid kosmos.v1.%s, from %s", kind, context.peer())
-    await abort(context, unreadable(kind))
-
-
 def _weigh(item: Item) -> int:
     return len(item[1])
 
@@ -269,20 +266,24 @@ def _batch(first: bytes, subscription: Subscription[Item]) -> bytes:
 
 
 def add_bus_servicer(servicer: EventBusServicer, server: grpc.aio.Server) -> None:
-    """Register EventBusService, requests decoded leniently; Subscribe sends the bytes serialized at publish."""
+    """Register EventBusService, its requests decoded by :func:`refusing` (an undecodable or
+    oversized one is answered INVALID_ARGUMENT or RESOURCE_EXHAUSTED, said once a burst);
+    Subscribe sends the bytes serialized at publish."""
+    limit = request_limit(servicer.payload_limit)
+    values = DEFAULT_MAX_PAYLOAD_VALUES
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Publish": grpc.unary_unary_rpc_method_handler(
             servicer.Publish,
-            request_deserializer=lenient(events_pb2.PublishRequest.FromString),
+            request_deserializer=refusing(events_pb2.PublishRequest, limit, _bursts, max_values=values),
             response_serializer=events_pb2.PublishResponse.SerializeToString,
         ),
         "PublishStream": grpc.stream_unary_rpc_method_handler(
             servicer.PublishStream,
-            request_deserializer=lenient(events_pb2.PublishStreamRequest.FromString),
+            request_deserializer=refusing(events_pb2.PublishStreamRequest, 2 * limit, _bursts, max_values=values),
             response_serializer=events_pb2.PublishStreamResponse.SerializeToString,
         ),
         "Subscribe": grpc.unary_stream_rpc_method_handler(
-            servicer.Subscribe, request_deserializer=lenient(events_pb2.SubscribeRequest.FromString)
+            servicer.Subscribe, request_deserializer=refusing(events_pb2.SubscribeRequest, SMALL_REQUEST, _bursts)
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(BUS_SERVICE, handlers),))
@@ -317,8 +318,8 @@ class BrokerServer:
         self._requested = address
         self._server = grpc.aio.server(options=server_options(payload_limit))
         add_bus_servicer(self.servicer, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection([BUS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server)
+        add_health_service(self.health, self._server, _bursts)
+        add_reflection_service([BUS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server, _bursts)
         self.port = 0
 
     @property

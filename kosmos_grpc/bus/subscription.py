@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Generic, Self, TypeVar
 
 from kosmos_grpc.bus.event import Event
 from kosmos_grpc.bus.metrics import DROPPED, subject_label
-from kosmos_grpc.subjects import echo
+from kosmos_grpc.quoting import echo
 from kosmos_grpc.telemetry.bursts import BurstLog
 from kosmos_grpc.telemetry.tracing import finish_span, start_consumer_span
 
