@@ -38,8 +38,8 @@ class Admission:
     call whose deadline passes while it waits is answered DEADLINE_EXCEEDED and never run.
 
     Streams count per connection too, until gRPC is done with them: at most
-    ``streams_per_connection`` from one, ``max_open_streams`` in all, and their requests at most
-    ``max_stream_bytes``.
+    ``streams_per_connection`` from one, ``streams_per_peer`` from one host when set,
+    ``max_open_streams`` in all, and their requests at most ``max_stream_bytes``.
     """
 
     def __init__(
@@ -52,6 +52,7 @@ class Admission:
         streams_per_connection: int | None = None,
         max_open_streams: int | None = None,
         max_stream_bytes: int = 64 * 1024 * 1024,
+        streams_per_peer: int | None = None,
     ) -> None:
         if max_concurrency < 1 or queue_limit < 0:
             raise ValueError("max_concurrency must be at least 1 and queue_limit not negative")
@@ -65,6 +66,10 @@ class Admission:
         #: Streams open at once from every connection (default: 4 times the slots, at least 64).
         self.max_open_streams = max_open_streams or max(64, 4 * max_concurrency)
         self.open_streams = 0
+        #: Streams one peer (a client host, whatever its connections) may hold (None: no cap of its
+        #: own; on one machine every peer is 127.0.0.1, agents included).
+        self.streams_per_peer = streams_per_peer
+        self._peers: dict[str, int] = {}
         #: Bytes of requests the open streams may hold in all: gRPC keeps a stream's request until
         #: it is done with the call, which for a client that reads nothing is when it hangs up.
         #: (One stream is let through whatever its size.)
@@ -126,6 +131,12 @@ class Admission:
             raise self._too_many(
                 agent, action, f"open streams hold {self.stream_bytes} bytes of requests", "max_open_stream_bytes"
             )
+        if self.streams_per_peer is not None:
+            peer = _host(connection)
+            from_peer = self._peers.get(peer, 0)
+            if from_peer >= self.streams_per_peer:
+                raise self._too_many(agent, action, f"{peer} holds {from_peer} streams", "max_streams_per_peer")
+            self._peers[peer] = from_peer + 1
         self._streams[connection] = held + 1
         self.open_streams += 1
         self.stream_bytes += size
@@ -145,6 +156,11 @@ class Admission:
             self._streams[connection] = held
         self.open_streams -= 1
         self.stream_bytes -= size
+        if self.streams_per_peer is not None:
+            peer = _host(connection)
+            from_peer = self._peers.pop(peer, 1) - 1
+            if from_peer > 0:
+                self._peers[peer] = from_peer
 
     def release(self) -> None:
         """End a call: its slot goes to the best waiting call, if any."""
@@ -177,3 +193,8 @@ class Admission:
         if len(self._heap) > 2 * self.queue_limit + 16:
             self._heap = [w for w in self._heap if not w.slot.done()]
             heapq.heapify(self._heap)
+
+
+def _host(connection: str) -> str:
+    """The host of gRPC's peer string: ``ipv4:127.0.0.1`` of ``ipv4:127.0.0.1:50432``."""
+    return connection.rpartition(":")[0] or connection

@@ -71,6 +71,7 @@ class ServerSettings:
     stream_idle_seconds: float = 30.0
     #: Streams one client connection may hold at once (None: half the agent's slots).
     max_streams_per_connection: int | None = None
+    max_streams_per_peer: int | None = None
     #: Bytes of requests the open streams may hold in all (gRPC keeps each until done with it).
     max_open_stream_bytes: int = 64 * 1024 * 1024
     #: The memory of executed message_ids, so a retry runs once (None: off).
@@ -114,6 +115,7 @@ class MeshLimits:
     max_stream_seconds: float = 3600.0
     stream_idle_seconds: float = 30.0
     max_streams_per_connection: int | None = None
+    max_streams_per_peer: int | None = None
     max_open_stream_bytes: int = 64 * 1024 * 1024
     idempotency: Idempotency = field(default_factory=Idempotency)
     max_hops: int = DEFAULT_MAX_HOPS
@@ -211,6 +213,7 @@ class MeshConfig:
             max_stream_seconds=limits.max_stream_seconds,
             stream_idle_seconds=limits.stream_idle_seconds,
             max_streams_per_connection=limits.max_streams_per_connection,
+            max_streams_per_peer=limits.max_streams_per_peer,
             max_open_stream_bytes=limits.max_open_stream_bytes,
             delegation_events=self.bus.delegation_events,
             max_hops=limits.max_hops,

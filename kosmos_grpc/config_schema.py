@@ -179,6 +179,12 @@ CONFIG = Table(
                     "Streams one client connection may hold open at once (default: half the agent's slots).",
                     minimum=1,
                 ),
+                "max_streams_per_peer": Key(
+                    "integer",
+                    "Streams one client host may hold open at once, whatever its connections (default: no cap "
+                    "of its own; on one machine every peer is 127.0.0.1).",
+                    minimum=1,
+                ),
                 "max_open_stream_bytes": Key(
                     "integer",
                     "Bytes of requests a server's open streams may hold in all; more are refused with a RetryInfo.",

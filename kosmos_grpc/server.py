@@ -213,6 +213,7 @@ def _admission(settings: ServerSettings) -> Admission | None:
         "streams_per_connection": settings.max_streams_per_connection,
         "max_open_streams": most,
         "max_stream_bytes": settings.max_open_stream_bytes,
+        "streams_per_peer": settings.max_streams_per_peer,
     }
     if settings.max_concurrency is not None:
         return Admission(settings.max_concurrency, settings.queue_limit, **streams)

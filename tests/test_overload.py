@@ -164,6 +164,28 @@ async def test_one_connection_cannot_hold_every_slot(mesh: Mesh) -> None:
         await other.close()
 
 
+async def test_one_peer_cannot_hold_more_than_its_cap_whatever_its_connections(mesh: Mesh) -> None:
+    server = await mesh.serve(Firehose(), max_concurrency=8, max_streams_per_peer=3)
+    channels = [_channel(server) for _ in range(4)]  # four connections, one host: 127.0.0.1
+    try:
+        held = [_stream(channel) for channel in channels[:3]]
+        for call in held:
+            await call.read()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _stream(channels[3]).read()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_streams_per_peer" in (refused.value.details() or "")
+        held[0].cancel()
+        admission = server.servicer.admission
+        assert admission is not None
+        await _until(lambda: admission.open_streams == 2, "let go of")
+        reply = await _stream(channels[3]).read()  # a place is free again
+        assert isinstance(reply, agent_pb2.StreamResponse)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
 async def test_streams_ended_unread_count_against_their_connection_until_it_reads_or_hangs_up(mesh: Mesh) -> None:
     server = await mesh.serve(Firehose(), max_concurrency=4)  # two streams per connection
     hog = _channel(server)
