@@ -40,7 +40,7 @@ async def test_two_hundred_random_action_names_through_zeus_make_a_bounded_numbe
             payload = {"agent": "athena", "action": name, "payload": {"padding": "p" * 200}}
             with pytest.raises(KosmosError) as refused:
                 await client.delegate("zeus", "delegate", payload)
-            assert refused.value.code.name in ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"), refused.value
+            assert refused.value.code.name in ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "UNIMPLEMENTED"), refused.value
     added = _actions("zeus", "athena") - before
     attack = {name for name in added if name.startswith(prefix)}
     assert len(attack) <= GUESSED_LIMIT
