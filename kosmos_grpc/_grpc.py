@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
-from kosmos_grpc.bounds import PAYLOAD_DEPTH, too_many, too_many_values
+from kosmos_grpc.bounds import AGENT_REQUEST, PAYLOAD_DEPTH, too_many, too_many_values
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT
 from kosmos_grpc.errors import InvalidEnvelope, KosmosError, PayloadTooLarge, to_status
 from kosmos_grpc.telemetry.bursts import BurstLog
@@ -35,6 +35,7 @@ __all__ = [
     "refusing",
     "request_limit",
     "server_options",
+    "set_status",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,16 @@ def quiet_hang_ups() -> None:
         logger.addFilter(_HANG_UPS)
 
 
+def set_status(context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> None:
+    """Give a stream ``error``'s rich status, sent by gRPC once the handler returns. Never awaited
+    here, unlike :func:`abort`: a status waits behind the chunks a client has not read, so a
+    stream ended for not being read must not wait for it."""
+    status = to_status(error)
+    context.set_trailing_metadata(status.trailing_metadata)
+    context.set_code(status.code)
+    context.set_details(status.details)
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> NoReturn:
     """End the call with ``error``'s rich status."""
     status = to_status(error)
@@ -111,7 +122,12 @@ def request_limit(payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> int:
 
 
 def refusing(
-    kind: type[Message], limit: int, refusals: BurstLog, *, max_values: int | None = None
+    kind: type[Message],
+    limit: int,
+    refusals: BurstLog,
+    *,
+    max_values: int | None = None,
+    layout: int = AGENT_REQUEST,
 ) -> Callable[[bytes], Any]:
     """A deserializer of ``kind`` that gives, for bytes it will not take, the error to answer them with.
 
@@ -136,7 +152,7 @@ def refusing(
                     + (": its payload is too large" if max_values is not None else ""),
                     metadata={"field": field, "limit": str(limit)},
                 )
-            if max_values is not None and too_many_values(data, max_values):
+            if max_values is not None and too_many_values(data, max_values, layout):
                 return too_many(max_values)
         try:
             return parse(data)

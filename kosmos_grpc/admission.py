@@ -126,7 +126,7 @@ class Admission:
         if held >= self.streams_per_connection:
             raise self._too_many(agent, action, f"this connection holds {held} streams", "max_streams_per_connection")
         if self.open_streams >= self.max_open_streams:
-            raise self._too_many(agent, action, f"{self.open_streams} streams are open", "max_concurrent_rpcs")
+            raise self._too_many(agent, action, f"{self.open_streams} streams are open", "the server's open streams")
         if self.stream_bytes + size > self.max_stream_bytes and self.open_streams:
             raise self._too_many(
                 agent, action, f"open streams hold {self.stream_bytes} bytes of requests", "max_open_stream_bytes"
@@ -163,7 +163,11 @@ class Admission:
                 self._peers[peer] = from_peer
 
     def release(self) -> None:
-        """End a call: its slot goes to the best waiting call, if any."""
+        """End a call: its slot goes to the best waiting call, if any (a slot of the CRITICAL
+        reserve goes back to the reserve: it is never handed to a call that waits)."""
+        if self.running > self.max_concurrency:
+            self.running -= 1
+            return
         heap = self._heap
         while heap:
             slot = heapq.heappop(heap).slot

@@ -90,9 +90,14 @@ def too_many(max_values: int) -> PayloadTooLarge:
 
 # What too_many_values reads, as it goes down an encoded request: the messages on the way to the
 # payload, then the payload's own. (reading, field) -> (read inside it, whether that is one value).
-_REQUEST, _MESSAGE, _STRUCT, _ENTRY, _VALUE, _LIST = range(6)
+_REQUEST, _MESSAGE, _STRUCT, _ENTRY, _VALUE, _LIST, _EVENTS, _EVENT = range(8)
+#: Where too_many_values starts: an AgentService request (the envelope is its field 1), or an
+#: EventBusService one (its events are field 1, each event's envelope its field 3).
+AGENT_REQUEST, BUS_REQUEST = _REQUEST, _EVENTS
 _INSIDE: dict[tuple[int, int], tuple[int, int]] = {
     (_REQUEST, 1): (_MESSAGE, 0),  # ExecuteRequest.message, StreamRequest.message
+    (_EVENTS, 1): (_EVENT, 0),  # PublishRequest.event, PublishStreamRequest.events
+    (_EVENT, 3): (_MESSAGE, 0),  # Event.message
     (_MESSAGE, 6): (_STRUCT, 0),  # AgentMessage.payload
     (_STRUCT, 1): (_ENTRY, 1),  # Struct.fields: one entry, one value
     (_ENTRY, 2): (_VALUE, 0),  # the entry's value
@@ -104,9 +109,10 @@ _INSIDE: dict[tuple[int, int], tuple[int, int]] = {
 _MAX_LEVELS = 100
 
 
-def too_many_values(request: bytes, max_values: int) -> bool:
-    """Whether the payload of an encoded ExecuteRequest or StreamRequest holds more than
-    ``max_values`` values, read off the wire before anything parses it.
+def too_many_values(request: bytes, max_values: int, start: int = AGENT_REQUEST) -> bool:
+    """Whether the payload of an encoded ExecuteRequest or StreamRequest (``start`` AGENT_REQUEST),
+    or of an event of a PublishRequest or PublishStreamRequest (BUS_REQUEST; each event counted on
+    its own), holds more than ``max_values`` values, read off the wire before anything parses it.
 
     protobuf's Python decoder takes 1.6 s for a Struct of 400,000 keys (its maps cost more per
     key the more they hold): counted here, such a payload is refused after ``max_values`` of
@@ -116,7 +122,7 @@ def too_many_values(request: bytes, max_values: int) -> bool:
     """
     data = request
     stack: list[tuple[int, int]] = []
-    reading, end, i, left = _REQUEST, len(data), 0, max_values
+    reading, end, i, left = start, len(data), 0, max_values
     try:
         while True:
             if i >= end:
@@ -138,6 +144,8 @@ def too_many_values(request: bytes, max_values: int) -> bool:
                 if inside is None:
                     i += length
                     continue
+                if reading == _EVENTS:
+                    left = max_values  # a new event: its payload is counted from nothing
                 left -= inside[1]
                 if left < 0:
                     return True

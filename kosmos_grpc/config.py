@@ -139,7 +139,7 @@ class BusConfig:
     delegation_events: bool = True
     #: What the broker buffers for one subscriber (bytes), and how long one write to a subscriber
     #: that does not read may wait before the broker cuts it off (RESOURCE_EXHAUSTED).
-    subscriber_buffer_bytes: int = 256 * 1024
+    subscriber_buffer_bytes: int = 1024 * 1024
     subscriber_stall_seconds: float = 10.0
 
     @property

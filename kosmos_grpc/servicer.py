@@ -9,7 +9,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from kosmos_grpc._grpc import abort
+from kosmos_grpc._grpc import abort, set_status
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.bounds import DEFAULT_MAX_PAYLOAD_VALUES, DEFAULT_MAX_TTL_MS
 from kosmos_grpc.context import Context
@@ -21,7 +21,6 @@ from kosmos_grpc.errors import (
     KosmosError,
     SlowConsumer,
     WrongCallKind,
-    to_status,
 )
 from kosmos_grpc.interceptors.handlers import Handlers, action_failed, fill_result
 from kosmos_grpc.interceptors.inbound import ServedCall
@@ -195,7 +194,8 @@ class AgentServicer:
         once; at most one chunk stays queued in gRPC until the client reads or hangs up.
         """
         if isinstance(request, KosmosError):  # bytes the deserializer would not take
-            return _fail(context, request)
+            set_status(context, request)
+            return
         message = request.message
         call: ServedCall | None = None
         watch: StreamWatch | None = None
@@ -230,11 +230,16 @@ class AgentServicer:
                     except Exception:  # the call is over under us: the client hung up
                         raise _ClientGone from None
                     watch.writing_since = None
+                    if watch.fired is not None:  # the handler swallowed the watch's cancellation
+                        raise asyncio.CancelledError
             # Every chunk is made: the stream is done, whatever becomes of its final marker.
-            call.ended("OK", None, True)
+            call.ended("OK", None, True)  # its slot is free now
+            # The final marker goes whenever the client reads it, unwatched: the stream's outcome
+            # is settled, and what waits here is one small message, counted against the
+            # connection until gRPC is done with the call.
+            watch.close()
             final = _chunk(agent, message_id, correlation_id, sequence)
             final.chunk.final = True
-            watch.writing_since = loop.time()
             with contextlib.suppress(Exception):  # the client may hang up before it: nothing is lost
                 await write(final)
             return None
@@ -255,7 +260,7 @@ class AgentServicer:
                 watch.close()
         if call is not None:
             call.ended(error.code.name, error, True)
-        return _fail(context, error)
+        set_status(context, error)
 
     def _stalled(self, message: envelope_pb2.AgentMessage, watch: StreamWatch) -> KosmosError:
         """The error of a stream its watch ended: past its deadline, or its client not reading."""
@@ -315,15 +320,6 @@ def _card(agent: Agent) -> agent_pb2.AgentCard:
 
 class _ClientGone(Exception):
     """A stream's write failed: its call ended under it (the client hung up)."""
-
-
-def _fail(context: grpc.aio.ServicerContext[Any, Any], error: KosmosError) -> None:
-    """Give a stream ``error``'s rich status, sent by gRPC once the handler returns: never awaited
-    here, since a status waits behind the chunks a client has not read."""
-    status = to_status(error)
-    context.set_trailing_metadata(status.trailing_metadata)
-    context.set_code(status.code)
-    context.set_details(status.details)
 
 
 def _chunk(agent: str, message_id: str, correlation_id: str, sequence: int) -> agent_pb2.StreamResponse:

@@ -125,13 +125,13 @@ class Transport(OutboundInterceptor):
         call.request.message.target_agent = target
         address = self._address(call)
         stub = self.stub(target, address)
+        attempt = _attempt_seconds(call)  # before the call: it may find no time left, and nothing to cancel
         token = self._current(call)
         try:
             stream = stub.Stream(call.request, timeout=time_left(call.deadline, target, action), metadata=call.metadata)
         finally:
             if token is not None:
                 otel_context.detach(token)
-        attempt = _attempt_seconds(call)
         try:
             if attempt is None:
                 first = await stream.read()

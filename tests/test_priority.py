@@ -9,7 +9,8 @@ import pytest
 
 from kosmos_grpc import AGENT_SERVICE, Coordinator, ResourceExhausted, Response
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
-from kosmos_grpc.envelope import new_message
+from kosmos_grpc.admission import Admission
+from kosmos_grpc.envelope import Priority, new_message
 from tests.conftest import Mesh
 from tests.helpers.agents import Queued
 
@@ -131,3 +132,21 @@ async def test_a_call_whose_ttl_runs_out_while_it_waits_is_never_run(mesh: Mesh)
         after = await client.delegate("queued", "job", {"tag": "after"})
     assert after.result == {"tag": "after"}
     assert agent.order == ["first", "after"]
+
+
+async def test_a_slot_of_the_critical_reserve_goes_back_to_the_reserve_not_to_a_waiting_call() -> None:
+    admission = Admission(1, 10, critical_reserve=1)
+    await admission.acquire(Priority.NORMAL, 5, "queued", "job")  # every slot taken
+    waiting = asyncio.create_task(admission.acquire(Priority.NORMAL, 5, "queued", "job"))
+    for _ in range(100):
+        if admission.waiting:
+            break
+        await asyncio.sleep(0)
+    await admission.acquire(Priority.CRITICAL, 5, "queued", "job")  # into the reserve
+    assert (admission.running, admission.waiting) == (2, 1)
+    admission.release()  # the CRITICAL call ends: its slot was the reserve's
+    assert (admission.running, admission.waiting) == (1, 1)
+    assert not waiting.done()
+    await admission.acquire(Priority.CRITICAL, 5, "queued", "job")  # the reserve is there again
+    assert admission.running == 2
+    waiting.cancel()

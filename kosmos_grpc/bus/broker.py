@@ -25,14 +25,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from kosmos_grpc._grpc import SMALL_REQUEST, abort, refusing, request_limit, server_options
+from kosmos_grpc._grpc import SMALL_REQUEST, abort, refusing, request_limit, server_options, set_status
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
-from kosmos_grpc.bounds import DEFAULT_MAX_PAYLOAD_VALUES
+from kosmos_grpc.bounds import BUS_REQUEST, DEFAULT_MAX_PAYLOAD_VALUES
 from kosmos_grpc.bus.local import LocalBus
 from kosmos_grpc.bus.metrics import CUT_OFF, BrokerCounts
 from kosmos_grpc.bus.nats_backend import DEFAULT_DURABLE, DEFAULT_MAX_DELIVERIES, NatsEventBus
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate_and_fill
-from kosmos_grpc.errors import KosmosError, SlowConsumer, to_status
+from kosmos_grpc.errors import KosmosError, SlowConsumer
 from kosmos_grpc.quoting import echo
 from kosmos_grpc.standard_services import add_health_service, add_reflection_service
 from kosmos_grpc.subjects import check_queue, check_subject, validate_headers
@@ -60,7 +60,7 @@ Item = tuple[int, bytes]
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 64 * 1024
 #: What a subscription may buffer, in bytes, before its newest events are dropped.
-DEFAULT_SUBSCRIBER_BUFFER_BYTES = 256 * 1024
+DEFAULT_SUBSCRIBER_BUFFER_BYTES = 1024 * 1024
 #: How long one write to a subscriber may wait for it to read before it is cut off.
 DEFAULT_SUBSCRIBER_STALL_SECONDS = 10.0
 
@@ -228,12 +228,7 @@ class EventBusServicer:
             f"({self.subscriber_buffer_bytes}): cut off",
             metadata={"limit": "bus.subscriber_stall_seconds"},
         )
-        # A status set and the handler ended, rather than an abort: an abort would wait behind
-        # the held write for as long as the client does not read.
-        status = to_status(error)
-        context.set_code(status.code)
-        context.set_details(status.details)
-        context.set_trailing_metadata(status.trailing_metadata)
+        set_status(context, error)  # not abort: it would wait behind the write the client is not reading
 
     async def _bridge(self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Subscribe's stream when bridged: the NATS subscription's events, framed as ours."""
@@ -274,12 +269,16 @@ def add_bus_servicer(servicer: EventBusServicer, server: grpc.aio.Server) -> Non
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Publish": grpc.unary_unary_rpc_method_handler(
             servicer.Publish,
-            request_deserializer=refusing(events_pb2.PublishRequest, limit, _bursts, max_values=values),
+            request_deserializer=refusing(
+                events_pb2.PublishRequest, limit, _bursts, max_values=values, layout=BUS_REQUEST
+            ),
             response_serializer=events_pb2.PublishResponse.SerializeToString,
         ),
         "PublishStream": grpc.stream_unary_rpc_method_handler(
             servicer.PublishStream,
-            request_deserializer=refusing(events_pb2.PublishStreamRequest, 2 * limit, _bursts, max_values=values),
+            request_deserializer=refusing(
+                events_pb2.PublishStreamRequest, 2 * limit, _bursts, max_values=values, layout=BUS_REQUEST
+            ),
             response_serializer=events_pb2.PublishStreamResponse.SerializeToString,
         ),
         "Subscribe": grpc.unary_stream_rpc_method_handler(

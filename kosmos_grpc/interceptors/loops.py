@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kosmos_grpc.bounds import MAX_NAME_CHARS
 from kosmos_grpc.envelope import ROUTE_LIMIT
 from kosmos_grpc.errors import DelegationLoop, InvalidEnvelope, ResourceExhausted
 from kosmos_grpc.interceptors.inbound import InboundInterceptor
@@ -22,10 +23,8 @@ if TYPE_CHECKING:
     from kosmos_grpc.admission import Admission
     from kosmos_grpc.interceptors.inbound import ServedCall
 
-__all__ = ["NAME_LIMIT", "LoopGuard", "describe_route"]
+__all__ = ["LoopGuard", "describe_route"]
 
-#: The longest agent name a route may hold.
-NAME_LIMIT = 128
 # What a message shows of a route: its first and last agents, each name cut to this length.
 _SHOWN_ENDS = 4
 _SHOWN_NAME = 48
@@ -72,9 +71,9 @@ class LoopGuard(InboundInterceptor):
         if hops > ROUTE_LIMIT:
             raise InvalidEnvelope("route", f"route has {hops} agents, over the limit of {ROUTE_LIMIT}")
         for name in route:
-            if not name or len(name) > NAME_LIMIT:
+            if not name or len(name) > MAX_NAME_CHARS:
                 raise InvalidEnvelope(
-                    "route", f"route holds an agent name of {len(name)} characters; names are 1 to {NAME_LIMIT}"
+                    "route", f"route holds an agent name of {len(name)} characters; names are 1 to {MAX_NAME_CHARS}"
                 )
         agent = self.agent
         if hops > self.max_hops:

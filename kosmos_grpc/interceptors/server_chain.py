@@ -46,8 +46,10 @@ def server_chain(
     3. the loop guard: a delegation chain over ``max_hops``, or back into this agent while it has
        no free slot, is refused before it claims its message_id or queues;
     4. idempotency: a duplicate message_id is answered from memory, never run twice;
-    5. admission: the priority queue, when ``max_concurrency`` is set;
-    6. the deadline: the envelope's TTL, where gRPC's own deadline ends later;
+    5. admission: the priority queue when ``max_concurrency`` is set, else the cap of
+       ``max_concurrent_rpcs``, and the streams each connection holds;
+    6. the deadline: a unary call's TTL, where gRPC's own deadline ends later (a stream's is kept
+       by the servicer's StreamWatch);
     7. the handlers, which run the action (``running`` counts them).
 
     ``intercepted``: the server has ``grpc.aio`` interceptors underneath all this.
