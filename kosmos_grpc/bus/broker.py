@@ -235,7 +235,9 @@ class EventBusServicer:
         assert self.nats is not None
         try:
             check_queue(request.queue)
-            subscription = await self.nats.subscribe(request.pattern, queue=request.queue or None)
+            subscription = await self.nats.subscribe(
+                request.pattern, queue=request.queue or None, max_bytes=self.subscriber_buffer_bytes
+            )
         except KosmosError as exc:
             await abort(context, exc)
         try:

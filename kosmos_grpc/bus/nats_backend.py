@@ -336,8 +336,13 @@ class NatsEventBus:
         *,
         queue: str | None = None,
         capacity: int = DEFAULT_CAPACITY,
+        max_bytes: int | None = None,
     ) -> Subscription[Event]:
-        """Subscribe to ``pattern``; every event published after this returns reaches the subscription."""
+        """Subscribe to ``pattern``; every event published after this returns reaches the subscription.
+
+        ``max_bytes`` bounds what its buffer holds in bytes too (the broker's bridge sets it), and
+        nats-py's queue in front of it to four times that.
+        """
         pattern_tokens(pattern)
         nc = self.nc
         native: list[Any] = []  # the nats-py subscription, once made
@@ -351,7 +356,14 @@ class NatsEventBus:
                     log.debug("unsubscribe from %s: %s", pattern, exc)
 
         subscription: Subscription[Event] = Subscription(
-            pattern, queue, capacity=capacity, on_unsubscribe=stop, expired=self._expired, backend=BACKEND
+            pattern,
+            queue,
+            capacity=capacity,
+            on_unsubscribe=stop,
+            expired=self._expired,
+            backend=BACKEND,
+            max_bytes=max_bytes,
+            weigh=_weigh,
         )
         self._subscriptions.add(subscription)
 
@@ -368,10 +380,18 @@ class NatsEventBus:
             # Our buffer decides what is dropped (and counts it); nats-py's queue in front of our
             # callback only has to absorb a burst while the callback catches up.
             limit = max(4 * capacity, NATS_PENDING_MESSAGES)
-            native.append(await nc.subscribe(pattern, queue=queue or "", cb=deliver, pending_msgs_limit=limit))
+            pending: dict[str, Any] = {} if max_bytes is None else {"pending_bytes_limit": 4 * max_bytes}
+            native.append(
+                await nc.subscribe(pattern, queue=queue or "", cb=deliver, pending_msgs_limit=limit, **pending)
+            )
             await _round_trip(nc)  # the server has the subscription once this returns
         except (NatsError, TimeoutError) as exc:
             raise AgentUnavailable(f"cannot subscribe on NATS at {self.url}: {exc or type(exc).__name__}") from None
         if handler is not None:
             subscription.start_handler(handler)
         return subscription
+
+
+def _weigh(event: Event) -> int:
+    """What an event weighs in a subscription's buffer: about its encoded size."""
+    return event.message.ByteSize() + len(event.subject)
