@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from kosmos_grpc.agent import import_object, load_agent
 from kosmos_grpc.bus import BrokerServer, open_bus
+from kosmos_grpc.bus.metrics import label_agents
 from kosmos_grpc.errors import ConfigError
 from kosmos_grpc.runtime import until
 from kosmos_grpc.server import AgentServer, serve_forever
@@ -65,6 +66,7 @@ async def serve_agent(config: MeshConfig, name: str, *, handshake: bool = False)
     if handshake:
         config = _bound(config, name)
     spec = config.agent(name)
+    label_agents(config.agents)
     with contextlib.ExitStack() as stack:
         metrics = _observe(stack, name, spec.address, spec.metrics_port)
         signalled = await _serve_agent(config, spec, metrics, handshake=handshake)
@@ -182,6 +184,7 @@ async def serve_broker(config: MeshConfig, *, handshake: bool = False) -> None:
     """Run the embedded event broker at the config's ``[bus] address`` until SIGTERM/SIGINT (or stdin closes)."""
     if handshake:
         config = _bound(config, BROKER_NAME)
+    label_agents(config.agents)
     with contextlib.ExitStack() as stack:
         metrics = _observe(stack, "kosmos-broker", config.bus.broker_address(), config.bus.metrics_port)
         signalled = await _serve_broker(config, metrics, handshake=handshake)

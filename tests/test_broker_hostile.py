@@ -17,6 +17,7 @@ from kosmos_grpc._grpc import channel_options
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bounds import BUS_REQUEST, DEFAULT_MAX_PAYLOAD_VALUES, too_many_values
 from kosmos_grpc.bus import BUS_SERVICE, BrokerServer, GrpcEventBus, LocalBus
+from kosmos_grpc.bus import metrics as bus_metrics
 from kosmos_grpc.bus.metrics import AGENT_LABELS, FAMILIES, KNOWN_LABELS, OTHER_SUBJECTS
 from kosmos_grpc.quoting import ECHO_CHARS
 from kosmos_grpc.subjects import SubjectTrie, matches
@@ -254,3 +255,12 @@ async def test_an_event_of_too_many_values_is_refused_before_it_is_parsed(broker
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "values" in (caught.value.details() or "")
     assert from_rpc_error(caught.value).metadata.get("field") == "payload"
+
+
+def test_once_the_meshs_agents_are_known_no_client_takes_their_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus_metrics, "_agents_seen", set())
+    monkeypatch.setattr(bus_metrics, "_agents_known", False)
+    bus_metrics.label_agents(["zeus", "athena"])
+    for junk in range(2 * AGENT_LABELS):  # a client publishing on made-up agents' subjects first
+        assert bus_metrics.subject_label(f"kosmos.agents.junk{junk}.requests") == "kosmos.agents"
+    assert bus_metrics.subject_label("kosmos.agents.athena.responses") == "kosmos.agents.athena"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 __all__ = [
     "AGENT_LABELS",
@@ -27,6 +27,7 @@ __all__ = [
     "PUBLISHED",
     "RECEIVED",
     "BrokerCounts",
+    "label_agents",
     "published",
     "received",
     "subject_label",
@@ -52,6 +53,18 @@ FAMILIES = frozenset({"kosmos.events", "kosmos.commands", "kosmos.agents"})
 AGENT_LABELS = 32
 _AGENTS = "kosmos.agents"
 _agents_seen: set[str] = set()
+# Once the mesh's agents are known (label_agents), only theirs are labelled apart: a client
+# publishing on kosmos.agents.<anything> cannot take the labels first.
+_agents_known = False
+
+
+def label_agents(names: Iterable[str]) -> None:
+    """Label apart the subjects of these agents (the mesh's, from its config) and of no others."""
+    global _agents_known
+    _agents_seen.clear()
+    _agents_seen.update(f"{_AGENTS}.{name}" for name in list(names)[:AGENT_LABELS])
+    _agents_known = True
+
 
 PUBLISHED = Counter(
     "nats_messages_published_total", "Events published, by backend and subject prefix.", ("backend", "subject")
@@ -82,7 +95,7 @@ def subject_label(subject: str) -> str:
     if family == _AGENTS and len(tokens) > 2 and tokens[2] not in ("*", ">"):
         if three in _agents_seen:
             return three
-        if len(_agents_seen) < AGENT_LABELS:
+        if not _agents_known and len(_agents_seen) < AGENT_LABELS:
             _agents_seen.add(three)
             return three
     return family
