@@ -33,6 +33,7 @@ from kosmos_grpc.bus.metrics import CUT_OFF, BrokerCounts
 from kosmos_grpc.bus.nats_backend import DEFAULT_DURABLE, DEFAULT_MAX_DELIVERIES, NatsEventBus
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT, validate_and_fill
 from kosmos_grpc.errors import KosmosError, SlowConsumer
+from kosmos_grpc.memory import FreeMemory
 from kosmos_grpc.quoting import echo
 from kosmos_grpc.standard_services import add_health_service, add_reflection_service
 from kosmos_grpc.subjects import check_queue, check_subject, validate_headers
@@ -322,6 +323,8 @@ class BrokerServer:
         add_health_service(self.health, self._server, _bursts)
         add_reflection_service([BUS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server, _bursts)
         self.port = 0
+        #: Gives memory freed after a load back to the system (see :mod:`kosmos_grpc.memory`).
+        self.free_memory = FreeMemory()
 
     @property
     def address(self) -> str:
@@ -353,6 +356,7 @@ class BrokerServer:
                 await self._server.stop(0)
                 raise
         await self._server.start()
+        self.free_memory.start()
         for service in ("", BUS_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
@@ -360,5 +364,6 @@ class BrokerServer:
         """Report NOT_SERVING and stop; open subscriptions end."""
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.grace_seconds if grace is None else grace)
+        await self.free_memory.stop()
         if self.servicer.nats is not None:
             await self.servicer.nats.close()
