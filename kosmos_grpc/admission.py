@@ -119,10 +119,10 @@ class Admission:
             f"{what} waited in the queue past its deadline and was never run", metadata={"field": "ttl_ms"}
         )
 
-    def open_stream(self, connection: str, size: int, agent: str, action: str) -> None:
-        """Count a stream of ``connection`` (gRPC's peer) whose request is ``size`` bytes, or refuse
-        it when that connection holds its share, or the open streams all they may."""
-        held = self._streams.get(connection, 0)
+    def open_stream(self, connection: str | None, size: int, agent: str, action: str) -> None:
+        """Count a stream of ``connection`` (gRPC's peer; None: counted in all only) whose request is
+        ``size`` bytes, or refuse it when that connection holds its share, or the open streams all they may."""
+        held = 0 if connection is None else self._streams.get(connection, 0)
         if held >= self.streams_per_connection:
             raise self._too_many(agent, action, f"this connection holds {held} streams", "max_streams_per_connection")
         if self.open_streams >= self.max_open_streams:
@@ -131,13 +131,14 @@ class Admission:
             raise self._too_many(
                 agent, action, f"open streams hold {self.stream_bytes} bytes of requests", "max_open_stream_bytes"
             )
-        if self.streams_per_peer is not None:
+        if self.streams_per_peer is not None and connection is not None:
             peer = _host(connection)
             from_peer = self._peers.get(peer, 0)
             if from_peer >= self.streams_per_peer:
                 raise self._too_many(agent, action, f"{peer} holds {from_peer} streams", "max_streams_per_peer")
             self._peers[peer] = from_peer + 1
-        self._streams[connection] = held + 1
+        if connection is not None:
+            self._streams[connection] = held + 1
         self.open_streams += 1
         self.stream_bytes += size
 
@@ -149,13 +150,15 @@ class Admission:
             retry_after=self.retry_after,
         )
 
-    def close_stream(self, connection: str, size: int) -> None:
+    def close_stream(self, connection: str | None, size: int) -> None:
         """A stream of ``connection`` whose request was ``size`` bytes has ended."""
+        self.open_streams -= 1
+        self.stream_bytes -= size
+        if connection is None:
+            return
         held = self._streams.pop(connection, 1) - 1
         if held > 0:
             self._streams[connection] = held
-        self.open_streams -= 1
-        self.stream_bytes -= size
         if self.streams_per_peer is not None:
             peer = _host(connection)
             from_peer = self._peers.pop(peer, 1) - 1

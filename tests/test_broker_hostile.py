@@ -264,3 +264,33 @@ def test_once_the_meshs_agents_are_known_no_client_takes_their_labels(monkeypatc
     for junk in range(2 * AGENT_LABELS):  # a client publishing on made-up agents' subjects first
         assert bus_metrics.subject_label(f"kosmos.agents.junk{junk}.requests") == "kosmos.agents"
     assert bus_metrics.subject_label("kosmos.agents.athena.responses") == "kosmos.agents.athena"
+
+
+async def test_a_cut_off_subscriber_hanging_up_leaves_no_traceback(
+    broker: BrokerServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="grpc._cython.cygrpc")
+    request = events_pb2.SubscribeRequest(pattern="kosmos.events.>").SerializeToString()
+    tasks = len(asyncio.all_tasks())
+    channel = grpc.aio.insecure_channel(broker.address, options=SMALL_WINDOW)
+    try:
+        subscribe: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            f"/{BUS_SERVICE}/Subscribe", request_serializer=_same, response_deserializer=_same
+        )
+        stalled = subscribe(request)
+        await asyncio.wait_for(stalled.initial_metadata(), 10)
+        async with GrpcEventBus(broker.address, source_agent="test") as bus:
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + 30
+            while broker.servicer.cut_off < 1 and loop.time() < give_up:  # bounded
+                for _ in range(20):
+                    await bus.publish("kosmos.events.user.action", {"blob": "x" * 4000}, acknowledge=True)
+                await asyncio.sleep(0.01)
+        assert broker.servicer.cut_off == 1
+    finally:
+        await channel.close()  # hangs up without reading: the status gRPC holds can never be sent
+    for _ in range(500):  # until gRPC's task for the call is done (bounded)
+        if len(asyncio.all_tasks()) <= tasks:
+            break
+        await asyncio.sleep(0.02)
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]

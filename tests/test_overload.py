@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 
+from agents.zeus import Zeus
 from kosmos_grpc import AGENT_SERVICE, Agent, Context, action
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.envelope import new_message
@@ -302,3 +303,31 @@ def test_a_burst_of_one_warning_is_said_once_then_summed_up() -> None:
         "fell back from b",
         "fell back from a (and 798 more like it in the last 31 s)",
     ]
+
+
+async def test_slow_users_relayed_by_zeus_do_not_take_the_streams_of_every_other_user(mesh: Mesh) -> None:
+    """Zeus relays every user's stream over one connection to the agent: capping that connection
+    like a client's let two slow users hold every relay to it."""
+    await mesh.serve(Firehose(), max_concurrency=4)  # two streams per connection
+    zeus = await mesh.serve(Zeus())
+    users = [_channel(zeus) for _ in range(4)]
+    relay = {"agent": "firehose", "action": "pour", "payload": {}}
+    try:
+        calls = []
+        for user in users:  # each user on a connection of its own, through Zeus's one to firehose
+            request = agent_pb2.StreamRequest()
+            new_message("relay", relay, ttl_ms=60_000, into=request.message)
+            stub = user.unary_stream(
+                f"/{AGENT_SERVICE}/Stream",
+                request_serializer=agent_pb2.StreamRequest.SerializeToString,
+                response_deserializer=agent_pb2.StreamResponse.FromString,
+            )
+            call = stub(request)
+            reply = await call.read()  # the first three then read nothing more
+            assert isinstance(reply, agent_pb2.StreamResponse), reply
+            calls.append(call)
+        for call in calls:
+            call.cancel()
+    finally:
+        for user in users:
+            await user.close()

@@ -25,7 +25,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from kosmos_grpc._grpc import SMALL_REQUEST, abort, refusing, request_limit, server_options, set_status
+from kosmos_grpc._grpc import (
+    SMALL_REQUEST,
+    abort,
+    quiet_hang_ups,
+    refusing,
+    request_limit,
+    server_options,
+    set_status,
+)
 from kosmos_grpc._proto.kosmos.v1 import events_pb2
 from kosmos_grpc.bounds import BUS_REQUEST, DEFAULT_MAX_PAYLOAD_VALUES
 from kosmos_grpc.bus.local import LocalBus
@@ -318,6 +326,7 @@ class BrokerServer:
         self.health = health.aio.HealthServicer()
         self.grace_seconds = grace_seconds
         self._requested = address
+        quiet_hang_ups()  # a cut-off subscriber hanging up later is no traceback
         self._server = grpc.aio.server(options=server_options(payload_limit))
         add_bus_servicer(self.servicer, self._server)
         add_health_service(self.health, self._server, _bursts)

@@ -35,7 +35,13 @@ class AdmissionInterceptor(InboundInterceptor):
 
     async def open_stream(self, call: ServedCall) -> AsyncGenerator[Any, None]:
         admission = self.admission
-        connection, size = call.context.peer(), call.message.ByteSize()
+        # A delegation (its envelope has a route) shares its caller's connection with every other
+        # user of that caller, Zeus relaying for all: it is capped where the user's call came in,
+        # not here, or a few slow users would hold the one connection's share for everyone.
+        # (The route is a claim until the mesh authenticates its agents; the caps on all streams
+        # and their bytes hold whatever it says.)
+        connection = None if call.message.route else call.context.peer()
+        size = call.message.ByteSize()
         admission.open_stream(connection, size, self.agent, call.spec.name)
         try:
             await self._wait_turn(call)
