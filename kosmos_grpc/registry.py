@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from kosmos_grpc.errors import AgentNotFound
+from kosmos_grpc.quoting import echo
 
 __all__ = ["Registry"]
 
@@ -25,7 +26,7 @@ class Registry(Mapping[str, str]):
         except KeyError:
             known = ", ".join(sorted(self._addresses)) or "none"
             raise AgentNotFound(
-                f"no agent named {name!r} in the mesh (agents: {known})", metadata={"agent": name}
+                f"no agent named {echo(name)} in the mesh (agents: {known})", metadata={"agent": echo(name)}
             ) from None
 
     def __iter__(self) -> Iterator[str]:
