@@ -37,6 +37,9 @@ class PatternBits(Generic[T]):
         self._exact: list[int] = [0] * (max_tokens + 1)
         #: By token count n: the patterns ending in ``>`` after n - 1 tokens (they need n or more).
         self._rest: list[int] = [0] * (max_tokens + 1)
+        #: By token count n: those of ``_rest`` that a subject of n tokens can match (up to n), kept
+        #: as they change so that a match starts from one lookup rather than n unions.
+        self._rest_upto: list[int] = [0] * (max_tokens + 1)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -71,6 +74,10 @@ class PatternBits(Generic[T]):
         if rest:
             tokens.pop()
             mark(self._rest, len(tokens) + 1)
+            upto = 0
+            for count, patterns in enumerate(self._rest):
+                upto |= patterns
+                self._rest_upto[count] = upto
             for position in range(len(tokens), self._max):
                 mark(self._any, position)
         else:
@@ -92,10 +99,7 @@ class PatternBits(Generic[T]):
         count = len(tokens)
         if count > self._max:
             return []
-        candidates = self._exact[count]
-        rest = self._rest
-        for needed in range(1, count + 1):
-            candidates |= rest[needed]
+        candidates = self._exact[count] | self._rest_upto[count]
         literal, anything = self._literal, self._any
         for position in range(count):
             if not candidates:

@@ -217,7 +217,7 @@ class SubjectTrie(Generic[T]):
 
     CACHE_SUBJECTS = 1024
     CACHE_ITEMS = 65_536
-    WALK_BUDGET = 32
+    WALK_BUDGET = 8
 
     def __init__(self) -> None:
         self._root: _Node[T] = _Node()
