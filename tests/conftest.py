@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from kosmos_grpc import Agent, AgentServer, Coordinator, Registry, ResiliencePolicy, ServerSettings
+from kosmos_grpc import Agent, AgentServer, Coordinator, KosmosError, Registry, ResiliencePolicy, ServerSettings
 from kosmos_grpc.interceptors.server_chain import InboundFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,3 +270,15 @@ async def nats_server() -> AsyncIterator[NatsServer]:
         yield server
     finally:
         await server.stop()
+
+
+async def until_serving(client: Coordinator, name: str) -> None:
+    """Until ``name`` answers health SERVING (bounded: a process starts within seconds)."""
+    for _ in range(200):  # bounded: a process starts within seconds
+        try:
+            if await client.health(name, timeout_ms=500) == "SERVING":
+                return
+        except KosmosError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} never reported SERVING")

@@ -6,9 +6,9 @@ import asyncio
 import signal
 from pathlib import Path
 
-from kosmos_grpc import Coordinator, KosmosError
+from kosmos_grpc import Coordinator
 
-from .conftest import Processes, free_port, run_tool, tool
+from .conftest import Processes, free_port, run_tool, tool, until_serving
 
 MESH = """
 [retry]
@@ -38,17 +38,6 @@ address = "127.0.0.1:{dionysus}"
 ASK = {"agent": "athena", "action": "answer", "payload": {"topic": "grpc"}}
 
 
-async def _serving(client: Coordinator, name: str) -> None:
-    for _ in range(200):  # bounded: a process starts within seconds
-        try:
-            if await client.health(name, timeout_ms=500) == "SERVING":
-                return
-        except KosmosError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{name} never reported SERVING")
-
-
 async def _athena_circuit(client: Coordinator) -> tuple[str, int]:
     card = await client.describe("zeus")
     (circuit,) = [c for c in card.circuits if c.target == "athena"]
@@ -69,7 +58,7 @@ async def test_a_killed_agent_is_retried_then_replaced_by_its_fallback_until_it_
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     async with Coordinator(addresses, resilience=False) as client:  # the test itself never retries
         for name in ports:
-            await _serving(client, name)
+            await until_serving(client, name)
         answer = await client.delegate("zeus", "delegate", ASK)
         assert answer.result["agent"] == "athena"
 
@@ -96,7 +85,7 @@ async def test_a_killed_agent_is_retried_then_replaced_by_its_fallback_until_it_
         assert "athena open (5 failures" in out
 
         serve("athena")
-        await _serving(client, "athena")
+        await until_serving(client, "athena")
         for _ in range(100):  # bounded: the 4 s recovery timeout ends within the loop
             if (await _athena_circuit(client))[0] == "half_open":
                 break

@@ -13,28 +13,17 @@ import pytest
 
 from agents.dionysus import Dionysus
 from agents.zeus import Zeus
-from kosmos_grpc import Agent, Context, Coordinator, KosmosError, action, load_config
+from kosmos_grpc import Agent, Context, Coordinator, action, load_config
 from kosmos_grpc.errors import ConfigError
 from kosmos_grpc.resilience import BreakerPolicy, CircuitState, Resilience, ResiliencePolicy, RetryPolicy
 
-from .conftest import Mesh, Processes, free_port, tool
+from .conftest import Mesh, Processes, free_port, tool, until_serving
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 ASK = {"agent": "athena", "action": "answer", "payload": {"topic": "grpc"}}
 ONCE = RetryPolicy(attempts=1)
-
-
-async def _serving(client: Coordinator, name: str) -> None:
-    for _ in range(200):  # bounded: a process starts within seconds
-        try:
-            if await client.health(name, timeout_ms=500) == "SERVING":
-                return
-        except KosmosError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{name} never reported SERVING")
 
 
 async def test_a_frozen_agent_opens_its_circuit_and_its_fallback_answers_within_the_callers_deadline(
@@ -53,7 +42,7 @@ async def test_a_frozen_agent_opens_its_circuit_and_its_fallback_answers_within_
     assert zeus.coordinator.resilience is not None
     breaker = zeus.coordinator.resilience.breaker("athena")
     async with Coordinator(mesh.registry, resilience=False) as client:
-        await _serving(client, "athena")
+        await until_serving(client, "athena")
         assert (await client.delegate("zeus", "delegate", ASK)).result["agent"] == "athena"
         os.kill(athena.pid, signal.SIGSTOP)
         try:

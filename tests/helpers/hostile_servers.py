@@ -8,14 +8,13 @@ address on stdout once SERVING, and serves until its stdin closes or SIGTERM.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+from benchmarks.harness import wait_for_stop
 from kosmos_grpc import Agent, AgentServer, Context, Idempotency, ServerSettings, action, runtime
 from kosmos_grpc.bus import BrokerServer
 from kosmos_grpc.telemetry.logs import configure_logging
@@ -45,24 +44,6 @@ class Target(Agent):
             yield {"i": i}
 
 
-async def _until_stopped() -> None:
-    """Return once stdin closes or SIGTERM or SIGINT arrives."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-    async def eof() -> None:
-        await reader.read()
-        stop.set()
-
-    watcher = asyncio.create_task(eof())
-    await stop.wait()
-    watcher.cancel()
-
-
 async def serve(kind: str) -> None:
     """Serve ``kind`` ("agent" or "broker") until stopped."""
     if kind == "agent":
@@ -78,13 +59,13 @@ async def serve(kind: str) -> None:
         agent = AgentServer(Target(), settings, resilience=False)
         await agent.start()
         print(agent.address, flush=True)
-        await _until_stopped()
+        await wait_for_stop()
         await agent.stop(0)
         return
     broker = BrokerServer(address="127.0.0.1:0", grace_seconds=1)
     await broker.start()
     print(broker.address, flush=True)
-    await _until_stopped()
+    await wait_for_stop()
     await broker.stop(0)
 
 
