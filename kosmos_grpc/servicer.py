@@ -24,6 +24,7 @@ from kosmos_grpc.errors import (
 )
 from kosmos_grpc.interceptors.handlers import Handlers, action_failed, fill_result
 from kosmos_grpc.interceptors.inbound import ServedCall
+from kosmos_grpc.interceptors.payload_schema import payload_checks
 from kosmos_grpc.interceptors.server_chain import server_chain
 from kosmos_grpc.quoting import echo
 from kosmos_grpc.resilience import CircuitState
@@ -103,6 +104,7 @@ class AgentServicer:
             running=lambda: self.handlers.running,
             intercepted=intercepted,
             max_hops=max_hops,
+            payload_checks=payload_checks(agent.name, agent.actions),
         )
         self._card = _card(agent)
         #: When this process began serving the agent (seconds since the epoch), and how often

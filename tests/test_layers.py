@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kosmos_grpc"
 # The cycle check covers imports within a layer.
 LAYERS: list[set[str]] = [
     {"errors", "_lazy", "quoting"},
-    {"envelope", "bounds", "subjects", "subject_index", "tables", "runtime", "deadlines", "stream_watch"},
+    {"envelope", "bounds", "subjects", "subject_index", "tables", "runtime", "deadlines", "stream_watch", "schemas"},
     {"_grpc", "standard_services", "registry", "telemetry", "idempotency", "admission", "calls", "memory"},
     {"resilience", "config", "config_schema", "config_check"},
     {"bus", "preflight"},
