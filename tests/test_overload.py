@@ -13,7 +13,8 @@ import grpc
 import pytest
 
 from agents.zeus import Zeus
-from kosmos_grpc import AGENT_SERVICE, Agent, Context, action
+from kosmos_grpc import Agent, Context, action
+from kosmos_grpc._grpc import AgentStub
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.envelope import new_message
 from kosmos_grpc.errors import from_rpc_error
@@ -55,11 +56,7 @@ def _channel(server: AgentServer) -> grpc.aio.Channel:
 def _stream(channel: grpc.aio.Channel, ttl_ms: int = 60_000) -> grpc.aio.UnaryStreamCall[Any, Any]:
     request = agent_pb2.StreamRequest()
     new_message("pour", {}, ttl_ms=ttl_ms, into=request.message)
-    stub = channel.unary_stream(
-        f"/{AGENT_SERVICE}/Stream",
-        request_serializer=agent_pb2.StreamRequest.SerializeToString,
-        response_deserializer=agent_pb2.StreamResponse.FromString,
-    )
+    stub = AgentStub(channel).Stream
     return stub(request)
 
 
@@ -221,14 +218,7 @@ async def test_the_requests_open_streams_hold_are_bounded_in_bytes(mesh: Mesh) -
             new_message("pour", {"pad": BLOB}, into=request.message)
             return request
 
-        stubs = [
-            channel.unary_stream(
-                f"/{AGENT_SERVICE}/Stream",
-                request_serializer=agent_pb2.StreamRequest.SerializeToString,
-                response_deserializer=agent_pb2.StreamResponse.FromString,
-            )
-            for channel in channels
-        ]
+        stubs = [AgentStub(channel).Stream for channel in channels]
         held = stubs[0](big())
         await held.read()
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -248,14 +238,7 @@ async def test_a_flood_is_shed_by_priority_with_retry_info_never_cancelled(mesh:
     """5,000 calls at once once made gRPC's core cancel a third of them (its pending-call backlog)."""
     server = await mesh.serve(Firehose(), max_concurrency=8, queue_limit=32)
     channels = [_channel(server) for _ in range(4)]
-    stubs = [
-        channel.unary_unary(
-            f"/{AGENT_SERVICE}/Execute",
-            request_serializer=agent_pb2.ExecuteRequest.SerializeToString,
-            response_deserializer=agent_pb2.ExecuteResponse.FromString,
-        )
-        for channel in channels
-    ]
+    stubs = [AgentStub(channel).Execute for channel in channels]
     outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
     retry_info = 0
 
@@ -317,11 +300,7 @@ async def test_slow_users_relayed_by_zeus_do_not_take_the_streams_of_every_other
         for user in users:  # each user on a connection of its own, through Zeus's one to firehose
             request = agent_pb2.StreamRequest()
             new_message("relay", relay, ttl_ms=60_000, into=request.message)
-            stub = user.unary_stream(
-                f"/{AGENT_SERVICE}/Stream",
-                request_serializer=agent_pb2.StreamRequest.SerializeToString,
-                response_deserializer=agent_pb2.StreamResponse.FromString,
-            )
+            stub = AgentStub(user).Stream
             call = stub(request)
             reply = await call.read()  # the first three then read nothing more
             assert isinstance(reply, agent_pb2.StreamResponse), reply
