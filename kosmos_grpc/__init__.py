@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from kosmos_grpc._lazy import lazy_names
 
 if TYPE_CHECKING:
-    from kosmos_grpc.agent import ActionSpec, Agent, action, load_agent
+    from kosmos_grpc.agent import ActionSpec, Agent, AgentHost, action, import_object, load_agent
     from kosmos_grpc.calls import ActionInfo, AgentCard, CallScope, Chunk, CircuitInfo, Envelope, Response
     from kosmos_grpc.client import Coordinator, ScopedClient
     from kosmos_grpc.config import (
@@ -97,6 +97,7 @@ __all__ = [
     "Agent",
     "AgentCard",
     "AgentConfig",
+    "AgentHost",
     "AgentMessage",
     "AgentNotFound",
     "AgentServer",
@@ -155,6 +156,7 @@ __all__ = [
     "configure_logging",
     "configure_tracing",
     "from_rpc_error",
+    "import_object",
     "load_agent",
     "load_config",
     "new_message",
@@ -175,6 +177,7 @@ _EXPORTS: dict[str, str] = {
     "ActionNotFound": "kosmos_grpc.errors",
     "ActionSpec": "kosmos_grpc.agent",
     "Agent": "kosmos_grpc.agent",
+    "AgentHost": "kosmos_grpc.agent",
     "AgentCard": "kosmos_grpc.calls",
     "AgentConfig": "kosmos_grpc.config",
     "AgentMessage": "kosmos_grpc.envelope",
@@ -232,6 +235,7 @@ _EXPORTS: dict[str, str] = {
     "TelemetryConfig": "kosmos_grpc.config",
     "WrongCallKind": "kosmos_grpc.errors",
     "action": "kosmos_grpc.agent",
+    "import_object": "kosmos_grpc.agent",
     "configure_logging": "kosmos_grpc.telemetry.logs",
     "configure_tracing": "kosmos_grpc.telemetry.tracing",
     "from_rpc_error": "kosmos_grpc.errors",

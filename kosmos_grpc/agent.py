@@ -5,16 +5,21 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
-from kosmos_grpc.errors import ConfigError
+from kosmos_grpc.errors import ConfigError, InvalidEnvelope
+from kosmos_grpc.schemas import compile_payload_check
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-__all__ = ["ActionSpec", "Agent", "action", "import_object", "load_agent"]
+    from kosmos_grpc.bus.protocol import EventBus
+    from kosmos_grpc.client import Coordinator
+    from kosmos_grpc.registry import Registry
+
+__all__ = ["ActionSpec", "Agent", "AgentHost", "action", "import_object", "load_agent"]
 
 _MARK = "__kosmos_action__"
 
@@ -68,6 +73,27 @@ def action(
     return mark(func) if func is not None else mark
 
 
+@dataclass(slots=True)
+class AgentHost:
+    """What the process serving an agent gives it beyond its calls: its settings, its folder, the mesh.
+
+    The registry and ``metrics`` follow the mesh as ``kosmos up`` hands its addresses over; ``bus``
+    is set once the event bus is open (before ``on_ready`` runs).
+    """
+
+    #: ``[agents.<name>.settings]``, checked against the class's ``settings_schema``, its defaults filled.
+    settings: dict[str, Any]
+    #: The agent's own folder for what it keeps (made before ``on_start``).
+    state_dir: Path
+    #: Where every agent of the mesh listens.
+    registry: Registry
+    #: A client for calls made outside any handler (``on_start``'s background work, say).
+    client: Coordinator
+    #: Agent name -> its ``/metrics`` URL, for the agents that serve one.
+    metrics: dict[str, str] = field(default_factory=dict)
+    bus: EventBus | None = None
+
+
 class Agent:
     """Base class of every agent: subclass it, set ``name``, and mark methods with ``@action``."""
 
@@ -75,6 +101,9 @@ class Agent:
     description: ClassVar[str] = ""
     version: ClassVar[str] = "0.1.0"
     actions: ClassVar[dict[str, ActionSpec]] = {}
+    #: The JSON Schema of ``[agents.<name>.settings]`` (None: the agent takes none).
+    settings_schema: ClassVar[Mapping[str, Any] | None] = None
+    _host: AgentHost | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -89,8 +118,41 @@ class Agent:
             doc = (inspect.getdoc(cls) or "").strip().splitlines()
             cls.description = doc[0] if doc else ""
 
+    @property
+    def host(self) -> AgentHost:
+        """What the serving process gives this agent (ConfigError before a server hosts it)."""
+        if self._host is None:
+            raise ConfigError(f"agent {self.name!r} is not served yet: its host is given by the AgentServer")
+        return self._host
+
+    def hosted_by(self, host: AgentHost) -> None:
+        """Take ``host`` (the AgentServer calls this when made)."""
+        self._host = host
+
+    @classmethod
+    def checked_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """``settings`` checked against ``settings_schema`` with its defaults filled; ConfigError naming the key."""
+        where = f"agents.{cls.name}.settings"
+        schema = cls.settings_schema
+        if schema is None:
+            if settings:
+                raise ConfigError(f"[{where}]: agent {cls.name!r} takes no settings, not {', '.join(settings)}")
+            return {}
+        values = dict(settings)
+        try:
+            compile_payload_check({"additionalProperties": False, **schema}, where, root=where)(values)
+        except InvalidEnvelope as exc:
+            raise ConfigError(exc.message) from None
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+        return values
+
     async def on_start(self) -> None:
-        """Called once the server is bound, before it reports SERVING."""
+        """Called once the server is bound, before the mesh's addresses are known (its slow set-up,
+        in parallel with the other agents')."""
+
+    async def on_ready(self) -> None:
+        """Called once the mesh's addresses are known and the bus is open, before it reports SERVING."""
 
     async def on_stop(self) -> None:
         """Called after the server has drained its calls."""

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG = "kosmos.toml"
+DEFAULT_STATE_DIR = ".kosmos"
 _log = logging.getLogger(__name__)
 
 
@@ -101,6 +102,8 @@ class AgentConfig:
     metrics_port: int | None = None
     #: When ``kosmos up`` restarts its process: "always", "on-failure" (a non-zero exit) or "never".
     restart: str = "on-failure"
+    #: ``[agents.<name>.settings]``: the agent's own, checked by its class's ``settings_schema``.
+    settings: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +186,8 @@ class MeshConfig:
     #: Retry and breaker policies for calls to each agent, and the fallbacks.
     resilience: ResiliencePolicy = field(default_factory=ResiliencePolicy)
     interceptors: InterceptorsConfig = field(default_factory=InterceptorsConfig)
+    #: ``[mesh] state_dir``: what agents keep, a sub-folder each (relative: to the working folder).
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
     path: Path | None = field(default=None, compare=False)
 
     def addresses(self) -> dict[str, str]:
@@ -196,6 +201,10 @@ class MeshConfig:
         except KeyError:
             known = ", ".join(sorted(self.agents)) or "none"
             raise ConfigError(f"no agent named {name!r} in the config (agents: {known})") from None
+
+    def agent_state_dir(self, name: str) -> Path:
+        """The folder agent ``name`` keeps its state in: its own under ``state_dir``, made absolute."""
+        return (self.state_dir / name).absolute()
 
     def server(self, name: str) -> ServerSettings:
         """How agent ``name`` is served: its own settings over the mesh's limits."""
@@ -312,7 +321,10 @@ def _mesh(data: dict[str, Any], path: Path) -> MeshConfig:
     check(data)
     if not data.get("agents"):
         raise ConfigError("no [agents.<name>] tables")
-    agents = {name: AgentConfig(name=name, **_values(table, AGENT)) for name, table in data["agents"].items()}
+    agents = {
+        name: AgentConfig(name=name, **_values(table, AGENT), settings=dict(table.get("settings", {})))
+        for name, table in data["agents"].items()
+    }
     mesh = _values(data.get("mesh", {}), CONFIG.tables["mesh"])
     telemetry = {**mesh, **_values(data.get("telemetry", {}), CONFIG.tables["telemetry"])}
     return MeshConfig(
@@ -322,6 +334,7 @@ def _mesh(data: dict[str, Any], path: Path) -> MeshConfig:
         telemetry=TelemetryConfig(**_fields(TelemetryConfig, telemetry)),
         resilience=_resilience(data, agents),
         interceptors=InterceptorsConfig(**_values(data.get("interceptors", {}), CONFIG.tables["interceptors"])),
+        state_dir=Path(mesh.get("state_dir", DEFAULT_STATE_DIR)),
         path=path,
     )
 

@@ -86,6 +86,8 @@ def _value(key: Key, value: Any, name: str) -> None:
 
 def check(data: dict[str, Any], table: Table = CONFIG, where: str = "") -> None:
     """Raise ConfigError, one line naming the key and its table, at the first thing ``table`` does not describe."""
+    if table.open:
+        return
     known = [*table.keys, *table.tables]
     for name, value in data.items():
         dotted = f"{where}.{name}" if where else name
@@ -100,7 +102,8 @@ def check(data: dict[str, Any], table: Table = CONFIG, where: str = "") -> None:
                 raise ConfigError(f"{dotted} is {_kind(value)}; it should be a table ([{dotted}])")
             check(value, table.tables[name], dotted)
         else:
-            raise ConfigError(f"unknown key {name!r} in {_header(where)}{_suggest(name, known)}")
+            hint = f"; an agent's own settings go in [{where}.settings]" if "settings" in table.tables else ""
+            raise ConfigError(f"unknown key {name!r} in {_header(where)}{_suggest(name, known)}{hint}")
     for name, key in table.keys.items():
         if key.required and name not in data:
             raise ConfigError(f"{where} needs {name!r}")

@@ -68,6 +68,8 @@ class Table:
     #: ``[agents.<name>]``: every key of this table is a name, and its value a table of this shape.
     each: Table | None = None
     min_tables: int = 0
+    #: Any keys at all: whoever reads the table checks them (an agent its ``settings``).
+    open: bool = False
 
 
 def _retry(scope: str) -> Table:
@@ -152,7 +154,14 @@ AGENT = Table(
             enum=RESTART_POLICIES,
         ),
     },
-    {"retry": _retry("this agent (over [retry])"), "breaker": _breaker("this agent (over [breaker])")},
+    {
+        "retry": _retry("this agent (over [retry])"),
+        "breaker": _breaker("this agent (over [breaker])"),
+        "settings": Table(
+            "The agent's own settings (Dionysus's llm_url, say), checked by its class's settings_schema when loaded.",
+            open=True,
+        ),
+    },
 )
 
 CONFIG = Table(
@@ -204,6 +213,13 @@ CONFIG = Table(
                 ),
                 "max_ttl_ms": Key("integer", "The longest ttl_ms an envelope may ask for (default 24 h).", minimum=1),
                 "log_format": Key("string", "text, or json: a JSON object a line.", enum=LOG_FORMATS),
+                "state_dir": Key(
+                    "string",
+                    "The folder of what agents keep (indexes, databases, the outbox, the Maildir), one sub-folder "
+                    "each; relative to the working folder (default .kosmos).",
+                    pattern=r"\S",
+                    noun="a folder",
+                ),
                 "max_hops": Key(
                     "integer",
                     "Delegations in a row a call may have passed through (an agent delegating to itself, say); "
@@ -308,6 +324,8 @@ def _key_schema(key: Key) -> dict[str, Any]:
 
 def _table_schema(table: Table) -> dict[str, Any]:
     out: dict[str, Any] = {"description": table.description, "type": "object"}
+    if table.open:
+        return out
     if table.each is not None:
         out["additionalProperties"] = _table_schema(table.each)
         if table.min_tables:

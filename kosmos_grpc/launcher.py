@@ -73,6 +73,10 @@ class _Mesh:
         agents = {c.name: c.address for c in self.children if c.name != BROKER_NAME}
         return agents, next((c.address for c in self.children if c.name == BROKER_NAME), None)
 
+    def metrics(self) -> dict[str, str]:
+        """Agent name -> its ``/metrics`` URL, for the agents that serve one."""
+        return {c.name: c.metrics for c in self.children if c.name != BROKER_NAME and c.metrics}
+
     async def spawn(self, child: Child) -> None:
         assert self.config.path is not None
         await child.spawn(self.config.path, self.options, self.out, self.err)
@@ -149,7 +153,7 @@ async def _start(mesh: _Mesh) -> None:
             raise ConfigError(f"{_who(child.name)} {describe_exit(code)} while starting (its error is above)")
     agents, bus = mesh.addresses()
     for child in mesh.children:
-        await child.hand_over(agents, bus)
+        await child.hand_over(agents, bus, mesh.metrics())
     async with Coordinator({c.name: c.address for c in mesh.children}) as client:
         for child in mesh.children:
             if not await _serving(client, child):
@@ -177,7 +181,7 @@ async def _restart(mesh: _Mesh, child: Child) -> bool:
         async with asyncio.timeout(START_TIMEOUT):
             if not await child.ready():
                 return False
-            await child.hand_over(*mesh.addresses())
+            await child.hand_over(*mesh.addresses(), mesh.metrics())
             async with Coordinator({child.name: child.address}, resilience=False, telemetry=False) as client:
                 if not await _serving(client, child):
                     return False

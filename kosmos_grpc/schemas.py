@@ -21,8 +21,13 @@ if TYPE_CHECKING:
 __all__ = ["compile_payload_check"]
 
 
-def compile_payload_check(schema: Mapping[str, Any], where: str) -> Callable[[dict[str, Any]], None]:
-    """The check of payloads against ``schema``; TypeError naming ``where`` (the action) when it is no schema."""
+def compile_payload_check(
+    schema: Mapping[str, Any], where: str, root: str = "payload"
+) -> Callable[[dict[str, Any]], None]:
+    """The check of payloads against ``schema``; TypeError naming ``where`` (the action) when it is no schema.
+
+    Errors name their field under ``root`` (``payload.k``; ``agents.athena.settings.k`` for an agent's settings).
+    """
     try:
         validate = fastjsonschema.compile(dict(schema), use_default=True)
     except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError) as exc:
@@ -32,14 +37,14 @@ def compile_payload_check(schema: Mapping[str, Any], where: str) -> Callable[[di
         try:
             validate(payload)
         except fastjsonschema.JsonSchemaValueException as exc:
-            raise _refusal(exc, payload) from None
+            raise _refusal(exc, payload, root) from None
 
     return check
 
 
-def _refusal(exc: fastjsonschema.JsonSchemaValueException, payload: dict[str, Any]) -> InvalidEnvelope:
-    """The first error as the caller reads it: its path under ``payload`` and what is wrong there."""
-    path = ["payload", *(str(part) for part in (exc.path or ["data"])[1:])]
+def _refusal(exc: fastjsonschema.JsonSchemaValueException, payload: dict[str, Any], root: str) -> InvalidEnvelope:
+    """The first error as the caller reads it: its path under ``root`` and what is wrong there."""
+    path = [root, *(str(part) for part in (exc.path or ["data"])[1:])]
     message = str(exc.message)
     if exc.rule == "required" and isinstance(exc.rule_definition, list):
         # fastjsonschema names the whole list: name the first member missing, as its own field.

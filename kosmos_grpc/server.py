@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kosmos_grpc._grpc import AGENT_SERVICE, add_agent_service, quiet_hang_ups, server_options
 from kosmos_grpc.admission import Admission
+from kosmos_grpc.agent import AgentHost
 from kosmos_grpc.client import Coordinator
 from kosmos_grpc.config import ServerSettings
 from kosmos_grpc.idempotency import ExecutedCalls
@@ -57,6 +59,9 @@ class AgentServer:
         client_interceptors: Sequence[OutboundFactory] = (),
         grpc_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         grpc_client_interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        agent_settings: Mapping[str, Any] | None = None,
+        state_dir: str | Path | None = None,
+        metrics: Mapping[str, str] | None = None,
     ) -> None:
         """Serve ``agent`` as ``settings`` say (default: :class:`ServerSettings`'s, on a free loopback port).
 
@@ -70,6 +75,12 @@ class AgentServer:
             client_interceptors: Outbound interceptors for its own delegations.
             grpc_interceptors: Standard ``grpc.aio`` server interceptors (opentelemetry-instrumentation-grpc's, say).
             grpc_client_interceptors: Standard ``grpc.aio`` client interceptors for its delegations' channels.
+            agent_settings: ``[agents.<name>.settings]``, checked against the agent's ``settings_schema``.
+            state_dir: The agent's own folder for what it keeps (default: ``.kosmos/<name>`` in the working folder).
+            metrics: Agent name -> ``/metrics`` URL, for the agents that serve one.
+
+        Raises:
+            ConfigError: ``agent_settings`` are not what the agent's ``settings_schema`` describes.
         """
         settings = settings or ServerSettings()
         self.agent = agent
@@ -87,6 +98,16 @@ class AgentServer:
             interceptors=client_interceptors,
             grpc_interceptors=grpc_client_interceptors,
         )
+        agent.hosted_by(
+            AgentHost(
+                settings=agent.checked_settings(agent_settings or {}),
+                state_dir=Path(state_dir) if state_dir is not None else Path(".kosmos", agent.name).absolute(),
+                registry=self.registry,
+                client=self.coordinator,
+                metrics=dict(metrics or {}),
+            )
+        )
+        self._agent_started = self._agent_ready = False
         self.health = health.aio.HealthServicer()
         quiet_hang_ups()
         # No maximum_concurrent_rpcs for gRPC: the admission below is the one limit (see admission.py).
@@ -131,7 +152,8 @@ class AgentServer:
         return f"{host}:{self.port}"
 
     async def start(self, *, serving: bool = True) -> None:
-        """Bind, start, run the agent's ``on_start`` and, unless told otherwise, report SERVING.
+        """Bind, start, run the agent's ``on_start`` and, unless told otherwise, its ``on_ready`` and
+        report SERVING (else :meth:`set_serving` does, once the mesh's addresses and bus are known).
 
         Raises:
             OSError: the address cannot be listened on (in use, or not this machine's).
@@ -152,22 +174,27 @@ class AgentServer:
         await self._server.start()
         self.free_memory.start()
         try:
+            self.agent.host.state_dir.mkdir(parents=True, exist_ok=True)
             await self.agent.on_start()
         except BaseException:
             await self.free_memory.stop()
             await self._server.stop(0)
             raise
+        self._agent_started = True
         if serving:
             await self.set_serving()
 
     async def set_serving(self) -> None:
-        """Report SERVING to health checks."""
+        """Run the agent's ``on_ready`` (the first time), then report SERVING to health checks."""
+        if not self._agent_ready:
+            await self.agent.on_ready()
+            self._agent_ready = True
         for service in ("", AGENT_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def attach_bus(self, bus: EventBus) -> None:
         """Give handlers ``ctx.bus`` and, unless turned off, announce delegations on it; closed with the server."""
-        self.bus = self.servicer.bus = bus
+        self.bus = self.servicer.bus = self.agent.host.bus = bus
         if self.settings.delegation_events:
             self.coordinator.announce_on(bus)
 
@@ -189,11 +216,12 @@ class AgentServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
         await self.free_memory.stop()
+        if self._agent_started:  # while its client and bus are open still, for its last words
+            await self.agent.on_stop()
         self.servicer.close()
         await self.coordinator.close()
         if self.bus is not None:
             await self.bus.close()
-        await self.agent.on_stop()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -242,7 +270,8 @@ async def serve_forever(
         if ready is not None:
             if not await until(server.stop_requested, ready(server)):
                 return
-            await server.set_serving()
+            if not await until(server.stop_requested, server.set_serving()):
+                return
         log.info("%s serving on %s", server.agent.name, server.address)
         await server.stop_requested.wait()
         log.info("%s draining (grace %.1f s)", server.agent.name, server.grace_seconds)

@@ -101,9 +101,13 @@ def agent_server(config: MeshConfig, name: str) -> AgentServer:
     """Agent ``name`` of ``config``, loaded and ready to start, with the interceptors the config names."""
     folder = config.path.parent if config.path else None
     grpc_instrumentation = config.telemetry.grpc_instrumentation
+    spec = config.agent(name)
     return AgentServer(
-        load_agent(config.agent(name).object, folder),
+        load_agent(spec.object, folder),
         config.server(name),
+        agent_settings=spec.settings,
+        state_dir=config.agent_state_dir(name),
+        metrics=_metrics_urls(config),
         registry=config.addresses(),
         resilience=config.resilience,
         interceptors=[import_object(spec, folder) for spec in config.interceptors.inbound],
@@ -113,12 +117,23 @@ def agent_server(config: MeshConfig, name: str) -> AgentServer:
     )
 
 
+def _metrics_urls(config: MeshConfig) -> dict[str, str]:
+    """Agent name -> ``/metrics`` URL, for the agents of ``config`` with a fixed metrics port."""
+    return {
+        name: f"http://{spec.address.rsplit(':', 1)[0]}:{spec.metrics_port}/metrics"
+        for name, spec in config.agents.items()
+        if spec.metrics_port
+    }
+
+
 async def _serve_agent(
     config: MeshConfig, spec: AgentConfig, metrics: str | None, *, handshake: bool
 ) -> signal.Signals | None:
     """Serve; the signal that stopped a child of ``kosmos up`` (None when stdin closed, or not a child)."""
     name = spec.name
     server = agent_server(config, name)
+    if metrics is not None:
+        server.agent.host.metrics[name] = metrics
 
     async def attach(broker: str | None) -> None:
         if config.bus.configured:
@@ -146,6 +161,7 @@ async def _serve_agent(
             loop.add_signal_handler(sig, cause.on_signal, sig)
         server.servicer.restarts = int(mesh.get("restarts", 0))
         server.registry.update_from(mesh["agents"])
+        server.agent.host.metrics.update(mesh.get("metrics", {}))
         await attach(mesh.get("bus"))
         watcher = asyncio.create_task(_stop_on_eof(stdin, cause.on_eof))
 

@@ -224,11 +224,13 @@ class Child:
             self.address, self.metrics = ready["address"], ready.get("metrics")
         return True
 
-    async def hand_over(self, agents: dict[str, str], bus: str | None) -> None:
-        """Send the mesh's addresses, and its restart count, to its process (which then says SERVING)."""
+    async def hand_over(self, agents: dict[str, str], bus: str | None, metrics: dict[str, str] | None = None) -> None:
+        """Send the mesh's addresses (calls, bus, ``/metrics``), and its restart count, to its process
+        (which then says SERVING)."""
         assert self.process is not None
         assert self.process.stdin is not None
-        line = json.dumps({"agents": agents, "bus": bus, "restarts": self.restarts}) + "\n"
+        mesh = {"agents": agents, "bus": bus, "metrics": metrics or {}, "restarts": self.restarts}
+        line = json.dumps(mesh) + "\n"
         self.process.stdin.write(line.encode())
         with contextlib.suppress(ConnectionError):  # it ended meanwhile: its exit says the rest
             await self.process.stdin.drain()

@@ -17,6 +17,7 @@ from kosmos_grpc.config import (
     BusConfig,
     Idempotency,
     InterceptorsConfig,
+    MeshConfig,
     MeshLimits,
     TelemetryConfig,
     load_config,
@@ -124,7 +125,7 @@ def _keywords(schema: Any) -> list[str]:
 def _homes(table: Table) -> tuple[type, ...]:
     """The dataclasses the loader builds from ``table``'s keys."""
     homes: dict[int, tuple[type, ...]] = {
-        id(CONFIG.tables["mesh"]): (MeshLimits, TelemetryConfig, Idempotency),
+        id(CONFIG.tables["mesh"]): (MeshLimits, TelemetryConfig, Idempotency, MeshConfig),
         id(CONFIG.tables["bus"]): (BusConfig,),
         id(CONFIG.tables["telemetry"]): (TelemetryConfig,),
         id(CONFIG.tables["interceptors"]): (InterceptorsConfig,),
