@@ -7,7 +7,9 @@ the same class on the client::
 
     KosmosError                      INTERNAL
     ├── InvalidEnvelope              INVALID_ARGUMENT   (field names the bad envelope field)
-    ├── AgentNotFound                NOT_FOUND
+    ├── NotFound                     NOT_FOUND          (what a call names does not exist: a report, say)
+    │   └── AgentNotFound                (the mesh knows no agent of that name)
+    ├── PermissionDenied             PERMISSION_DENIED  (a write to a read-only database, say)
     ├── ActionNotFound               UNIMPLEMENTED
     ├── WrongCallKind                FAILED_PRECONDITION
     ├── ConfigError                  FAILED_PRECONDITION (the mesh config is missing or wrong)
@@ -62,7 +64,9 @@ __all__ = [
     "DuplicateMessage",
     "InvalidEnvelope",
     "KosmosError",
+    "NotFound",
     "PayloadTooLarge",
+    "PermissionDenied",
     "ResourceExhausted",
     "SagaFailed",
     "SlowConsumer",
@@ -140,11 +144,24 @@ class InvalidEnvelope(KosmosError):
         return self.metadata.get("field", "")
 
 
-class AgentNotFound(KosmosError):
-    """The mesh knows no agent of that name."""
+class NotFound(KosmosError):
+    """What the call names does not exist."""
 
     code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class AgentNotFound(NotFound):
+    """The mesh knows no agent of that name."""
+
     reason = "AGENT_NOT_FOUND"
+
+
+class PermissionDenied(KosmosError):
+    """The caller may not do what it asked (a write to a read-only database, say)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
 
 
 class ActionNotFound(KosmosError):
@@ -199,10 +216,8 @@ class AgentUnavailable(KosmosError):
 
 
 class CircuitOpen(AgentUnavailable):
-    """The circuit to the agent is open: the call failed at once, nothing was sent.
-
-    ``retry_after`` says when the breaker will let a probe through; retrying sooner cannot help.
-    """
+    """The circuit to the agent is open: the call failed at once, nothing was sent; ``retry_after``
+    says when the breaker will let a probe through, and retrying sooner cannot help."""
 
     reason = "CIRCUIT_OPEN"
 
@@ -212,10 +227,8 @@ class CircuitOpen(AgentUnavailable):
 
 
 class DependencyUnavailable(KosmosError):
-    """Something the mesh needs (the NATS server, the embedded broker) cannot be reached.
-
-    The message is one line for the user: what is down, at which address, why, and what to do.
-    """
+    """Something the mesh needs (the NATS server, the embedded broker) cannot be reached; the message
+    is one line for the user: what is down, at which address, why, and what to do."""
 
     code = grpc.StatusCode.UNAVAILABLE
     reason = "DEPENDENCY_UNAVAILABLE"
@@ -313,14 +326,16 @@ class SagaFailed(KosmosError):
 _BY_REASON: dict[str, type[KosmosError]] = {
     cls.reason: cls
     for cls in (
-        KosmosError, InvalidEnvelope, AgentNotFound, ActionNotFound, WrongCallKind, ConfigError, DelegationLoop,
-        DuplicateMessage, DeadlineExceeded, AgentUnavailable, CircuitOpen, DependencyUnavailable, ResourceExhausted,
-        PayloadTooLarge, SlowConsumer, Cancelled, StreamBroken, ActionFailed, SagaFailed,
+        KosmosError, InvalidEnvelope, NotFound, AgentNotFound, PermissionDenied, ActionNotFound, WrongCallKind,
+        ConfigError, DelegationLoop, DuplicateMessage, DeadlineExceeded, AgentUnavailable, CircuitOpen,
+        DependencyUnavailable, ResourceExhausted, PayloadTooLarge, SlowConsumer, Cancelled, StreamBroken,
+        ActionFailed, SagaFailed,
     )
 }  # fmt: skip
 _BY_CODE: dict[grpc.StatusCode, type[KosmosError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidEnvelope,
-    grpc.StatusCode.NOT_FOUND: AgentNotFound,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNIMPLEMENTED: ActionNotFound,
     grpc.StatusCode.FAILED_PRECONDITION: WrongCallKind,
     grpc.StatusCode.ALREADY_EXISTS: DuplicateMessage,

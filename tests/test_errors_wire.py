@@ -43,8 +43,8 @@ def test_every_exported_error_is_tested() -> None:
     expected = {
         "ActionFailed", "ActionNotFound", "AgentNotFound", "AgentUnavailable", "Cancelled", "CircuitOpen",
         "ConfigError", "DeadlineExceeded", "DelegationLoop", "DependencyUnavailable", "DuplicateMessage",
-        "InvalidEnvelope", "KosmosError", "PayloadTooLarge", "ResourceExhausted", "SagaFailed", "SlowConsumer",
-        "StreamBroken", "WrongCallKind",
+        "InvalidEnvelope", "KosmosError", "NotFound", "PermissionDenied", "PayloadTooLarge", "ResourceExhausted",
+        "SagaFailed", "SlowConsumer", "StreamBroken", "WrongCallKind",
     }  # fmt: skip
     assert set(ERRORS) == expected
 
