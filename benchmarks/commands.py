@@ -44,9 +44,9 @@ def cli() -> None:
     parser.add_argument("--quick", action="store_true", help="3 runs of each")
     runs = parser.parse_args().runs
     with harness.processes() as start, tempfile.TemporaryDirectory() as folder:
-        athena = start("benchmarks.serve", "agent", "agents.athena:Athena")
+        athena = start("benchmarks.serve", "agent", "tests.helpers.toys:Athena")
         config = Path(folder) / "kosmos.toml"
-        config.write_text(f'[agents.athena]\nobject = "agents.athena:Athena"\naddress = "{athena}"\n')
+        config.write_text(f'[agents.athena]\nobject = "tests.helpers.toys:Athena"\naddress = "{athena}"\n')
         nats = Path(folder) / "nats.toml"
         nats.write_text(f'[bus]\nnats = "nats://127.0.0.1:{_free_port()}"\n\n' + config.read_text())
         silent = socket.socket()  # takes the connection, never answers: a collector that hangs

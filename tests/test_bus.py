@@ -538,7 +538,7 @@ async def test_the_brokers_metrics_count_what_it_carried(processes: Processes, t
     config = tmp_path / "kosmos.toml"
     config.write_text(
         f'[bus]\naddress = "127.0.0.1:{bus_port}"\nmetrics_port = {metrics_port}\n\n'
-        f'[agents.athena]\nobject = "agents.athena:Athena"\naddress = "127.0.0.1:{free_port()}"\n'
+        f'[agents.athena]\nobject = "tests.helpers.toys:Athena"\naddress = "127.0.0.1:{free_port()}"\n'
     )
     processes.start(sys.executable, "-m", "kosmos_grpc.cli", "--config", str(config), "broker")
     address = f"127.0.0.1:{bus_port}"

@@ -38,7 +38,7 @@ class Broker:
         self.config = tmp_path / "kosmos.toml"
         self.config.write_text(
             f'[bus]\naddress = "{self.address}"\n\n'
-            f'[agents.athena]\nobject = "agents.athena:Athena"\naddress = "127.0.0.1:{free_port()}"\n'
+            f'[agents.athena]\nobject = "tests.helpers.toys:Athena"\naddress = "127.0.0.1:{free_port()}"\n'
         )
         self.process: subprocess.Popen[str] | None = None
 

@@ -29,7 +29,7 @@ object = "agents.zeus:Zeus"
 address = "{zeus}"
 
 [agents.athena]
-object = "agents.athena:Athena"
+object = "tests.helpers.toys:Athena"
 address = "{athena}"
 """
 

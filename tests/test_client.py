@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 import pytest
 
-from agents.athena import Athena
 from kosmos_grpc import InvalidEnvelope, ResourceExhausted
+from tests.helpers.toys import Athena
 
 from .conftest import Mesh
 from .helpers.agents import Echo, LoudEcho, Probe

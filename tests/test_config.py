@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agents.athena import Athena
+import agents.athena
 from kosmos_grpc import ConfigError, ServerSettings, load_agent, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
     assert config.resilience.chain("athena") == ["athena", "dionysus"]
     assert config.agent("zeus").max_concurrency == 64
     agent = load_agent(config.agent("athena").object)
-    assert isinstance(agent, Athena)
+    assert isinstance(agent, agents.athena.Athena)
     assert {name for name, spec in agent.actions.items() if spec.streaming} == {"explain"}
     assert {name for name, spec in agent.actions.items() if not spec.streaming} == {"answer"}
 
@@ -229,7 +229,7 @@ WRONG_SHAPES = [
     (f"{_AGENT}[agents.a.fallback]\nname = 'b'\n", "agents.a.fallback is a table; it should be a string"),
     (f"{_AGENT}[mesh.grace_seconds]\n", "mesh.grace_seconds is a table; it should be a number"),
     (
-        "[agents]\nathena = 'agents.athena:Athena'\n",
+        "[agents]\nathena = 'tests.helpers.toys:Athena'\n",
         "agents.athena is a string; it should be a table ([agents.athena])",
     ),
     ("[[agents]]\nobject='m:C'\n", "agents is an array; it should be a table ([agents])"),

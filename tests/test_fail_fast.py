@@ -19,7 +19,7 @@ from tests.conftest import Mesh, NatsServer, free_port, run_tool, tool
 from tests.helpers.agents import Echo
 from tests.test_cli import kosmos
 
-ATHENA = '[agents.athena]\nobject = "agents.athena:Athena"\naddress = "127.0.0.1:0"\n'
+ATHENA = '[agents.athena]\nobject = "tests.helpers.toys:Athena"\naddress = "127.0.0.1:0"\n'
 NATS_CONFIG = '[bus]\nnats = "{url}"\n\n' + ATHENA
 BROKER_CONFIG = '[bus]\naddress = "{address}"\n\n' + ATHENA
 HINT = "start it with '.venv/bin/nats-server -js' or set [bus] nats"
@@ -218,7 +218,8 @@ def test_a_taken_port_is_one_line_naming_who_and_where(tmp_path: Path, command: 
         taken = f"127.0.0.1:{holder.getsockname()[1]}"
         config = tmp_path / "kosmos.toml"
         config.write_text(
-            f'[bus]\naddress = "{taken}"\n\n[agents.athena]\nobject = "agents.athena:Athena"\naddress = "{taken}"\n'
+            f'[bus]\naddress = "{taken}"\n\n'
+            f'[agents.athena]\nobject = "tests.helpers.toys:Athena"\naddress = "{taken}"\n'
         )
         result = kosmos(config, *command)
     assert result.returncode == 1

@@ -26,12 +26,12 @@ object = "agents.zeus:Zeus"
 address = "127.0.0.1:{zeus}"
 
 [agents.athena]
-object = "agents.athena:Athena"
+object = "tests.helpers.toys:Athena"
 address = "127.0.0.1:{athena}"
 fallback = "dionysus"
 
 [agents.dionysus]
-object = "agents.dionysus:Dionysus"
+object = "tests.helpers.toys:Dionysus"
 address = "127.0.0.1:{dionysus}"
 """
 

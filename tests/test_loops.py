@@ -8,11 +8,11 @@ from typing import Any
 import grpc
 import pytest
 
-from agents.athena import Athena
 from agents.zeus import Zeus
 from kosmos_grpc import Agent, Context, Coordinator, DelegationLoop, ResourceExhausted, action
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2
 from kosmos_grpc.envelope import new_message
+from tests.helpers.toys import Athena
 
 from .conftest import Mesh
 

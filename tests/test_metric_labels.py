@@ -7,10 +7,10 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
-from agents.athena import Athena
 from agents.zeus import Zeus
 from kosmos_grpc import Coordinator, KosmosError
 from kosmos_grpc.telemetry.labels import GUESSED_LIMIT, OTHER_LABEL, UNKNOWN_LABEL, DelegationLabels
+from tests.helpers.toys import Athena
 
 from .conftest import Mesh
 

@@ -36,7 +36,7 @@ address = "127.0.0.1:0"
 metrics_port = {zeus}
 
 [agents.athena]
-object = "agents.athena:Athena"
+object = "tests.helpers.toys:Athena"
 address = "127.0.0.1:0"
 metrics_port = {athena}
 """

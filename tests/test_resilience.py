@@ -428,12 +428,12 @@ async def test_a_cli_call_to_a_down_agent_and_its_down_fallback_is_one_line(tmp_
     config.write_text(
         f"""
 [agents.athena]
-object = "agents.athena:Athena"
+object = "tests.helpers.toys:Athena"
 address = "127.0.0.1:{athena}"
 fallback = "dionysus"
 
 [agents.dionysus]
-object = "agents.dionysus:Dionysus"
+object = "tests.helpers.toys:Dionysus"
 address = "127.0.0.1:{dionysus}"
 """
     )

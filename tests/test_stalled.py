@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from agents.dionysus import Dionysus
 from agents.zeus import Zeus
 from kosmos_grpc import Agent, Context, Coordinator, action, load_config
 from kosmos_grpc.errors import ConfigError
 from kosmos_grpc.resilience import BreakerPolicy, CircuitState, Resilience, ResiliencePolicy, RetryPolicy
+from tests.helpers.toys import Dionysus
 
 from .conftest import Mesh, Processes, free_port, tool, until_serving
 
@@ -31,7 +31,7 @@ async def test_a_frozen_agent_opens_its_circuit_and_its_fallback_answers_within_
 ) -> None:
     port = free_port()
     config = tmp_path / "kosmos.toml"
-    config.write_text(f'[agents.athena]\nobject = "agents.athena:Athena"\naddress = "127.0.0.1:{port}"\n')
+    config.write_text(f'[agents.athena]\nobject = "tests.helpers.toys:Athena"\naddress = "127.0.0.1:{port}"\n')
     athena = processes.start(tool("kosmos"), "--config", str(config), "serve", "athena")
     mesh.registry.set("athena", f"127.0.0.1:{port}")
     await mesh.serve(Dionysus())

@@ -55,13 +55,13 @@ object = "agents.zeus:Zeus"
 address = "{zeus}"
 
 [agents.athena]
-object = "agents.athena:Athena"
+object = "tests.helpers.toys:Athena"
 address = "127.0.0.1:0"
 fallback = "dionysus"
 restart = "{athena_restart}"
 
 [agents.dionysus]
-object = "agents.dionysus:Dionysus"
+object = "tests.helpers.toys:Dionysus"
 address = "127.0.0.1:0"
 """
 
@@ -381,7 +381,9 @@ def test_an_agent_with_restart_never_stays_down_and_the_rest_runs(processes: Pro
 
 def test_the_mesh_stops_when_every_agent_is_down_for_good(processes: Processes, tmp_path: Path) -> None:
     config = tmp_path / "kosmos.toml"
-    config.write_text('[agents.athena]\nobject = "agents.athena:Athena"\naddress = "127.0.0.1:0"\nrestart = "never"\n')
+    config.write_text(
+        '[agents.athena]\nobject = "tests.helpers.toys:Athena"\naddress = "127.0.0.1:0"\nrestart = "never"\n'
+    )
     up = Up(processes, config).wait_up()
     os.kill(up.pid("athena"), signal.SIGTERM)
     assert up.process.wait(30) == 1
