@@ -18,11 +18,11 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from kosmos_grpc.client import DEFAULT_TIMEOUT_MS, Coordinator, ScopedClient
 from kosmos_grpc.envelope import new_message_id
-from kosmos_grpc.errors import DeadlineExceeded, InvalidEnvelope, KosmosError, SagaFailed, is_final
+from kosmos_grpc.errors import ActionFailed, DeadlineExceeded, InvalidEnvelope, KosmosError, SagaFailed, is_final
 from kosmos_grpc.subjects import AUDIT_LOG
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Mapping, Sequence
+    from collections.abc import Callable, Coroutine, Mapping, Sequence
 
     from tenacity.wait import wait_base
 
@@ -210,15 +210,16 @@ class SagaStep:
     """One step of a :class:`Saga` and what undoes it.
 
     ``compensate`` is ``(agent, action)`` or a :class:`Call` (whose payload is extended); it is
-    sent ``{"payload": <the step's payload>, "result": <the step's result>}``. A step without
-    one needs no undoing. ``name`` (default ``agent.action``) names it in audit events. Steps
-    compare by identity, so two alike steps of one saga stay apart.
+    sent ``{"payload": <the step's payload>, "result": <the step's result>}``. Or it is a function
+    of the step's payload and result returning the :class:`Call` that undoes it, sent as it is
+    (an undo that takes the id the step made, say). A step without one needs no undoing.
+    ``name`` (default ``agent.action``) names it in audit events. Steps compare by identity.
     """
 
     agent: str
     action: str
     payload: Mapping[str, Any] | None = None
-    compensate: Call | tuple[str, str] | None = None
+    compensate: Call | tuple[str, str] | Callable[[dict[str, Any], Any], Call] | None = None
     _: KW_ONLY
     name: str = ""
     timeout_ms: float | None = DEFAULT_TIMEOUT_MS
@@ -227,13 +228,16 @@ class SagaStep:
         if not self.name:
             object.__setattr__(self, "name", f"{self.agent}.{self.action}")
 
-    @property
-    def compensation(self) -> Call | None:
-        """The call that undoes this step, if it has one."""
-        if self.compensate is None or isinstance(self.compensate, Call):
-            return self.compensate
-        agent, action = self.compensate
-        return Call(agent, action)
+    def compensation(self, result: Any) -> tuple[Call, dict[str, Any]] | None:
+        """The call that undoes this step, given what it returned, and its payload; None when it needs none."""
+        undo, done = self.compensate, dict(self.payload or {})
+        if undo is None:
+            return None
+        if callable(undo):
+            call = undo(done, result)
+            return call, dict(call.payload or {})
+        call = undo if isinstance(undo, Call) else Call(*undo)
+        return call, {**(call.payload or {}), "payload": done, "result": result}
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,10 +366,13 @@ class Saga:
         compensated: list[SagaStep] = []
         failures: dict[SagaStep, KosmosError] = {}
         for step, response in reversed(done):
-            call = step.compensation
-            if call is None:
+            try:
+                undo = step.compensation(response.result)
+            except Exception as exc:  # the workflow's own undo function failed: the step stays done, said so
+                undo, failures[step] = None, ActionFailed(f"making the undo of {step.name} failed: {exc!r}")
+            if undo is None:
                 continue
-            payload = {**(call.payload or {}), "payload": dict(step.payload or {}), "result": response.result}
+            call, payload = undo
             # One message_id for every attempt, so that the agent answers a retry of a compensation
             # it already ran (its reply lost) from memory instead of running it twice. A new one only
             # after a failure the agent remembers: under the old id it would only get that back.
