@@ -18,16 +18,20 @@ ROOT = Path(__file__).resolve().parent.parent
 _AGENT = "[agents.a]\nobject='m:C'\naddress='h:1'\n"
 
 
-def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
+def test_the_shipped_config_names_the_seven_agents_with_the_seeds_fallbacks() -> None:
     config = load_config(ROOT / "kosmos.toml")
-    assert set(config.agents) == {"zeus", "athena", "dionysus"}
+    assert set(config.agents) == {"zeus", "athena", "dionysus", "hermes", "apollo", "prometheus", "demeter"}
     assert config.limits.payload_limit == 4 * 1024 * 1024
     assert config.resilience.chain("athena") == ["athena", "dionysus"]
+    assert config.resilience.chain("apollo") == ["apollo", "prometheus"]
     assert config.agent("zeus").max_concurrency == 64
-    agent = load_agent(config.agent("athena").object)
-    assert isinstance(agent, agents.athena.Athena)
-    assert {name for name, spec in agent.actions.items() if spec.streaming} == {"explain"}
-    assert {name for name, spec in agent.actions.items() if not spec.streaming} == {"answer"}
+    assert config.state_dir == Path(".kosmos")
+    for name, spec in config.agents.items():
+        agent = load_agent(spec.object)
+        assert agent.name == name
+        assert spec.metrics_port, f"{name} serves /metrics, for Prometheus to read"
+        assert all(action.input_schema for action in agent.actions.values()), f"{name}: an action without a schema"
+    assert isinstance(load_agent(config.agent("athena").object), agents.athena.Athena)
 
 
 @pytest.mark.parametrize(

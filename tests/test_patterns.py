@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -216,6 +217,28 @@ async def test_a_failing_saga_step_compensates_the_completed_steps_in_reverse_or
         ("beta", {"payload": {"item": "room"}, "result": {"reservation": "beta-room"}}),
         ("alpha", {"payload": {"item": "seat"}, "result": {"reservation": "alpha-seat"}}),
     ]
+
+
+async def test_an_undo_made_from_the_step_s_payload_and_result_is_sent_as_made(
+    workers: Mesh, client: Coordinator, journal: Journal
+) -> None:
+    def release_what_was_reserved(payload: dict[str, Any], result: Any) -> Call:
+        return Call("beta", "release", {"reservation": result["reservation"], "item": payload["item"]})
+
+    def broken_undo(payload: dict[str, Any], result: Any) -> Call:
+        raise KeyError("no such field")
+
+    steps = [
+        SagaStep("alpha", "reserve", {"item": "seat"}, broken_undo),
+        SagaStep("beta", "reserve", {"item": "room"}, release_what_was_reserved),
+        SagaStep("gamma", "refuse"),
+    ]
+    with pytest.raises(SagaFailed) as caught:
+        await Saga(steps).run(client)
+    assert journal.releases == [("beta", {"reservation": "beta-room", "item": "room"})], "no payload/result wrapping"
+    assert caught.value.compensated == [steps[1]]
+    assert list(caught.value.compensation_failures) == [steps[0]], "an undo that cannot be made is a failure, said"
+    assert "making the undo of alpha.reserve failed" in caught.value.compensation_failures[steps[0]].message
 
 
 async def test_a_compensation_that_fails_twice_is_retried_until_it_succeeds(
