@@ -283,11 +283,11 @@ async def run_mesh(
             return 1
         if not await until(mesh.stop, _bounded_start(mesh)):
             return 0
+        print(f"state: {config.state_dir.absolute()}/ (a folder for each agent's own data)", file=mesh.out)
         print(_table(mesh), file=mesh.out)
         agents = sum(child.name != BROKER_NAME for child in mesh.children)
         broker = " and the event broker" if agents < len(mesh.children) else ""
         counted = f"{agents} agent{'s' if agents != 1 else ''}{broker}"
-        print(f"state: {config.state_dir.absolute()}/ (a folder for each agent's own data)", file=mesh.out)
         print(f"mesh up: {counted}, from {config.path}. Ctrl-C stops them.", file=mesh.out, flush=True)
         mesh.events.start(mesh.addresses()[1])
         watchers = [asyncio.create_task(_supervise(mesh, child)) for child in mesh.children]
