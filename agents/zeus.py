@@ -18,6 +18,7 @@ from kosmos_grpc import (
     InvalidEnvelope,
     KosmosError,
     Saga,
+    SagaFailed,
     SagaStep,
     action,
     parallel,
@@ -242,7 +243,11 @@ class Zeus(Agent):
             self.host.bus,
             name="publish_report",
         )
-        result = await saga.run(ctx.client)
+        try:
+            result = await saga.run(ctx.client)
+        except SagaFailed as exc:
+            exc.metadata["report_id"] = report_id  # what was stored and undone, for the caller to check
+            raise
         _, sent, announced = (response.result for response in result.responses)
         return {
             "report_id": report_id,
