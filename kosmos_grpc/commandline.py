@@ -3,7 +3,7 @@
 Plain argparse, imported before anything heavy, so ``kosmos --help`` costs only this module. Two
 things argparse does not do by itself are done here: the global options (``--config``, ``-v``,
 ``--log-format``) are also accepted after the command, and a command's options may come between or
-after its positionals (``kosmos call athena answer --timeout-ms 500 '{}'``).
+after its positionals (``kosmos call zeus status --timeout-ms 5000 '{}'``).
 """
 
 from __future__ import annotations
@@ -128,14 +128,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "call": (
         "run a unary action and print its result (JSON, keys sorted)",
         _examples(
-            'kosmos call athena answer \'{"topic": "grpc"}\'',
-            'kosmos call athena answer --timeout-ms 500 \'{"topic": "grpc"}\' --pretty',
-            'kosmos call zeus delegate \'{"agent": "athena", "action": "answer", "payload": {"topic": "nats"}}\'',
+            'kosmos call zeus ask \'{"question": "How does a saga undo its steps?"}\'',
+            'kosmos call athena search --timeout-ms 500 \'{"query": "deadline"}\' --pretty',
+            'kosmos call zeus delegate \'{"agent": "demeter", "action": "query_data", "payload": {"sql": "SELECT 1"}}\'',
         ),
     ),
     "stream": (
         "print chunks as they arrive, a JSON object a line",
-        _examples('kosmos stream athena explain \'{"topic": "grpc", "pause_ms": 200}\''),
+        _examples('kosmos stream zeus generate_report \'{"topic": "circuit breakers"}\''),
     ),
     "health": (
         "gRPC health of one agent or all",
