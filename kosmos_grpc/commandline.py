@@ -130,7 +130,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         _examples(
             'kosmos call zeus ask \'{"question": "How does a saga undo its steps?"}\'',
             'kosmos call athena search --timeout-ms 500 \'{"query": "deadline"}\' --pretty',
-            'kosmos call zeus delegate \'{"agent": "demeter", "action": "query_data", "payload": {"sql": "SELECT 1"}}\'',
+            'kosmos call demeter query_data \'{"sql": "SELECT count(*) FROM sqlite_schema"}\'',
         ),
     ),
     "stream": (
