@@ -55,6 +55,11 @@ _STORE_SCHEMA = {
     "properties": {
         "title": {"type": "string", "minLength": 1, "maxLength": 200},
         "body": {"type": "string", "maxLength": 1_000_000, "default": ""},
+        "report_id": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_.-]{1,100}$",
+            "description": "the caller's own name for it (a saga's, known to every step): stored once under it",
+        },
     },
     "required": ["title"],
     "additionalProperties": False,
@@ -187,7 +192,8 @@ class Demeter(Agent):
     @action(schema=_STORE_SCHEMA)
     async def store_report(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
         """Store a report (once per message_id: a retry answers the first one's id): its report_id and when."""
-        return await self._store().store(payload["title"], payload["body"], ctx.envelope.message_id)
+        store = self._store()
+        return await store.store(payload["title"], payload["body"], ctx.envelope.message_id, payload.get("report_id"))
 
     @action(schema=_ID_SCHEMA)
     async def get_report(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:

@@ -72,9 +72,10 @@ class ReportStore:
         """Open (or make) the file, in WAL mode, with its table and view."""
         await self._call(self._open)
 
-    async def store(self, title: str, body: str, message_id: str) -> Report:
-        """Store a report: ``{report_id, created}``, the first one's when ``message_id`` stored one already."""
-        return await self._call(self._store, title, body, message_id)
+    async def store(self, title: str, body: str, message_id: str, report_id: str | None = None) -> Report:
+        """Store a report: ``{report_id, created}``, the first one's when ``message_id`` (or the
+        caller's own ``report_id``) stored one already."""
+        return await self._call(self._store, title, body, message_id, report_id)
 
     async def get(self, report_id: str) -> Report | None:
         """``{report_id, title, body, created}``, or None when there is no such report (or it was deleted)."""
@@ -122,13 +123,14 @@ class ReportStore:
             self._conn.close()
             self._conn = None
 
-    def _store(self, title: str, body: str, message_id: str) -> Report:
+    def _store(self, title: str, body: str, message_id: str, report_id: str | None) -> Report:
         with _transaction(self._db()) as conn:  # the look-up and the insert together
             row = conn.execute(
-                "SELECT report_id, created FROM stored_reports WHERE message_id = ?", (message_id,)
+                "SELECT report_id, created FROM stored_reports WHERE message_id = ? OR report_id = ?",
+                (message_id, report_id),
             ).fetchone()
             if row is None:
-                row = (f"rpt-{uuid.uuid4().hex}", _now())
+                row = (report_id or f"rpt-{uuid.uuid4().hex}", _now())
                 conn.execute(
                     "INSERT INTO stored_reports (report_id, message_id, title, body, created) VALUES (?, ?, ?, ?, ?)",
                     (row[0], message_id, title, body, row[1]),

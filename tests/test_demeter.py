@@ -405,6 +405,18 @@ async def test_the_same_message_id_stores_one_report_even_after_a_restart(tmp_pa
         )
 
 
+async def test_a_report_named_by_its_caller_is_stored_once_under_that_name(tmp_path: Path) -> None:
+    async with serve(tmp_path / "demeter") as demeter:
+        stored = await demeter.call("store_report", {"title": "Named", "body": "by Zeus", "report_id": "rpt-saga-1"})
+        assert stored["report_id"] == "rpt-saga-1"
+        again = await demeter.call("store_report", {"title": "Named", "body": "again", "report_id": "rpt-saga-1"})
+        assert again == stored, "another message_id, the same name: nothing more stored"
+        assert (await demeter.call("get_report", {"report_id": "rpt-saga-1"}))["body"] == "by Zeus"
+        with pytest.raises(InvalidEnvelope) as refused:
+            await demeter.call("store_report", {"title": "Bad", "report_id": "rpt one; DROP"})
+        assert refused.value.field == "payload.report_id"
+
+
 async def test_reports_are_readable_through_query_data_and_read_only_there(tmp_path: Path) -> None:
     async with serve(tmp_path / "demeter") as demeter:
         stored = await demeter.call("store_report", {"title": "Olive harvest", "body": "Good year."})
