@@ -68,7 +68,7 @@ _STATUS_SCHEMA = {
             "type": "string",
             "minLength": 1,
             "maxLength": 10_000,
-            "default": "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name",
+            "default": "SELECT region, orders, amount FROM sales_by_region ORDER BY amount DESC LIMIT 3",
             "description": "what Demeter runs",
         },
         "service": {**_NAME, "description": "whose metrics Prometheus reads (default: the whole mesh)"},
