@@ -26,8 +26,7 @@ def test_the_shipped_config_loads_zeus_and_a_specialist() -> None:
     assert config.agent("zeus").max_concurrency == 64
     agent = load_agent(config.agent("athena").object)
     assert isinstance(agent, agents.athena.Athena)
-    assert {name for name, spec in agent.actions.items() if spec.streaming} == {"explain"}
-    assert {name for name, spec in agent.actions.items() if not spec.streaming} == {"answer"}
+    assert {name for name, spec in agent.actions.items() if not spec.streaming} == {"retrieve_context", "search"}
 
 
 @pytest.mark.parametrize(
