@@ -1,7 +1,7 @@
 """Athena, the knowledge agent: finds the sections of a folder of documents that answer a question.
 
 ``retrieve_context`` is hybrid: BM25 candidates from SQLite FTS5 and candidates by embedding
-similarity over every section, fused by reciprocal rank fusion (constant 60), so a question worded
+similarity over every section, fused by reciprocal rank fusion (constant 1), so a question worded
 unlike its answer is still found. ``search`` is the lexical half alone, its matched terms
 highlighted. The index lives in her state folder, is built at start (re-embedding only changed
 files) and follows the folder while she runs: see :mod:`agents.knowledge_index`.
