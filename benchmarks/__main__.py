@@ -25,6 +25,7 @@ BENCHMARKS = (
     ("benchmarks.telemetry", "--export"),
     ("benchmarks.commands",),
     ("benchmarks.hostile",),
+    ("benchmarks.retrieval",),
 )
 
 
