@@ -15,6 +15,7 @@ from kosmos_grpc import (
     Call,
     Chunk,
     Context,
+    DeadlineExceeded,
     InvalidEnvelope,
     KosmosError,
     Saga,
@@ -273,9 +274,17 @@ class Zeus(Agent):
         pattern_tokens(subject)
         left = ctx.time_remaining()
         timeout_ms = ANNOUNCE_TIMEOUT_MS if left is None else max(1.0, min(ANNOUNCE_TIMEOUT_MS, left * 1000))
-        return await ctx.bus.publish(
-            subject, event, correlation_id=ctx.correlation_id, acknowledge=True, timeout_ms=timeout_ms
-        )
+        try:
+            return await ctx.bus.publish(
+                subject, event, correlation_id=ctx.correlation_id, acknowledge=True, timeout_ms=timeout_ms
+            )
+        except KosmosError as exc:
+            # Said as the bus's failure, not as this call's (which answered in time); not retried, as
+            # the bus may have taken it all the same.
+            raise DeadlineExceeded(
+                f"the event bus did not take the announcement on {subject} within {timeout_ms:.0f} ms: {exc.message}",
+                metadata={"cause": "event bus", "subject": subject},
+            ) from None
 
 
 def _delete_report(payload: dict[str, Any], result: Any) -> Call:
