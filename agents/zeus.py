@@ -147,10 +147,7 @@ class Zeus(Agent):
         """Sequential: Athena finds the sources, Dionysus writes the answer with citations, Hermes emails it."""
         question = payload["question"]
         found = await ctx.client.delegate("athena", "retrieve_context", {"query": question, "k": payload["k"]})
-        documents = found.result.get("documents", [])
-        draft = await ctx.client.delegate(
-            "dionysus", "write", {"instructions": question, "context": {"documents": documents}}
-        )
+        draft = await ctx.client.delegate("dionysus", "write", {"instructions": question, "context": found.result})
         answer: dict[str, Any] = {
             "question": question,
             "answer": draft.result.get("text", ""),
@@ -201,7 +198,7 @@ class Zeus(Agent):
         found = await ctx.client.delegate("athena", "retrieve_context", {"query": payload["topic"], "k": payload["k"]})
         request = {
             "instructions": payload["topic"],
-            "context": {"documents": found.result.get("documents", [])},
+            "context": found.result,
             "max_sentences": payload["max_sentences"],
         }
         async for chunk in ctx.client.stream("dionysus", "stream_generate", request):
@@ -226,7 +223,7 @@ class Zeus(Agent):
         """Saga: Demeter stores the report, Hermes emails it, the bus announces it; a failure undoes the rest."""
         topic, to = payload["topic"], payload["email_to"]
         found = await ctx.client.delegate("athena", "retrieve_context", {"query": topic, "k": payload["k"]})
-        request = {"instructions": topic, "context": {"documents": found.result.get("documents", [])}}
+        request = {"instructions": topic, "context": found.result}
         draft = await ctx.client.delegate("dionysus", "write", {**request, "max_sentences": payload["max_sentences"]})
         title = f"Report: {clip(topic, 150)}"
         body = email_body(draft.result.get("text", ""), draft.result.get("citations", []))

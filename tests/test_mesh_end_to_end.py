@@ -60,7 +60,7 @@ class Running:
     def emails(self) -> list[mailbox.MaildirMessage]:
         """What Hermes delivered into his Maildir, oldest first."""
         box = mailbox.Maildir(self.state / "hermes" / "Maildir", create=False)
-        return sorted(box, key=lambda message: str(message.get("Date", "")))
+        return sorted(box, key=lambda message: (str(message["Date"]), "In-Reply-To" in message))
 
 
 @pytest.fixture(scope="module")
