@@ -14,7 +14,7 @@ import pytest
 from agents.apollo import Apollo
 from agents.event_rates import OTHER, EventRates
 from agents.health_watch import UNREACHABLE
-from kosmos_grpc import AgentUnavailable, InvalidEnvelope, NotFound, ResiliencePolicy
+from kosmos_grpc import AgentUnavailable, ConfigError, InvalidEnvelope, NotFound, ResiliencePolicy
 from kosmos_grpc.resilience import BreakerPolicy, RetryPolicy
 from kosmos_grpc.subjects import SYSTEM_HEALTH
 from tests.helpers.agents import Echo, Forward
@@ -171,6 +171,19 @@ async def test_stopping_apollo_ends_every_task_it_started(mesh: BusMesh) -> None
     ]
     await mesh.stop("apollo")
     assert all(task.done() for task in started)
+
+
+def test_settings_have_defaults_and_bounds() -> None:
+    assert Apollo.checked_settings({}) == {
+        "watch_backoff_max_seconds": 5.0,
+        "watch_connect_timeout_seconds": 3.0,
+        "registry_poll_seconds": 2.0,
+        "describe_timeout_seconds": 1.0,
+    }
+    with pytest.raises(ConfigError, match=r"agents\.apollo\.settings\.watch_backoff_max_seconds"):
+        Apollo.checked_settings({"watch_backoff_max_seconds": 0})
+    with pytest.raises(ConfigError, match="must not contain"):
+        Apollo.checked_settings({"backoff": 1})
 
 
 def test_rates_come_from_the_last_minute_of_per_second_counts() -> None:
