@@ -72,4 +72,7 @@ def status_summary(parts: dict[str, Any], failures: dict[str, dict[str, str]]) -
         lines.append(f"top document: {documents[0].get('title', '?')}" if documents else "no document matched")
     for part, why in failures.items():
         lines.append(f"{part}: {why['code']}")
-    return "; ".join(lines).capitalize() + "." if lines else "Nothing answered."
+    if not lines:
+        return "Nothing answered."
+    text = "; ".join(lines)
+    return text[0].upper() + text[1:] + "."

@@ -120,7 +120,7 @@ async def test_generate_report_streams_dionysus_s_chunks_through_zeus(zeus: Coor
     ]
     assert len(chunks) > 2, "a report in several chunks"
     assert [chunk.sequence for chunk in chunks] == sorted(chunk.sequence for chunk in chunks)
-    assert {chunk.agent for chunk in chunks} == {"dionysus"}, "relayed as Dionysus made them"
+    assert {chunk.agent for chunk in chunks} == {"zeus"}, "Zeus's own stream, relaying Dionysus's"
     text = "".join(chunk.data.get("text", "") for chunk in chunks)
     assert "[1]" in text
     assert chunks[-1].data.get("citations")
