@@ -29,7 +29,7 @@ test: install lint typecheck buf-lint buf-breaking proto-check schema-check pyte
 lint: install ## ruff check, format check and codespell
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/codespell kosmos_grpc agents tests benchmarks protos scripts docs README.md --skip '*_pb2*'
+	$(BIN)/codespell kosmos_grpc agents corpus tests benchmarks protos scripts docs README.md --skip '*_pb2*'
 
 
 format: install ## apply ruff's fixes and formatting
