@@ -45,6 +45,16 @@ class Question:
     paraphrase: bool = False
 
 
+def tuning(position: int) -> bool:
+    """Whether the question at ``position`` (from 0, in QUESTIONS) is in the tuning half: the even ones.
+
+    Fixed before any parameter of the retriever was chosen: every parameter is chosen on the tuning
+    half (20 questions, 7 of them paraphrases); the odd half (the other 20, 7 paraphrases) is
+    held out, to show whether what was chosen carries over to questions it was not chosen on.
+    """
+    return position % 2 == 0
+
+
 def q(text: str, source: str) -> Question:
     return Question(text, source)
 
