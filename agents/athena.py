@@ -1,8 +1,9 @@
 """Athena, the knowledge agent: finds the sections of a folder of documents that answer a question.
 
 ``retrieve_context`` is hybrid: BM25 candidates from SQLite FTS5 and candidates by embedding
-similarity over every section, fused by reciprocal rank fusion (constant 1), so a question worded
-unlike its answer is still found. ``search`` is the lexical half alone, its matched terms
+similarity over every section, fused by reciprocal rank fusion (constant 1) in which BM25's vote
+for a section counts by how much of the query it holds (:mod:`agents.fusion`), so a question
+worded unlike its answer is still found. ``search`` is the lexical half alone, its matched terms
 highlighted. The index lives in her state folder, is built at start (re-embedding only changed
 files) and follows the folder while she runs: see :mod:`agents.knowledge_index`.
 """

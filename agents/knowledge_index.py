@@ -22,18 +22,29 @@ import numpy as np
 
 from agents.corpus_files import FileStat, Scanner, read_bounded
 from agents.embeddings import cosine
+from agents.fusion import COVERAGE_POWER, RRF_K, coverage, fuse
 from agents.sections import Section, clip, split_markdown
 from agents.words import STOP_WORDS, words
 from kosmos_grpc.telemetry.bursts import BurstLog
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Sequence
 
     from numpy.typing import NDArray
 
     from agents.embeddings import Embedder
 
-__all__ = ["CANDIDATES", "RRF_K", "Document", "KnowledgeIndex", "Method", "SyncReport", "match_expression"]
+__all__ = [
+    "CANDIDATES",
+    "RRF_K",
+    "Document",
+    "KnowledgeIndex",
+    "Method",
+    "SyncReport",
+    "fuse",
+    "match_expression",
+    "query_terms",
+]
 
 log = logging.getLogger(__name__)
 _bursts = BurstLog(log)
@@ -46,15 +57,6 @@ MAX_QUERY_TERMS = 64
 #: How deep each ranking goes (at least k) before the two are fused: about a fifth of a corpus of
 #: a hundred sections, deep enough that a section one method ranks well is seen by the fusion.
 CANDIDATES = 20
-#: Reciprocal rank fusion's constant: a section's fused score is the sum over the two rankings of
-#: 1 / (RRF_K + its rank). Cormack, Clarke and Buettcher (SIGIR 2009) fused lists 1,000 deep with
-#: 60; lists 20 deep at the same ratio give about 1. With 60 here the curve is nearly flat, and
-#: in a corpus this small the two lists share most of their sections, so any section both place
-#: in their middle outranks one that a single method ranks first: a paraphrase's answer, which
-#: BM25 never sees, sank below both methods' noise (benchmarks/retrieval.py prints the constants
-#: side by side). With 1, a first place weighs as much as two third places.
-RRF_K = 1
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
@@ -123,25 +125,24 @@ class _Rebuild:
     vectors: NDArray[np.float32] | None = None
 
 
+def query_terms(query: str) -> list[str]:
+    """The words of a query its lexical search looks for: its content words (its stop words, if it has nothing else)."""
+    found = words(query)
+    chosen = [word for word in found if word not in STOP_WORDS] or found
+    return list(dict.fromkeys(chosen))[:MAX_QUERY_TERMS]
+
+
 def match_expression(query: str) -> str | None:
-    """An FTS5 query matching any of the query's words (its stop words too, if it has nothing else).
+    """An FTS5 query matching any of the query's terms (:func:`query_terms`).
 
     Each word is quoted, so nothing a query holds (``AND``, ``NEAR(``, ``*``, ``"``, ``:``) is FTS5 syntax;
     None when it has no word at all, which then has no lexical candidates.
     """
-    found = words(query)
-    chosen = [word for word in found if word not in STOP_WORDS] or found
-    unique = list(dict.fromkeys(chosen))[:MAX_QUERY_TERMS]
-    return " OR ".join(f'"{word}"' for word in unique) or None
+    return _any_of(query_terms(query))
 
 
-def fuse(rankings: Iterable[Sequence[int]], constant: float = RRF_K) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion of rankings (ids, best first): (id, score), best first."""
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, item in enumerate(ranking, start=1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (constant + rank)
-    return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))
+def _any_of(terms: Sequence[str]) -> str | None:
+    return " OR ".join(f'"{term}"' for term in terms) or None
 
 
 def _fallback_title(relative: str) -> str:
@@ -161,8 +162,9 @@ class KnowledgeIndex:
 
     def __init__(self, database: Path, corpus: Path, embedder: Embedder, embedder_name: str) -> None:
         self.corpus = corpus
-        #: Reciprocal rank fusion's constant (the benchmark compares others).
+        #: Reciprocal rank fusion's constant, and the power of BM25's coverage weights (the benchmark compares others).
         self.rrf_constant: float = RRF_K
+        self.coverage_power: float = COVERAGE_POWER
         self._embedder = embedder
         self._scanner = Scanner(corpus)
         self._lock = threading.Lock()
@@ -270,11 +272,16 @@ class KnowledgeIndex:
     # ---- queries
 
     def retrieve(self, query: str, k: int, method: Method = "hybrid") -> list[Document]:
-        """The ``k`` sections best for ``query``: by BM25, by embeddings, or both fused (reciprocal rank fusion)."""
+        """The ``k`` sections best for ``query``: by BM25, by embeddings, or both fused (:mod:`agents.fusion`)."""
         depth = k if method != "hybrid" else max(k, CANDIDATES)
+        terms = query_terms(query)
+        weights: dict[int, float] = {}
         with self._lock:
             vectors = self._vectors
-            lexical = self._bm25(query, depth) if method != "embeddings" else []
+            lexical = self._bm25(terms, depth) if method != "embeddings" else []
+            if method == "hybrid" and lexical:
+                holders = {term: self._holders(term) for term in terms}
+                weights = coverage(holders, len(vectors.ids), (i for i, _ in lexical), self.coverage_power)
         if method == "bm25":
             ranked = lexical
         else:
@@ -282,7 +289,8 @@ class KnowledgeIndex:
             if method == "embeddings":
                 ranked = semantic
             else:
-                ranked = fuse([[i for i, _ in lexical], [i for i, _ in semantic]], self.rrf_constant)
+                rankings = [[i for i, _ in lexical], [i for i, _ in semantic]]
+                ranked = fuse(rankings, self.rrf_constant, [weights, None])
         found = []
         for section, score in ranked[:k]:
             entry = vectors.entries.get(section)
@@ -310,8 +318,8 @@ class KnowledgeIndex:
                 found.append(Document(entry.source, entry.title, snippet, round(-rank, 6)))
         return found
 
-    def _bm25(self, query: str, depth: int) -> list[tuple[int, float]]:
-        expression = match_expression(query)
+    def _bm25(self, terms: Sequence[str], depth: int) -> list[tuple[int, float]]:
+        expression = _any_of(terms)
         if expression is None:
             return []
         rows = self._match(
@@ -321,6 +329,13 @@ class KnowledgeIndex:
             depth,
         )
         return [(row[0], -row[1]) for row in rows]  # bm25() is negative, the better the lower
+
+    def _holders(self, term: str) -> set[int]:
+        """Every section that holds ``term`` (stemmed, as the full-text index holds it)."""
+        return {
+            row[0]
+            for row in self._match("SELECT rowid FROM sections_fts WHERE sections_fts MATCH ? LIMIT ?", f'"{term}"', -1)
+        }
 
     def _match(self, sql: str, expression: str, limit: int) -> list[Any]:
         if self._closed:

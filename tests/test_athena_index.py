@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ import pytest
 
 from agents.corpus_files import MAX_FILE_BYTES
 from agents.embeddings import load_embedder
+from agents.fusion import coverage
 from agents.knowledge_index import KnowledgeIndex, fuse, match_expression
 from agents.sections import clip, slugify, split_markdown
 from tests.helpers.counting_embedder import CountingEmbedder
@@ -144,3 +146,35 @@ def test_another_embedder_embeds_every_section_again(tmp_path: Path) -> None:
         assert counting.count - before == 2
     finally:
         second.close()
+
+
+def test_coverage_weighs_the_words_a_section_holds_by_their_rarity() -> None:
+    holders = {"kites": {1}, "agent": {1, 2, 3, 4}, "soar": set()}  # soar: a word no section holds
+    shares = coverage(holders, sections=4, among=[1, 2, 5], power=1)
+    rare, common, absent = (math.log(5 / 1.5), math.log(5 / 4.5), math.log(5 / 0.5))
+    assert shares[1] == pytest.approx((rare + common) / (rare + common + absent))
+    assert shares[2] == pytest.approx(common / (rare + common + absent))  # one common word: a small share
+    assert shares[5] == 0
+    assert coverage(holders, 4, [2], power=3)[2] == pytest.approx(shares[2] ** 3)
+    assert coverage({}, 4, [1]) == {}
+    # BM25's vote for 1 weighs a tenth: the embeddings' first (2) wins, where plain fusion ties it.
+    assert [item for item, _ in fuse([[1], [2, 1]], 1, [{1: 0.1}, None])] == [2, 1]
+    assert [item for item, _ in fuse([[1], [2, 1]], 1)] == [1, 2]
+
+
+def test_a_section_sharing_one_common_word_with_a_paraphrase_does_not_bury_its_answer(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "kites.md").write_text("# Kites\n\n## Flying\n\nKites fly high over the beach when the wind blows.\n")
+    (corpus / "taxes.md").write_text("# Taxes\n\n## Filing\n\nTax forms and receipts are due on one day in April.\n")
+    index = KnowledgeIndex(tmp_path / "index.sqlite3", corpus, load_embedder(), "wordllama")
+    try:
+        index.sync()
+        question = "Which toys soar on a breezy day?"  # shares "day" with the taxes, nothing with the kites
+        assert [d.source for d in index.retrieve(question, 2, "bm25")] == ["taxes.md#filing"]
+        assert index.retrieve(question, 2, "embeddings")[0].source == "kites.md#flying"
+        assert index.retrieve(question, 2)[0].source == "kites.md#flying"
+        index.coverage_power = 0  # every vote whole: plain reciprocal rank fusion puts the one word first
+        assert index.retrieve(question, 2)[0].source == "taxes.md#filing"
+    finally:
+        index.close()
