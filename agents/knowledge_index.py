@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 _bursts = BurstLog(log)
 
 Method = Literal["bm25", "embeddings", "hybrid"]
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: a section keeps its lines
 SNIPPET_CHARS = 600
 #: Words of a query that go into its full-text match, at most.
 MAX_QUERY_TERMS = 64
@@ -150,7 +150,7 @@ def _fallback_title(relative: str) -> str:
 
 
 def _embedding_text(title: str, section: Section) -> str:
-    return f"{title}. {section.heading}. {section.text}"
+    return f"{title}. {section.heading}. {section.text}".replace("\n", " ")  # lines matter to a writer, not here
 
 
 class KnowledgeIndex:

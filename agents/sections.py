@@ -17,7 +17,9 @@ _HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t]*#*[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 #: What GitHub keeps of a heading in its anchor: letters, digits, ``_``, ``-`` and spaces (then ``-``).
 _NOT_IN_SLUG = re.compile(r"[^\w\- ]", re.UNICODE)
-_SPACES = re.compile(r"\s+")
+_SPACES = re.compile(r"[^\S\n]+")
+# Lines stay lines (a list item, a code fence, a table row), so a writer can tell prose from the rest.
+_BLANKS = re.compile(r"\s*\n\s*")
 #: Headings deeper than this stay inside the section above them.
 SECTION_DEPTH = 3
 INTRODUCTION = "Introduction"
@@ -25,7 +27,7 @@ INTRODUCTION = "Introduction"
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    """One section: its anchor, its heading, and its text with whitespace runs made single spaces."""
+    """One section: its anchor, its heading, and its text, each line's whitespace runs made single spaces."""
 
     slug: str
     heading: str
@@ -48,7 +50,7 @@ def clip(text: str, limit: int) -> str:
 
 
 def _squeeze(lines: list[str]) -> str:
-    return _SPACES.sub(" ", "\n".join(lines)).strip()
+    return _BLANKS.sub("\n", _SPACES.sub(" ", "\n".join(lines))).strip()
 
 
 def split_markdown(text: str, fallback_title: str) -> tuple[str, list[Section]]:

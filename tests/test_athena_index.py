@@ -12,7 +12,7 @@ import pytest
 from agents.corpus_files import MAX_FILE_BYTES
 from agents.embeddings import load_embedder
 from agents.fusion import coverage
-from agents.knowledge_index import KnowledgeIndex, fuse, match_expression
+from agents.knowledge_index import SCHEMA_VERSION, KnowledgeIndex, fuse, match_expression
 from agents.sections import clip, slugify, split_markdown
 from tests.helpers.counting_embedder import CountingEmbedder
 
@@ -66,9 +66,9 @@ def test_markdown_is_split_into_sections_with_github_anchors() -> None:
         ("first-part-1", "First part"),
         ("last", "Last"),
     ]
-    assert sections[0].text == "Text before any heading. Under the title."
+    assert sections[0].text == "Text before any heading.\nUnder the title.", "lines kept, for the writer"
     assert "# not a heading: a comment in a code block" in sections[1].text
-    assert "Too deep Stays in the section above." in sections[2].text
+    assert "Too deep\nStays in the section above." in sections[2].text
     assert split_markdown("just words\n", "notes")[0] == "notes"
 
 
@@ -126,7 +126,7 @@ def test_an_unusable_index_file_is_built_anew(tmp_path: Path) -> None:
     finally:
         index.close()
     with sqlite3.connect(database) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("1",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (SCHEMA_VERSION,)
 
 
 def test_another_embedder_embeds_every_section_again(tmp_path: Path) -> None:
