@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NO_EVENTS", "Prometheus"]
 
-NO_EVENTS = "event rates are Apollo's; Apollo is unavailable"
+NO_EVENTS = "event rates are counted by Apollo; this is Prometheus's view, one health check an agent"
 
 METRICS_SCHEMA: dict[str, Any] = {
     "type": "object",

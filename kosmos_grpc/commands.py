@@ -63,7 +63,7 @@ async def _call(config: MeshConfig, args: argparse.Namespace) -> int:
         response = await client.delegate(
             args.agent, args.action, payload, timeout_ms=args.timeout_ms, priority=args.priority
         )
-    print(json.dumps(response.result, indent=2 if args.pretty else None, sort_keys=True))
+    print(json.dumps(response.result, indent=2 if args.pretty else None, sort_keys=True, ensure_ascii=False))
     return 0
 
 
@@ -73,7 +73,7 @@ async def _stream(config: MeshConfig, args: argparse.Namespace) -> int:
         async for chunk in client.stream(
             args.agent, args.action, payload, timeout_ms=args.timeout_ms, priority=args.priority
         ):
-            print(json.dumps(chunk.data, sort_keys=True), flush=True)
+            print(json.dumps(chunk.data, sort_keys=True, ensure_ascii=False), flush=True)
     return 0
 
 
@@ -201,7 +201,7 @@ async def _print_events(subscription: Subscription[Event]) -> None:
         line = {"subject": event.subject, "message_id": event.message_id, "payload": event.payload}
         if event.headers:
             line["headers"] = event.headers
-        print(json.dumps(line, sort_keys=True), flush=True)
+        print(json.dumps(line, sort_keys=True, ensure_ascii=False), flush=True)
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -45,8 +45,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: How long one audit event may take to be accepted by the bus before it is given up (and logged).
-AUDIT_TIMEOUT_MS = 2_000
+#: How long one audit event may be waited for by the bus (then given up, logged, and none sent for a while).
+AUDIT_TIMEOUT_MS, AUDIT_PAUSE_SECONDS = 2_000, 10.0
 # Compensations are idempotent by convention, so a short backoff between attempts is enough.
 _COMPENSATION_WAIT = wait_exponential(multiplier=0.05, max=2)
 
@@ -292,6 +292,7 @@ class Saga:
         self.name = name
         self.compensation_attempts = compensation_attempts
         self.compensation_wait = compensation_wait
+        self._audit_paused_until = 0.0
 
     async def run(self, client: Coordinator | ScopedClient) -> SagaResult:
         """Run the saga through ``client``.
@@ -404,17 +405,15 @@ class Saga:
 
     async def _audit(self, scoped: ScopedClient, saga_id: str, step: str, status: str, **extra: str) -> None:
         """Publish one audit event; a bus that fails is logged, never allowed to change the saga."""
-        if self.bus is None:
+        if self.bus is None or time.monotonic() < self._audit_paused_until:
             return
         event = {"saga_id": saga_id, "saga": self.name, "step": step, "status": status, **extra}
         try:
             # Acknowledged and bounded: audit events should reach the bus, but never hold up the saga long.
             await self.bus.publish(
-                AUDIT_LOG,
-                event,
-                correlation_id=scoped.correlation_id,
-                acknowledge=True,
-                timeout_ms=AUDIT_TIMEOUT_MS,
+                AUDIT_LOG, event, correlation_id=scoped.correlation_id, acknowledge=True, timeout_ms=AUDIT_TIMEOUT_MS
             )
         except Exception as exc:
+            # A bus that failed once is not waited for again soon: undoing must not queue behind it.
+            self._audit_paused_until = time.monotonic() + AUDIT_PAUSE_SECONDS
             log.warning("saga %s: could not publish %s %s on %s: %s", saga_id, step or "saga", status, AUDIT_LOG, exc)
