@@ -10,7 +10,9 @@ halves fixed before any parameter was chosen (:func:`tuning`: even positions tun
 held out); each method is scored on both and on all. Also printed: where the embeddings and the
 hybrid rank each paraphrase's answer, the hybrid's figures with other fusion parameters on the
 tuning half, the build time, and ``retrieve``'s latency in-process and through a real in-process
-server. Run with ``make bench``.
+server. When the optional MiniLM embedder (:mod:`agents.minilm`) is installed, the own documents'
+table, the target and the costs again with it: the same questions, halves and fusion constants
+(chosen with WordLlama, not tuned again). Run with ``make bench``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from agents.fusion import COVERAGE_POWER, RRF_K
 from agents.knowledge_index import CANDIDATES, KnowledgeIndex, Method, SyncReport, match_expression
 from agents.sections import clip, split_markdown
 from agents.words import content_words
-from kosmos_grpc import AgentServer, ServerSettings
+from kosmos_grpc import AgentServer, ConfigError, ServerSettings
 
 from . import harness
 from .harness import mark, sized
@@ -43,6 +45,8 @@ MRR_DEPTH = 10
 DEEP = 50
 METHODS: tuple[Method, ...] = ("bm25", "embeddings", "hybrid")
 CALLS = sized(400, 60)
+#: The optional embedder compared with the default, WordLlama (its package installed with --no-deps).
+MINILM = "agents.minilm:minilm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,14 +278,14 @@ async def latency(corpus: Path, state: Path, samples: list[float]) -> None:
         await server.stop(0)
 
 
-def build(embedder: Embedder, corpus: Path, database: Path) -> tuple[KnowledgeIndex, SyncReport]:
-    """The index of ``corpus``, built from nothing, then opened again: says how long each took."""
+def build(embedder: Embedder, name: str, corpus: Path, database: Path) -> tuple[KnowledgeIndex, SyncReport, float]:
+    """The index of ``corpus``, built from nothing, then opened again: says how long each took (returns the first)."""
     began = time.perf_counter()
-    index = KnowledgeIndex(database, corpus, embedder, "wordllama")
+    index = KnowledgeIndex(database, corpus, embedder, name)
     built = index.sync()
     build_seconds = time.perf_counter() - began
     began = time.perf_counter()
-    again = KnowledgeIndex(database, corpus, embedder, "wordllama")
+    again = KnowledgeIndex(database, corpus, embedder, name)
     reopened = again.sync()
     reopen_ms = (time.perf_counter() - began) * 1000
     again.close()
@@ -289,7 +293,7 @@ def build(embedder: Embedder, corpus: Path, database: Path) -> tuple[KnowledgeIn
         f"  index of {built.files} documents, {built.sections} sections: built in {build_seconds:.2f} s, "
         f"opened again in {reopen_ms:.1f} ms ({reopened.embedded} sections embedded again)"
     )
-    return index, built
+    return index, built, build_seconds
 
 
 def verdict(index: KnowledgeIndex, found: dict[Method, list[int | None]]) -> None:
@@ -304,14 +308,36 @@ def verdict(index: KnowledgeIndex, found: dict[Method, list[int | None]]) -> Non
         print(f"  target on {half}: hybrid recall@5 >= 0.9: {reached}; above both others: {mark(above)}")
 
 
-def in_process(index: KnowledgeIndex) -> None:
-    """Milliseconds of ``retrieve`` (the hybrid, k=5) called directly, without gRPC: the retriever's own cost."""
+def in_process(index: KnowledgeIndex) -> float:
+    """Milliseconds of ``retrieve`` (the hybrid, k=5) called directly, without gRPC: the retriever's own cost (p50)."""
     samples = []
     for i in range(CALLS):
         started = time.perf_counter()
         index.retrieve(QUESTIONS[i % len(QUESTIONS)].text, K)
         samples.append((time.perf_counter() - started) * 1000)
     print(f"  retrieve() in-process, {CALLS} calls: p50 {statistics.median(samples):.2f} ms")
+    return statistics.median(samples)
+
+
+def own_with(spec: str, own: Path, work: Path) -> tuple[float, float, float] | None:
+    """The own documents' table, target and costs with the embedder ``spec``: (load s, build s, retrieve p50 ms).
+
+    None, saying why, when it cannot be loaded (MiniLM's package not installed).
+    """
+    began = time.perf_counter()
+    try:
+        embedder = load_embedder(spec)
+    except ConfigError as exc:
+        print(f"\nwith {spec}: skipped: {exc}")
+        return None
+    loaded = time.perf_counter() - began
+    print(f"\nwith the embedder {spec} (loaded in {loaded:.2f} s), the fusion's constants as shipped:")
+    index, built, seconds = build(embedder, spec, own, work / "own-other.sqlite3")
+    try:
+        verdict(index, table(index, f"the corpus's own {built.files} documents ({built.sections} sections), {spec}"))
+        return loaded, seconds, in_process(index)
+    finally:
+        index.close()
 
 
 def main() -> None:
@@ -324,17 +350,21 @@ def main() -> None:
     )
     began = time.perf_counter()
     embedder = load_embedder()
-    print(f"  embedder (WordLlama) loaded in {time.perf_counter() - began:.2f} s")
+    loaded = time.perf_counter() - began
+    print(f"  embedder (WordLlama) loaded in {loaded:.2f} s")
     with tempfile.TemporaryDirectory(prefix="kosmos-retrieval-") as scratch:
         work = Path(scratch)
         own = own_documents(DEFAULT_CORPUS, (work / "own").resolve())
-        index, built = build(embedder, own, work / "own.sqlite3")
+        index, built, seconds = build(embedder, "wordllama", own, work / "own.sqlite3")
         try:
             found = table(index, f"the corpus's own {built.files} documents ({built.sections} sections)")
             verdict(index, found)
-            in_process(index)
+            costs = {"WordLlama": (loaded, seconds, in_process(index))}
         finally:
             index.close()
+        other = own_with(MINILM, own, work)
+        if other is not None:
+            costs["MiniLM"] = other
         shipped = KnowledgeIndex(work / "all.sqlite3", DEFAULT_CORPUS, embedder, "wordllama")
         try:
             report = shipped.sync()
@@ -349,7 +379,10 @@ def main() -> None:
     ordered = sorted(samples)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
     print(f"\nretrieve_context through an in-process server, {CALLS} calls one at a time:")
-    print(f"  p50 {statistics.median(samples):.2f} ms, p99 {p99:.2f} ms")
+    print(f"  p50 {statistics.median(samples):.2f} ms, p99 {p99:.2f} ms (WordLlama)")
+    print(f"\ncosts over the own {built.sections} sections: embedder loaded, index built, retrieve() p50 in-process:")
+    for label, (load_s, build_s, p50) in costs.items():
+        print(f"  {label:<10} {load_s:6.2f} s {build_s:8.2f} s {p50:8.2f} ms")
 
 
 def cli() -> None:
