@@ -28,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (``E1203 ... add_port.cc:83] Failed to add port`` on a port clash) at every level above NONE,
     # ERROR included. A user who sets GRPC_VERBOSITY gets them; the agents `kosmos up` starts inherit it.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    # Before numpy is imported (by an agent that embeds): a BLAS pool of two threads on two cores,
+    # under the load of seven agents starting at once, made one MiniLM query 20 times slower than
+    # one thread does. The agents `kosmos up` starts inherit it; a user who sets it keeps theirs.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         from kosmos_grpc.commandline import parse
 
