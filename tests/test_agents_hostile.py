@@ -1,0 +1,121 @@
+"""Hostile input against the seven agents served in-process: each answer a deliberate status, in time.
+
+The seven and the event broker are served in this process (``tests.helpers.seven``). Each test
+sends what once got an INTERNAL answer, a hang past the deadline or unbounded memory, and checks
+the status it gets now, naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from agents.sql_guards import printf_units
+
+from .helpers.hostile_checks import error_info
+from .helpers.seven import Reply, Seven
+
+
+@pytest.fixture(scope="module")
+def seven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seven]:
+    with Seven(tmp_path_factory.mktemp("seven")) as mesh:
+        yield mesh
+
+
+def _refused(reply: Reply, code: grpc.StatusCode, field: str | None = None) -> str:
+    """The status message of a refusal with ``code`` (naming ``field``, when given)."""
+    assert reply.answer.code == code, reply.answer
+    info = error_info(reply.answer)
+    assert info is not None, reply.answer
+    if field is not None:
+        assert info.metadata.get("field") == field, reply.answer
+    return reply.answer.details
+
+
+# ---- Demeter: what SQLite cannot stop half-way is refused before it runs; all its memory is bounded
+
+_A4M, _A2M = "printf('%.*c', 4000000, 'a')", "printf('%.*c', 2000000, 'a')"
+#: Calls of one built-in each that ran for seconds to hours past any deadline, and what they
+#: cost before the guards (measured on this machine, or scaled from a tenth of the size).
+COSTLY = {
+    "SELECT printf('%.*c', 1000000000, 'x')": "printf",  # 8.4 s, one character at a time
+    "SELECT format('%.1000000000c%.1000000000c', 'x', 'y')": "format",
+    f"SELECT instr({_A4M}, {_A2M} || 'b')": "instr",  # 70 s
+    f"SELECT replace({_A4M}, {_A2M} || 'b', 'x')": "replace",  # 70 s
+    f"SELECT trim({_A4M}, printf('%.*c', 400000, 'b') || 'a')": "trim",  # about an hour
+    f"SELECT ltrim({_A4M}, printf('%.*c', 400000, 'b') || 'a')": "ltrim",
+}
+
+
+@pytest.mark.parametrize("sql", sorted(COSTLY), ids=[COSTLY[sql] for sql in sorted(COSTLY)])
+def test_a_builtin_call_sqlite_could_not_stop_is_refused_at_once(seven: Seven, sql: str) -> None:
+    reply = seven.call("demeter", "query_data", {"sql": sql}, ttl_ms=5000)
+    said = _refused(reply, grpc.StatusCode.RESOURCE_EXHAUSTED, "payload.sql")
+    assert f"one call of {COSTLY[sql]}()" in said
+    assert reply.seconds < 1, f"refused after {reply.seconds:.2f} s"
+
+
+def test_the_guarded_builtins_answer_as_sqlite_s_own(seven: Seven) -> None:
+    sql = (
+        "SELECT printf('%5.2f|%-4d|%s|%%|%,d|%.*c', 3.14159, 42, 'x', 1234567, 3, 'z'), format('%q', 'it''s'),"
+        " instr('hello', 'l'), instr(x'0102', x'02'), instr(NULL, 'a'), instr(12345, 34), instr('abc', ''),"
+        " replace('abcabc', 'b', 'XY'), trim('xxaxx', 'x'), ltrim('xxa', 'x'), rtrim('axx', 'x'), trim('  a  '),"
+        f" length({_A4M}), length(replace(printf('%.*c', 1000000, 'a'), 'a', 'bb'))"
+    )
+    rows = seven.call("demeter", "query_data", {"sql": sql}).result()["rows"]
+    formatted, *found = rows[0]
+    assert formatted == " 3.14|42  |x|%|1,234,567|zzz"
+    assert found == ["it''s", 3, 2, None, 3, 1, "aXYcaXYc", "a", "a", "a", "a", 4_000_000, 2_000_000]
+
+
+def test_like_and_glob_patterns_are_short_so_that_matching_stays_quick(seven: Seven) -> None:
+    assert seven.call("demeter", "query_data", {"sql": "SELECT 'saga' LIKE '%ag%', 'saga' GLOB 's*a'"}).result()[
+        "rows"
+    ] == [[1, 1]]
+    # 4,000 'a's against 400,000: 1.8 s for LIKE, 12 s for GLOB's classes, one step each.
+    for sql in (
+        "SELECT printf('%.*c', 400000, 'a') LIKE '%' || printf('%.*c', 4000, 'a') || 'b'",
+        "SELECT printf('%.*c', 400000, 'a') GLOB '*' || replace(printf('%.*c', 4000, 'x'), 'x', '[a]') || 'b'",
+    ):
+        reply = seven.call("demeter", "query_data", {"sql": sql})
+        assert "pattern too complex" in _refused(reply, grpc.StatusCode.INVALID_ARGUMENT, "payload.sql")
+        assert reply.seconds < 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # Sorted in memory, 1 MB a row, not spilled to a temporary file on disk (1 GB in 5 s before).
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT randomblob(1000000) FROM c"
+        " ORDER BY random()",
+        # json_group_array grows its text without SQLite's length limit: 150 MB in 5 s before.
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 300)"
+        " SELECT json_group_array(printf('%.*c', 1000000, 'x')) FROM c",
+    ],
+    ids=["sort", "json_group_array"],
+)
+def test_a_query_that_would_take_all_memory_is_resource_exhausted(seven: Seven, sql: str) -> None:
+    reply = seven.call("demeter", "query_data", {"sql": sql}, ttl_ms=5000)
+    assert "more memory than SQLite may take" in _refused(reply, grpc.StatusCode.RESOURCE_EXHAUSTED, "payload.sql")
+    assert seven.call("demeter", "query_data", {"sql": "SELECT 1"}).result()["rows"] == [[1]]
+
+
+@pytest.mark.parametrize(
+    ("format_args", "units"),
+    [
+        (["%d %s"], 0),
+        (["%.*c", 5, "x"], 5),
+        (["%*.*c|%10d", -7, "3e1", "x", 1], 20),  # '*' read in order, negative as its size, text by its number
+        (["%.2f %.*c", 1e9, 4, "x"], 6),  # a big value that is no width is not counted
+        (["%%%.*c", 9, "x"], 9),
+        (["%Z %.*c", 10**9, "x"], 0),  # SQLite stops at a type it does not know
+        (["%.*c", math.inf, "x"], 2**31),
+        ([None], 0),
+    ],
+)
+def test_printf_units_are_the_widths_and_precisions_asked(format_args: list[Any], units: int) -> None:
+    assert printf_units(format_args) == units
