@@ -119,3 +119,20 @@ def test_a_query_that_would_take_all_memory_is_resource_exhausted(seven: Seven, 
 )
 def test_printf_units_are_the_widths_and_precisions_asked(format_args: list[Any], units: int) -> None:
     assert printf_units(format_args) == units
+
+
+# ---- Hermes: a subject or reference that would break or forge a header is the caller's mistake
+
+
+@pytest.mark.parametrize("subject", ["a\u2028b", "a\u2029b", "a\x85b", "a\x9bb", "a\x0bb"])
+def test_a_subject_holding_a_line_break_python_sees_is_invalid_argument(seven: Seven, subject: str) -> None:
+    # \u2028, \u2029 and \x85 split lines for Python's email package: it raised ValueError (INTERNAL).
+    reply = seven.call("hermes", "send_email", {"to": "ops@example.com", "subject": subject, "body": "b"})
+    assert "line breaks" in _refused(reply, grpc.StatusCode.INVALID_ARGUMENT, "payload.subject")
+
+
+@pytest.mark.parametrize("reference", ["<a\x00@b>", "<a\x01@b>", "<é@b>", "<a@b\x7f>", "<a\u2028@b>"])
+def test_an_in_reply_to_that_is_no_printable_message_id_is_invalid_argument(seven: Seven, reference: str) -> None:
+    # Was sent as it was: a NUL or a control character in the email's In-Reply-To and References.
+    payload = {"to": "ops@example.com", "subject": "s", "body": "b", "in_reply_to": reference}
+    _refused(seven.call("hermes", "send_email", payload), grpc.StatusCode.INVALID_ARGUMENT, "payload.in_reply_to")
