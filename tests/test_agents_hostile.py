@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -136,3 +139,39 @@ def test_an_in_reply_to_that_is_no_printable_message_id_is_invalid_argument(seve
     # Was sent as it was: a NUL or a control character in the email's In-Reply-To and References.
     payload = {"to": "ops@example.com", "subject": "s", "body": "b", "in_reply_to": reference}
     _refused(seven.call("hermes", "send_email", payload), grpc.StatusCode.INVALID_ARGUMENT, "payload.in_reply_to")
+
+
+# ---- Zeus: a question of several lines is emailed under a one-line subject; a broadcast too short is refused
+
+
+@pytest.mark.parametrize("question", ["What is a saga?\r\nBcc: eve@example.org", "What\u2028is\x85a saga?\x00"])
+def test_a_question_of_several_lines_is_emailed_under_one_line(seven: Seven, question: str) -> None:
+    # Hermes refused the subject Zeus made of it (naming payload.subject, a field the caller never sent).
+    answer = seven.call("zeus", "ask", {"question": question, "email_to": "ops@example.com"}).result()
+    with Path(answer["email"]["path"]).open("rb") as file:
+        email = BytesParser(policy=policy.default).parse(file)
+    assert str(email["Subject"]).startswith("KOSMOS: What")
+    assert "Bcc" not in email or "eve" not in str(email["Bcc"])
+    assert not any(c in str(email["Subject"]) for c in "\r\n\u2028\x85\x00")
+    published = seven.call("zeus", "publish_report", {"topic": question, "email_to": "ops@example.com"}).result()
+    assert published["title"].startswith("Report: What")
+    assert "\n" not in published["title"]
+
+
+def test_a_broadcast_too_short_for_anyone_to_answer_asks_no_one_and_opens_no_circuit(seven: Seven) -> None:
+    for timeout_ms in (1, math.nan):  # NaN passed the schema's bounds, and the library named "timeout_ms"
+        _refused(
+            seven.call("zeus", "broadcast", {"action": "describe_data", "timeout_ms": timeout_ms}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "payload.timeout_ms",
+        )
+    for _ in range(6):  # more than the breaker's 5 failures in a row
+        reply = seven.call("zeus", "broadcast", {"action": "describe_data"}, ttl_ms=60)
+        assert "no agent was asked" in _refused(reply, grpc.StatusCode.DEADLINE_EXCEEDED)
+    gathered = seven.call("zeus", "broadcast", {"action": "describe_data"}).result()
+    assert set(gathered["successes"]) == {"demeter"}, gathered["failures"]
+
+
+def test_an_announcement_s_reason_is_bounded(seven: Seven) -> None:
+    payload = {"report_id": "rpt-x", "reason": "r" * 1001}
+    _refused(seven.call("zeus", "retract_report", payload), grpc.StatusCode.INVALID_ARGUMENT, "payload.reason")
