@@ -1,13 +1,21 @@
-"""Hostile input against the seven agents served in-process: each answer a deliberate status, in time.
+"""Every action of the seven agents attacked as a hostile client would: each answer OK or a deliberate status.
 
-The seven and the event broker are served in this process (``tests.helpers.seven``). Each test
-sends what once got an INTERNAL answer, a hang past the deadline or unbounded memory, and checks
-the status it gets now, naming the field.
+The seven and the event broker are served in this process (``tests.helpers.seven``), Athena on the
+repository's ``corpus/`` and Prometheus reading a real ``/metrics`` page. Hypothesis sends each
+action payloads whose every field may be any JSON value (NaN, infinities, numbers past 2**53),
+odd unicode, a string of up to a megabyte, a deep nest, or missing, and values meant to hurt:
+SQL that writes, attaches, loads extensions or runs away, FTS5 syntax, email headers injected,
+URLs for an agent's name, Zeus's workflows with hostile inner values. Each answer must be OK or a
+status someone chose (never INTERNAL or UNKNOWN), with the mesh's ErrorInfo, before the envelope's
+deadline; after each action's attack no traceback was logged, and every agent still answers
+SERVING and a normal call promptly. The examples are fixed (``derandomize``, no database).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Iterator
 from email import policy
 from email.parser import BytesParser
@@ -16,17 +24,183 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, Phase, example, given, settings
 
+from agents.demeter import Demeter
 from agents.sql_guards import printf_units
+from kosmos_grpc import InvalidEnvelope, new_message
+from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
 
-from .helpers.hostile_checks import error_info
-from .helpers.seven import Reply, Seven
+from .helpers.hostile_checks import RECEIVE_LIMIT, error_info
+from .helpers.hostile_payloads import ACTIONS, EXPLICIT, STREAMED
+from .helpers.seven import NAMES, Reply, Seven
+
+#: What an attacked action may answer: a decision, never a crash.
+DELIBERATE = frozenset(
+    {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+#: The envelope's TTL of every attacking call: the deadline each answer must come by.
+TTL_MS = 1000
+#: How much later than its deadline an answer may come (a reply travelling, a thread handing it over).
+LATE = 0.5
+#: The longest status message a hostile payload may get back.
+DETAILS_LIMIT = 1024
+
+ATTACK = settings(
+    max_examples=50,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    report_multiple_bugs=False,
+    phases=(Phase.explicit, Phase.generate, Phase.shrink),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
+
+
+class Logged(logging.Handler):
+    """The records at WARNING or above, and any with a traceback, that the agents logged."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING or record.exc_info:
+            self.records.append(record)
+
+    def take(self) -> list[logging.LogRecord]:
+        taken, self.records = self.records, []
+        return taken
 
 
 @pytest.fixture(scope="module")
-def seven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seven]:
+def logged() -> Iterator[Logged]:
+    handler = Logged()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def seven(tmp_path_factory: pytest.TempPathFactory, logged: Logged) -> Iterator[Seven]:
     with Seven(tmp_path_factory.mktemp("seven")) as mesh:
         yield mesh
+
+
+def _still_well(seven: Seven) -> None:
+    """Every agent SERVING, and normal calls answered within a second."""
+    for name in NAMES:
+        assert seven.serving(name), f"{name} is not SERVING"
+    for agent, action, payload in (
+        ("demeter", "query_data", {"sql": "SELECT 1"}),
+        ("athena", "search", {"query": "saga"}),
+        ("zeus", "delegate", {"agent": "dionysus", "action": "search", "payload": {"query": "x"}}),
+    ):
+        reply = seven.call(agent, action, payload, timeout=1)
+        assert reply.answer.code == grpc.StatusCode.OK, f"{agent}.{action} after the attack: {reply.answer!r}"
+
+
+def _no_traceback(logged: Logged) -> None:
+    """No traceback nor error logged, and no warning by an agent: what is refused is no news to log."""
+    bad = [
+        r
+        for r in logged.take()
+        if r.exc_info or r.levelno >= logging.ERROR or "Traceback" in r.getMessage() or r.name.startswith("agents.")
+    ]
+    shown = "\n".join(f"{r.name} {r.levelname}: {r.getMessage()[:300]}" for r in bad[:5])
+    assert not bad, f"{len(bad)} errors logged during the attack:\n{shown}"
+
+
+def _check(reply: Reply, request_bytes: int, what: str) -> None:
+    """OK or a deliberate status carrying the mesh's ErrorInfo, short, and by the deadline."""
+    answer = reply.answer
+    assert reply.seconds <= TTL_MS / 1000 + LATE, f"{what}: answered after {reply.seconds:.2f} s: {answer!r}"
+    assert answer.code in DELIBERATE, f"{what}: not a deliberate status: {answer!r}"
+    if answer.code == grpc.StatusCode.OK:
+        return
+    assert len(answer.details) < DETAILS_LIMIT, f"{what}: a status message of {len(answer.details)} chars"
+    if request_bytes > RECEIVE_LIMIT and answer.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return  # gRPC's own refusal of a message past the receive limit
+    info = error_info(answer)
+    assert info is not None, f"{what}: not the mesh's own answer: {answer!r}"
+    assert info.domain == "kosmos", f"{what}: not the mesh's own answer: {answer!r}"
+
+
+def _no_query_outlives_its_call(seven: Seven) -> None:
+    """Demeter's queries of a call that has answered stop with it (polled, within LATE seconds)."""
+    demeter = seven.servers["demeter"].agent
+    assert isinstance(demeter, Demeter)
+    until = time.monotonic() + LATE
+    while demeter.queries_running and time.monotonic() < until:
+        time.sleep(0.005)
+    assert demeter.queries_running == 0, f"{demeter.queries_running} queries still run after their call answered"
+
+
+def _size(payload: dict[str, Any]) -> int:
+    try:
+        return new_message("x", payload).ByteSize()
+    except (ValueError, TypeError, OverflowError):
+        return 0
+
+
+@pytest.mark.parametrize(("agent", "action"), sorted(ACTIONS), ids=[f"{a}.{b}" for a, b in sorted(ACTIONS)])
+def test_every_action_answers_hostile_payloads_with_a_deliberate_status(
+    seven: Seven, logged: Logged, agent: str, action: str
+) -> None:
+    _still_well(seven)
+    logged.take()
+    streamed = (agent, action) in STREAMED
+
+    def attack(payload: dict[str, Any]) -> None:
+        if streamed:
+            reply = seven.stream(agent, action, payload, timeout=TTL_MS / 1000 + 2 * LATE, ttl_ms=TTL_MS, most=100)
+        else:
+            reply = seven.call(agent, action, payload, timeout=TTL_MS / 1000 + 2 * LATE, ttl_ms=TTL_MS)
+        _check(reply, _size(payload), f"{agent}.{action}")
+        _no_query_outlives_its_call(seven)
+
+    examples = given(payload=ACTIONS[agent, action])(attack)
+    for payload in reversed(EXPLICIT.get((agent, action), [])):  # the named attacks, every run
+        examples = example(payload=payload)(examples)
+    ATTACK(examples)()
+    _no_traceback(logged)
+    _still_well(seven)
+
+
+def test_a_lone_surrogate_cannot_be_sent_and_bad_utf8_is_refused_by_the_server(seven: Seven) -> None:
+    # Protobuf strings are UTF-8: a client cannot even put a lone surrogate into one.
+    with pytest.raises(UnicodeEncodeError):
+        envelope_pb2.AgentMessage(action="\ud800")
+    with pytest.raises(InvalidEnvelope, match="surrogates not allowed"):
+        new_message("search", {"query": "\ud800"}, target_agent="athena")
+    # Bytes that claim to be a string and are no UTF-8 (a surrogate's encoding) never reach a handler.
+    valid = new_message("search", {"query": "zzz"}, target_agent="athena").SerializeToString()
+    reply = seven.raw("athena", valid.replace(b"zzz", b"\xed\xa0\x80"))
+    assert reply.answer.code == grpc.StatusCode.INVALID_ARGUMENT, reply.answer
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf, -1.0, 1e300])
+def test_odd_numbers_where_a_count_is_wanted_are_refused_naming_the_field(seven: Seven, number: float) -> None:
+    for agent, action, payload, field in (
+        ("athena", "retrieve_context", {"query": "saga", "k": number}, "payload.k"),
+        ("demeter", "query_data", {"sql": "SELECT 1", "max_rows": number}, "payload.max_rows"),
+        ("dionysus", "write", {"instructions": "x", "max_sentences": number}, "payload.max_sentences"),
+        # NaN passes a schema's bounds (no comparison holds for it): Zeus looks himself.
+        ("zeus", "broadcast", {"action": "describe_data", "timeout_ms": number}, "payload.timeout_ms"),
+    ):
+        _refused(seven.call(agent, action, payload), grpc.StatusCode.INVALID_ARGUMENT, field)
 
 
 def _refused(reply: Reply, code: grpc.StatusCode, field: str | None = None) -> str:
