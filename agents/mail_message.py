@@ -41,8 +41,11 @@ _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 # A dot-atom local part (RFC 5322 atext, no quoted strings): what every mail server takes.
 _LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# A Message-ID as In-Reply-To takes it: <left@right>, no space, no brackets inside.
-_MESSAGE_REFERENCE = re.compile(r"<[^<>@\s]{1,400}@[^<>@\s]{1,400}>")
+# What may not be in a header line: control characters (C0 and C1), and what Python's email package
+# reads as a line's end (str.splitlines: NEL, LINE and PARAGRAPH SEPARATOR besides CR and LF).
+_NOT_IN_A_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# A Message-ID as In-Reply-To takes it: <left@right>, printable ASCII without space, brackets or a second @.
+_MESSAGE_REFERENCE = re.compile(r"<[!-;=?A-~]{1,400}@[!-;=?A-~]{1,400}>")
 
 
 def email_message_id(message_id: str) -> str:
@@ -85,11 +88,13 @@ def recipients(value: Any, field: str = "payload.to") -> list[str]:
 
 
 def check_subject(value: Any, field: str = "payload.subject") -> str:
-    """``value`` if it is a subject line: 1..998 characters, no CR, LF or other control character."""
+    """``value`` if it is a subject line: 1..998 characters, no CR, LF, other line break or control character."""
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_SUBJECT:
         raise InvalidEnvelope(field, f"{field} must be a string of 1 to {MAX_SUBJECT} characters")
-    if _CONTROL.search(value.replace("\t", " ")):
-        raise InvalidEnvelope(field, f"{field} must not hold CR, LF or other control characters (header injection)")
+    if _NOT_IN_A_LINE.search(value):
+        raise InvalidEnvelope(
+            field, f"{field} must not hold CR, LF, other line breaks or control characters (header injection)"
+        )
     return value
 
 

@@ -4,8 +4,12 @@ Three locks, each enough alone: the database is opened ``mode=ro``, ``PRAGMA que
 and an authorizer allows reads alone (SELECT, reading columns, functions, recursive CTEs, a few
 schema-describing PRAGMAs); ATTACH, every write, every other PRAGMA are denied when the statement
 is prepared, before it runs. A progress handler, called every few thousand virtual-machine steps,
-stops a query once its deadline passes or its caller has gone. Queries run on a small pool of
-threads, each with its own connection, so the event loop keeps answering while they run.
+stops a query once its deadline passes or its caller has gone; the built-ins that one step could
+keep busy past it are guarded (:mod:`agents.sql_guards`). Memory is bounded too: values by
+SQLITE_LIMIT_LENGTH, and all of SQLite's together by a hard heap limit, temporary tables and sorts
+included (they are kept in memory, never spilled to disk: a runaway sort wrote 1 GB there in 5 s).
+Queries run on a small pool of threads, each with its own connection, so the event loop keeps
+answering while they run.
 """
 
 from __future__ import annotations
@@ -21,17 +25,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agents.sql_guards import LIKE_PATTERN_BYTES, Guards
 from kosmos_grpc import Cancelled, ConfigError, DeadlineExceeded, InvalidEnvelope, PermissionDenied, ResourceExhausted
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
-__all__ = ["INFO_PRAGMAS", "PROGRESS_STEPS", "RESULT_BYTES", "VALUE_BYTES", "QueryResult", "ReadOnlyDatabase"]
+__all__ = [
+    "HEAP_BYTES",
+    "INFO_PRAGMAS",
+    "PROGRESS_STEPS",
+    "RESULT_BYTES",
+    "VALUE_BYTES",
+    "QueryResult",
+    "ReadOnlyDatabase",
+]
 
 #: The largest string or blob a query may make or read (SQLITE_LIMIT_LENGTH): a stored report's
 #: body (1,000,000 characters, at most 4 bytes each) still fits.
 VALUE_BYTES = 4 * 1024 * 1024
+#: The most memory SQLite may hold in this process, every connection together (its hard heap limit,
+#: which a PRAGMA can only lower): past it a query fails with RESOURCE_EXHAUSTED, not the machine.
+HEAP_BYTES = 256 * 1024 * 1024
 #: The most a result may take as it travels (its values and their encoding, estimated): past it the
 #: rows are cut and ``truncated`` is true, so a reply fits the mesh's default 4 MiB payload.
 RESULT_BYTES = 4 * 1024 * 1024 - 64 * 1024
@@ -91,6 +107,7 @@ class _Session:
     """A worker thread's connection and what its authorizer refused during the current query."""
 
     conn: sqlite3.Connection
+    guards: Guards
     job: _Job = _IDLE
     denied: list[str] = field(default_factory=list)
 
@@ -205,6 +222,7 @@ class ReadOnlyDatabase:
         with self._lock:
             for session in self._sessions:
                 session.conn.close()
+                session.guards.close()
             self._sessions.clear()
 
     def _session(self) -> _Session:
@@ -227,13 +245,17 @@ class ReadOnlyDatabase:
             conn.execute("PRAGMA query_only = ON")
             conn.execute("PRAGMA trusted_schema = OFF")  # a custom file's views and triggers: harmless functions only
             conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, VALUE_BYTES)
+            conn.execute(f"PRAGMA hard_heap_limit = {HEAP_BYTES}")  # lowers it only (another's may be lower)
+            conn.execute("PRAGMA temp_store = MEMORY")  # so that the heap limit bounds sorts and temporary tables
             for name, path in self.attach.items():
                 conn.execute(f"ATTACH DATABASE ? AS {_ident(name)}", (_uri(path),))
             _prewarm(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise ConfigError(f"cannot prepare the SQLite database {self.path}: {exc}") from None
-        session = _Session(conn)
+        guards = Guards(VALUE_BYTES)
+        guards.install(conn)
+        session = _Session(conn, guards)
         conn.set_authorizer(session.authorize)
         conn.set_progress_handler(session.progress, PROGRESS_STEPS)
         return session
@@ -244,6 +266,7 @@ class ReadOnlyDatabase:
             raise Cancelled("the query was cancelled before it started")
         session = self._session()
         session.job, session.denied = job, []
+        session.guards.reset()
         with self._lock:
             self._active.add(job)
         cursor: sqlite3.Cursor | None = None
@@ -252,7 +275,7 @@ class ReadOnlyDatabase:
                 raise DeadlineExceeded("the call's deadline passed before its query could start")
             cursor = session.conn.execute(sql, params)
             return _collect(cursor, max_rows)
-        except (sqlite3.Error, OverflowError) as exc:
+        except (sqlite3.Error, OverflowError, MemoryError) as exc:  # MemoryError: SQLite's heap limit reached
             raise _failure(session, job, exc) from None
         finally:
             if cursor is not None:
@@ -311,10 +334,18 @@ def _collect(cursor: sqlite3.Cursor, max_rows: int) -> QueryResult:
 
 def _failure(session: _Session, job: _Job, exc: Exception) -> Exception:
     """The mesh error for what SQLite (or the binding of the parameters) refused."""
-    message = str(exc)
     if session.denied:
         what = session.denied[0]
         return PermissionDenied(f"payload.sql may only read: {what} is refused (the data is read-only)", metadata=_SQL)
+    if session.guards.refused is not None:
+        return ResourceExhausted(session.guards.refused, metadata=_SQL)
+    if isinstance(session.guards.failed, sqlite3.Error | MemoryError):
+        exc = session.guards.failed  # a guarded built-in failed as SQLite's own: said as such
+    if isinstance(exc, MemoryError):
+        return ResourceExhausted(
+            f"payload.sql needs more memory than SQLite may take here ({HEAP_BYTES // 2**20} MiB in all)", metadata=_SQL
+        )
+    message = str(exc)
     name = str(getattr(exc, "sqlite_errorname", ""))
     if name == "SQLITE_INTERRUPT":
         if job.cancelled:
@@ -337,4 +368,6 @@ def _failure(session: _Session, job: _Job, exc: Exception) -> Exception:
         return ResourceExhausted(f"the database is busy: {message}", metadata=_SQL, retry_after=0.2)
     if name.startswith(_UNREADABLE):
         return ConfigError(f"the SQLite database cannot be read: {message}")
+    if "pattern too complex" in message:
+        message += f" (a pattern may take {LIKE_PATTERN_BYTES} bytes: each is matched at every place of the text)"
     return InvalidEnvelope("payload.sql", f"payload.sql: {message}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,9 @@ from kosmos_grpc.quoting import clip
 if TYPE_CHECKING:
     from kosmos_grpc import KosmosError
 
-__all__ = ["derived_message_id", "email_body", "failure", "status_summary"]
+__all__ = ["derived_message_id", "email_body", "failure", "one_line", "status_summary"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def derived_message_id(parent: str, step: str) -> str:
@@ -19,6 +22,12 @@ def derived_message_id(parent: str, step: str) -> str:
     its message_id asks its steps again under theirs, so Hermes sends its email once."""
     digest = hashlib.sha256(f"{parent}/{step}".encode()).digest()[:16]
     return str(uuid.UUID(bytes=digest, version=4))
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` as one line of at most ``limit`` characters: every run of spaces, line breaks and
+    control characters one space. What a question becomes in an email's subject, a header."""
+    return clip(" ".join(_CONTROL.sub(" ", text).split()), limit)
 
 
 def failure(error: KosmosError) -> dict[str, str]:

@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
-from agents.synthesis import derived_message_id, email_body, failure, status_summary
+from agents.synthesis import derived_message_id, email_body, failure, one_line, status_summary
 from kosmos_grpc import (
     Agent,
     Call,
@@ -25,19 +26,21 @@ from kosmos_grpc import (
     parallel,
     scatter_gather,
 )
-from kosmos_grpc.quoting import clip
 from kosmos_grpc.subjects import pattern_tokens
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["REPORTS_PUBLISHED", "REPORTS_RETRACTED", "Zeus"]
+__all__ = ["MIN_BROADCAST_MS", "REPORTS_PUBLISHED", "REPORTS_RETRACTED", "Zeus"]
 
 #: Where a published report is announced, and its retraction when the saga is undone.
 REPORTS_PUBLISHED = "kosmos.events.reports.published"
 REPORTS_RETRACTED = "kosmos.events.reports.retracted"
 #: The longest an announcement may wait for the bus to take it.
 ANNOUNCE_TIMEOUT_MS = 3_000
+#: The least a broadcast gives the agents: with less, every one of them times out, and each such
+#: DEADLINE_EXCEEDED counts against its circuit in Zeus, so that a few broadcasts would open them all.
+MIN_BROADCAST_MS = 100
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 128}
 _EMAIL = {"type": "string", "minLength": 3, "maxLength": 320, "description": "where to email the answer"}
@@ -97,15 +100,20 @@ _BROADCAST_SCHEMA = {
     "properties": {
         "action": {**_NAME, "description": "the action every agent is asked"},
         "payload": {"type": "object", "default": {}, "description": "its input"},
-        "timeout_ms": {"type": "number", "exclusiveMinimum": 0, "maximum": 60_000, "default": 5_000},
+        "timeout_ms": {"type": "number", "minimum": MIN_BROADCAST_MS, "maximum": 60_000, "default": 5_000},
     },
     "required": ["action"],
     "additionalProperties": False,
 }
 _ANNOUNCE_SCHEMA = {
     "type": "object",
-    "properties": {"report_id": _NAME, "title": {"type": "string", "maxLength": 300}, "reason": {"type": "string"}},
+    "properties": {
+        "report_id": _NAME,
+        "title": {"type": "string", "maxLength": 300},
+        "reason": {"type": "string", "maxLength": 1000},
+    },
     "required": ["report_id"],
+    "additionalProperties": False,
 }
 
 
@@ -162,7 +170,7 @@ class Zeus(Agent):
                 "send_email",
                 {
                     "to": payload["email_to"],
-                    "subject": f"KOSMOS: {clip(question, 80)}",
+                    "subject": f"KOSMOS: {one_line(question, 80)}",
                     "body": email_body(answer["answer"], answer["citations"]),
                 },
                 message_id=derived_message_id(ctx.envelope.message_id, "email"),
@@ -208,8 +216,18 @@ class Zeus(Agent):
     async def broadcast(self, ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
         """Scatter-gather: ask every other agent the same action at once; every success and every failure."""
         others = sorted(name for name in self.host.registry if name != self.name)
+        if not math.isfinite(payload["timeout_ms"]):  # NaN passes a schema's bounds: no comparison holds for it
+            raise InvalidEnvelope(
+                "payload.timeout_ms", f"payload.timeout_ms must be a number, not {payload['timeout_ms']}"
+            )
         left = ctx.time_remaining()
         timeout_ms = payload["timeout_ms"] if left is None else min(payload["timeout_ms"], left * 1000 * 0.9)
+        if timeout_ms < MIN_BROADCAST_MS:
+            raise DeadlineExceeded(
+                f"the call has {timeout_ms:.0f} ms left for its broadcast, under the {MIN_BROADCAST_MS} ms it needs:"
+                " no agent was asked",
+                metadata={"field": "ttl_ms"},
+            )
         gathered = await scatter_gather(ctx.client, others, payload["action"], payload["payload"], timeout_ms)
         return {
             "action": payload["action"],
@@ -225,7 +243,7 @@ class Zeus(Agent):
         found = await ctx.client.delegate("athena", "retrieve_context", {"query": topic, "k": payload["k"]})
         request = {"instructions": topic, "context": found.result}
         draft = await ctx.client.delegate("dionysus", "write", {**request, "max_sentences": payload["max_sentences"]})
-        title = f"Report: {clip(topic, 150)}"
+        title = f"Report: {one_line(topic, 150)}"
         body = email_body(draft.result.get("text", ""), draft.result.get("citations", []))
         # Zeus names the report, so every step knows it from the start, and the saga retried under
         # this call's message_id stores the same report again rather than a second one.
