@@ -139,6 +139,8 @@ class Seven:
             finally:
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join(10)
+        if not self._loop.is_running():
+            self._loop.close()  # else collected later, with a ResourceWarning in whichever test runs then
         if self._metrics is not None:
             self._metrics.close()
 
