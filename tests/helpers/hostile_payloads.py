@@ -143,6 +143,8 @@ SQL_ATTACKS = tuple(
         "SELECT printf('%.*c', 400000, 'a') GLOB '*' || replace(printf('%.*c', 4000, 'x'), 'x', '[a]') || 'b'",
         RUNAWAY_SQL,
         f"{_RUNAWAY} SELECT x FROM c",
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000), o(k, j) AS (SELECT"
+        " json_group_object('k' || x, x), json_group_object('j' || x, x) FROM c) SELECT json_patch(k, j) FROM o",
         f"{_RUNAWAY} SELECT group_concat(x) FROM c",
         f"{_RUNAWAY} SELECT randomblob(1000000) FROM c ORDER BY random()",
         "INSERT INTO regions (name, timezone) VALUES ('Atlantis', 'UTC')",
