@@ -24,6 +24,7 @@ from agents.mesh_status import (
     budget,
     circuits_towards,
     iso_time,
+    seconds_setting,
     status_reply,
 )
 from kosmos_grpc import Agent, Context, KosmosError, action
@@ -48,10 +49,6 @@ _SUBSCRIBE_SECONDS = 5.0
 _STOP_ROUNDS, _STOP_ROUND_SECONDS = 5, 1.0
 
 
-def _seconds(low: float, high: float, default: float, what: str) -> dict[str, Any]:
-    return {"type": "number", "minimum": low, "maximum": high, "default": default, "description": what}
-
-
 class Apollo(Agent):
     """Monitoring: each agent's health and since when, the circuits towards it, and the event rates."""
 
@@ -59,10 +56,10 @@ class Apollo(Agent):
     settings_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "properties": {
-            "watch_backoff_max_seconds": _seconds(0.05, 300, 5.0, "the longest wait before watching an agent again"),
-            "watch_connect_timeout_seconds": _seconds(0.1, 60, 3.0, "how long a Watch may take to say anything"),
-            "registry_poll_seconds": _seconds(0.05, 300, 2.0, "how often the registry is read for new agents"),
-            "describe_timeout_seconds": _seconds(0.05, 30, 1.0, "how long each agent's Describe may take"),
+            "watch_backoff_max_seconds": seconds_setting(0.05, 300, 5.0, "the longest wait before watching again"),
+            "watch_connect_timeout_seconds": seconds_setting(0.1, 60, 3.0, "how long a Watch may take to say anything"),
+            "registry_poll_seconds": seconds_setting(0.05, 300, 2.0, "how often the registry is read for new agents"),
+            "describe_timeout_seconds": seconds_setting(0.05, 30, 1.0, "how long each agent's Describe may take"),
         },
     }
 

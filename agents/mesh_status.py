@@ -27,6 +27,7 @@ __all__ = [
     "budget",
     "circuits_towards",
     "iso_time",
+    "seconds_setting",
     "status_reply",
 ]
 
@@ -114,3 +115,8 @@ def status_reply(
     if note is not None:
         reply["note"] = note
     return reply
+
+
+def seconds_setting(low: float, high: float, default: float, what: str) -> dict[str, Any]:
+    """The JSON Schema of a settings key holding seconds, from ``low`` to ``high``."""
+    return {"type": "number", "minimum": low, "maximum": high, "default": default, "description": what}

@@ -22,6 +22,7 @@ from agents.mesh_status import (
     agents_asked,
     budget,
     circuits_towards,
+    seconds_setting,
     status_reply,
 )
 from agents.scrape import MAX_PAGE_BYTES, Summary, fetch_page, parse_page, summarise
@@ -50,10 +51,6 @@ METRICS_SCHEMA: dict[str, Any] = {
 }
 
 
-def _seconds(low: float, high: float, default: float, what: str) -> dict[str, Any]:
-    return {"type": "number", "minimum": low, "maximum": high, "default": default, "description": what}
-
-
 class Prometheus(Agent):
     """Metrics: each agent's delegations by target and code, latency p50/p95/p99 and error rate, or the mesh's."""
 
@@ -61,7 +58,7 @@ class Prometheus(Agent):
     settings_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "properties": {
-            "scrape_timeout_seconds": _seconds(0.1, 60, 2.0, "how long one scrape of a /metrics page may take"),
+            "scrape_timeout_seconds": seconds_setting(0.1, 60, 2.0, "how long one scrape of a /metrics page may take"),
             "scrape_max_bytes": {
                 "type": "integer",
                 "minimum": 1024,
@@ -69,8 +66,8 @@ class Prometheus(Agent):
                 "default": MAX_PAGE_BYTES,
                 "description": "the most bytes read of one /metrics page",
             },
-            "health_timeout_seconds": _seconds(0.05, 30, 1.0, "how long each agent's health check may take"),
-            "describe_timeout_seconds": _seconds(0.05, 30, 1.0, "how long each agent's Describe may take"),
+            "health_timeout_seconds": seconds_setting(0.05, 30, 1.0, "how long each agent's health check may take"),
+            "describe_timeout_seconds": seconds_setting(0.05, 30, 1.0, "how long each agent's Describe may take"),
         },
     }
 
