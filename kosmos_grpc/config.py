@@ -23,6 +23,7 @@ from kosmos_grpc.resilience import BreakerPolicy, ResiliencePolicy, RetryPolicy
 from kosmos_grpc.subjects import pattern_tokens
 
 __all__ = [
+    "DEFAULT_STATE_DIR",
     "RESTART_POLICIES",
     "AgentConfig",
     "BusConfig",

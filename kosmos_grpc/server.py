@@ -16,7 +16,7 @@ from kosmos_grpc._grpc import AGENT_SERVICE, add_agent_service, quiet_hang_ups, 
 from kosmos_grpc.admission import Admission
 from kosmos_grpc.agent import AgentHost
 from kosmos_grpc.client import Coordinator
-from kosmos_grpc.config import ServerSettings
+from kosmos_grpc.config import DEFAULT_STATE_DIR, ServerSettings
 from kosmos_grpc.idempotency import ExecutedCalls
 from kosmos_grpc.memory import FreeMemory
 from kosmos_grpc.registry import Registry
@@ -101,7 +101,7 @@ class AgentServer:
         agent.hosted_by(
             AgentHost(
                 settings=agent.checked_settings(agent_settings or {}),
-                state_dir=Path(state_dir) if state_dir is not None else Path(".kosmos", agent.name).absolute(),
+                state_dir=Path(DEFAULT_STATE_DIR, agent.name).absolute() if state_dir is None else Path(state_dir),
                 registry=self.registry,
                 client=self.coordinator,
                 metrics=dict(metrics or {}),
