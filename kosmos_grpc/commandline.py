@@ -155,6 +155,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         _examples("kosmos subscribe 'kosmos.events.>'", "kosmos subscribe 'kosmos.agents.*.requests' --queue audit"),
     ),
     "config": ("check the mesh config", _examples("kosmos config check", "kosmos config check mesh.toml")),
+    "certs": (
+        "make a development CA and a short-lived certificate for each agent and the CLI",
+        _examples("kosmos certs", "kosmos certs --trust-domain example.org --hours 8 --out /tmp/kosmos-certs"),
+    ),
     "completion": (
         "print a shell completion script",
         _examples(
@@ -234,6 +238,11 @@ def parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", nargs="?", metavar="FILE", help="the config file to check")
     _global_options(check, after_command=True)
+
+    certs = _command(commands, "certs")
+    certs.add_argument("--trust-domain", default="kosmos.local", help="the SPIFFE trust domain (default kosmos.local)")
+    certs.add_argument("--hours", type=float, default=24.0, help="how long the certificates live (default 24)")
+    certs.add_argument("--out", help="the folder to write them to (default: <state_dir>/certs)")
 
     completion = _command(commands, "completion")
     completion.add_argument("shell", choices=("bash", "zsh"))

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kosmos_grpc"
 LAYERS: list[set[str]] = [
     {"errors", "_lazy", "quoting"},
     {"envelope", "bounds", "subjects", "subject_index", "tables", "runtime", "deadlines", "stream_watch", "schemas"},
-    {"_grpc", "standard_services", "registry", "telemetry", "idempotency", "admission", "calls", "memory"},
+    {"_grpc", "standard_services", "registry", "telemetry", "idempotency", "admission", "calls", "memory", "certs"},
     {"resilience", "config", "config_schema", "config_check"},
     {"bus", "preflight"},
     {"agent", "interceptors", "transport", "client", "context", "patterns"},
