@@ -197,10 +197,12 @@ def parser() -> argparse.ArgumentParser:
     _global_options(top, after_command=False)
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
 
-    _command(commands, "up")
+    insecure = "serve beyond loopback with no security (TLS is not configured)"
+    _command(commands, "up").add_argument("--insecure", action="store_true", help=insecure)
     serve = _command(commands, "serve")
     _agent(serve)
     serve.add_argument("--handshake", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--insecure", action="store_true", help=insecure)
     for name in ("call", "stream"):
         sub = _command(commands, name)
         _agent(sub)
@@ -217,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
     _timeout(_command(commands, "agents"), 2_000)
     broker = _command(commands, "broker")
     broker.add_argument("--handshake", action="store_true", help=argparse.SUPPRESS)
+    broker.add_argument("--insecure", action="store_true", help=insecure)
     publish = _command(commands, "publish")
     publish.add_argument("subject")
     publish.add_argument("payload", nargs="?", help="the payload, a JSON object")

@@ -249,6 +249,23 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_open(config: MeshConfig, args: argparse.Namespace) -> None:
+    """ConfigError, one line, when what is to be served would listen beyond loopback in the clear."""
+    from kosmos_grpc.config import BROKER
+
+    if args.command == "serve":
+        config.agent(args.agent)  # an unknown name is said as such
+        names = [args.agent]
+    else:
+        names = [*config.agents, BROKER] if args.command == "up" else [BROKER]
+    for who, address in config.open_addresses(names).items():
+        kind = "the event broker" if who == BROKER else f"agent {who!r}"
+        raise ConfigError(
+            f"{kind} would listen on {address}, beyond this machine, with no TLS or authentication "
+            f"(the mesh has none yet): anyone who reaches it could call it; pass --insecure to serve it so anyway"
+        )
+
+
 def _certs(args: argparse.Namespace) -> int:
     """``kosmos certs``: a development CA and a certificate for each agent and the CLI, a line each."""
     from pathlib import Path
@@ -295,6 +312,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     configure_logging(log_format, level=logging.DEBUG if args.verbose else logging.INFO)
     if args.command in ("up", "serve", "broker"):
         from kosmos_grpc.launcher import run_mesh, serve_agent, serve_broker
+
+        if not (args.insecure or getattr(args, "handshake", False)):  # a child of `kosmos up`: it checked
+            _refuse_open(config, args)
 
         if args.command == "up":  # the children log as their launcher does
             return asyncio.run(run_mesh(config, options=("--log-format", log_format)))

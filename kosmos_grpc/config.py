@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -36,8 +37,13 @@ __all__ = [
     "load_config",
 ]
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 DEFAULT_CONFIG = "kosmos.toml"
 DEFAULT_STATE_DIR = ".kosmos"
+#: How :meth:`MeshConfig.open_addresses` names the embedded broker.
+BROKER = "(broker)"
 _log = logging.getLogger(__name__)
 
 
@@ -203,6 +209,12 @@ class MeshConfig:
             known = ", ".join(sorted(self.agents)) or "none"
             raise ConfigError(f"no agent named {name!r} in the config (agents: {known})") from None
 
+    def open_addresses(self, names: Iterable[str]) -> dict[str, str]:
+        """Of agents ``names`` (and the broker, as ``(broker)``), those that would listen beyond this
+        machine: who -> address (a host name other than localhost counts as beyond)."""
+        wanted = {name: self.bus.address if name == BROKER else self.agent(name).address for name in names}
+        return {who: address for who, address in wanted.items() if address and not _loopback(address)}
+
     def agent_state_dir(self, name: str) -> Path:
         """The folder agent ``name`` keeps its state in: its own under ``state_dir``, made absolute."""
         return (self.state_dir / name).absolute()
@@ -228,6 +240,16 @@ class MeshConfig:
             delegation_events=self.bus.delegation_events,
             max_hops=limits.max_hops,
         )
+
+
+def _loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _values(data: dict[str, Any], table: Table) -> dict[str, Any]:
