@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypedDict
 
@@ -150,4 +151,8 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
+    # A Ctrl-C at the terminal reaches this server too; until it serves (wait_for_stop then stops it
+    # on SIGINT) it is ignored, else it could land in gRPC's own callbacks as a traceback. The
+    # benchmark that started it terminates it either way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cli()
