@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
+from kosmos_grpc.config_check import suggest
 from kosmos_grpc.errors import ConfigError, InvalidEnvelope
 from kosmos_grpc.schemas import compile_payload_check
 
@@ -142,7 +143,10 @@ class Agent:
         try:
             compile_payload_check({"additionalProperties": False, **schema}, where, root=where)(values)
         except InvalidEnvelope as exc:
-            raise ConfigError(exc.message) from None
+            known = list(schema.get("properties", {}))
+            unknown = [key for key in values if key not in known]
+            hint = suggest(unknown[0], known) if unknown and exc.field == where else ""
+            raise ConfigError(exc.message + hint) from None
         except TypeError as exc:
             raise ConfigError(str(exc)) from None
         return values

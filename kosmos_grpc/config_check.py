@@ -10,7 +10,7 @@ from typing import Any, cast
 from kosmos_grpc.config_schema import CONFIG, Key, Table
 from kosmos_grpc.errors import ConfigError
 
-__all__ = ["check"]
+__all__ = ["check", "suggest"]
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -26,7 +26,7 @@ def _kind(value: Any) -> str:
     return _NAMES.get(type(value), type(value).__name__)
 
 
-def _suggest(key: str, known: list[str]) -> str:
+def suggest(key: str, known: list[str]) -> str:
     """``; did you mean 'x'?`` for the nearest known key, or the list of known keys."""
     nearest = difflib.get_close_matches(key, known, n=1)
     if nearest:
@@ -103,7 +103,7 @@ def check(data: dict[str, Any], table: Table = CONFIG, where: str = "") -> None:
             check(value, table.tables[name], dotted)
         else:
             hint = f"; an agent's own settings go in [{where}.settings]" if "settings" in table.tables else ""
-            raise ConfigError(f"unknown key {name!r} in {_header(where)}{_suggest(name, known)}{hint}")
+            raise ConfigError(f"unknown key {name!r} in {_header(where)}{suggest(name, known)}{hint}")
     for name, key in table.keys.items():
         if key.required and name not in data:
             raise ConfigError(f"{where} needs {name!r}")

@@ -43,8 +43,9 @@ def test_settings_are_checked_and_their_defaults_filled() -> None:
     assert Tuned.checked_settings({"depth": 5, "url": "http://x"}) == {"depth": 5, "url": "http://x"}
     with pytest.raises(ConfigError, match=r"^agents\.tuned\.settings\.depth: must be bigger than or equal to 1"):
         Tuned.checked_settings({"depth": 0})
-    with pytest.raises(ConfigError, match=r"agents\.tuned\.settings: must not contain \{'dpth'\}"):
+    with pytest.raises(ConfigError, match=r"agents\.tuned\.settings: must not contain \{'dpth'\}") as typo:
         Tuned.checked_settings({"dpth": 5})
+    assert typo.value.message.endswith("; did you mean 'depth'?")
     with pytest.raises(ConfigError, match=r"agent 'plain' takes no settings, not depth"):
         Plain.checked_settings({"depth": 5})
 
