@@ -24,13 +24,14 @@ from typing import Any
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import example, given, settings
 
 from agents.demeter import Demeter
 from agents.sql_guards import printf_units
 from kosmos_grpc import InvalidEnvelope, new_message
 from kosmos_grpc._proto.kosmos.v1 import envelope_pb2
 
+from .helpers.hostile_checks import ATTACK as HOSTILE
 from .helpers.hostile_checks import RECEIVE_LIMIT, error_info
 from .helpers.hostile_payloads import ACTIONS, EXPLICIT, STREAMED
 from .helpers.seven import NAMES, Reply, Seven
@@ -55,15 +56,7 @@ LATE = 0.5
 #: The longest status message a hostile payload may get back.
 DETAILS_LIMIT = 1024
 
-ATTACK = settings(
-    max_examples=50,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    report_multiple_bugs=False,
-    phases=(Phase.explicit, Phase.generate, Phase.shrink),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
-)
+ATTACK = settings(HOSTILE, max_examples=50)
 
 
 class Logged(logging.Handler):

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kosmos_grpc import new_message
@@ -27,7 +27,7 @@ from kosmos_grpc._grpc import SMALL_REQUEST
 from kosmos_grpc._proto.kosmos.v1 import agent_pb2, envelope_pb2, events_pb2
 
 from .conftest import ROOT, environment
-from .helpers.hostile_checks import HEALTH_SERVICE, Answer, Served, check_deliberate, error_info, start_servers
+from .helpers.hostile_checks import ATTACK, HEALTH_SERVICE, Answer, Served, check_deliberate, error_info, start_servers
 from .helpers.hostile_inputs import (
     DAY_MS,
     Envelope,
@@ -54,16 +54,6 @@ LOG_LINES_BOUND = 10
 #: The longest line a server may log: what it echoes of a request is cut short, as in a status.
 LOG_LINE_LIMIT = 2048
 
-ATTACK = settings(
-    max_examples=80,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    # One failure per test, shrunk, and no "explain" phase: a failing run stays within the test's timeout.
-    report_multiple_bugs=False,
-    phases=(Phase.explicit, Phase.generate, Phase.shrink),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
-)
 
 Servers = dict[str, Served]
 

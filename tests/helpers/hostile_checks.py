@@ -20,6 +20,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
+from hypothesis import HealthCheck, Phase, settings
 
 from kosmos_grpc.envelope import DEFAULT_PAYLOAD_LIMIT
 
@@ -210,3 +211,17 @@ def start_servers(kinds: list[str], folder: Path, env: dict[str, str], cwd: Path
             process.wait(5)
         raise
     return served
+
+
+#: How every property-based attack runs: derandomized (the same examples in every CI run), no
+#: example database, one failure reported and shrunk, so that a failing run stays within its timeout.
+ATTACK = settings(
+    max_examples=80,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    # One failure per test, shrunk, and no "explain" phase: a failing run stays within the test's timeout.
+    report_multiple_bugs=False,
+    phases=(Phase.explicit, Phase.generate, Phase.shrink),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
