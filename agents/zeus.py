@@ -26,7 +26,6 @@ from kosmos_grpc import (
     parallel,
     scatter_gather,
 )
-from kosmos_grpc.subjects import pattern_tokens
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -286,7 +285,6 @@ class Zeus(Agent):
         return {"subject": REPORTS_RETRACTED, "event_id": event_id}
 
     async def _publish(self, ctx: Context, subject: str, event: dict[str, Any]) -> str:
-        pattern_tokens(subject)
         left = ctx.time_remaining()
         timeout_ms = ANNOUNCE_TIMEOUT_MS if left is None else max(1.0, min(ANNOUNCE_TIMEOUT_MS, left * 1000))
         try:
